@@ -1,0 +1,50 @@
+/**
+ * The port between a toolset and an agent runtime: what the toolset needs from a session, and no
+ * more. Adapters implement it (the in-memory test kit, a real agent loop).
+ *
+ * @since 0.1.0
+ */
+import { Context, Schema } from "effect"
+import type { Effect } from "effect"
+import type { ChatContext, ChatItem } from "./ChatContext.ts"
+
+/**
+ * A reply the toolset asks the agent for.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ReplyRequest {
+  readonly instructions: string
+  readonly toolChoice: "none" | "auto"
+}
+
+/**
+ * A session operation failed.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SessionError extends Schema.TaggedError<SessionError>()("SessionError", {
+  operation: Schema.Literals(["chatContext", "insert", "generateReply"]),
+  message: Schema.String,
+  cause: Schema.optionalKey(Schema.Defect())
+}) {}
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class AgentSession extends Context.Service<AgentSession, {
+  /** The current agent's chat context. */
+  readonly chatContext: Effect.Effect<ChatContext, SessionError>
+  /**
+   * Inserts items into the current agent's chat context, by creation time. Must cost O(k) (or
+   * O(k log n)) for k items: never a copy of the whole history.
+   */
+  readonly insert: (items: ReadonlyArray<ChatItem>) => Effect.Effect<void, SessionError>
+  /** Completes when the session is inactive: not generating or speaking, the user not speaking. */
+  readonly awaitInactive: Effect.Effect<void>
+  /** Asks the agent for one reply. */
+  readonly generateReply: (request: ReplyRequest) => Effect.Effect<void, SessionError>
+}>()("effect-async-toolset/AgentSession") {}

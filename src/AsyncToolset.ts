@@ -1,0 +1,631 @@
+/**
+ * Runs long tools in the background of a conversation.
+ *
+ * The model calls a tool; the call runs in its own fiber, owned by the toolset's scope. The first
+ * `update` the tool makes is handed back to the model at once (through a `Deferred`), so the agent
+ * can tell the user the work has started and the conversation goes on. Later updates and the final
+ * result are inserted into the chat as they come and queued; one reply fiber waits until the
+ * session is idle, takes everything pending at once, and asks the agent for one reply covering it.
+ *
+ * @since 0.1.0
+ */
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Option, Queue, Result, Schedule, Schema, Scope } from "effect"
+import { AgentSession } from "./AgentSession.ts"
+import { AsyncRunContext } from "./AsyncRunContext.ts"
+import { functionCall as makeFunctionCall, functionCallOutput } from "./ChatContext.ts"
+import type { ChatContext, ChatItem, FunctionCall, FunctionCallOutput } from "./ChatContext.ts"
+import * as FunctionTool from "./FunctionTool.ts"
+import * as Prompts from "./Prompts.ts"
+
+/**
+ * The key set in a first-update output's `extra`: the call is still running in the background.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const pendingKey = "asyncToolsetPending"
+
+/**
+ * Whether an output is a first update of a call that goes on in the background.
+ *
+ * @since 0.1.0
+ * @category guards
+ */
+export const isPending = (output: FunctionCallOutput): boolean => output.extra?.[pendingKey] === true
+
+/**
+ * The name of the optional boolean parameter added to tools in `confirm` mode.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const confirmParameter = "confirm_duplicate"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options<Tools extends ReadonlyArray<FunctionTool.Any>> {
+  /** Names this toolset; its management tools are named after it. `[A-Za-z0-9_-]`, at most 40. */
+  readonly id: string
+  readonly tools: Tools
+  /** Default duplicate mode (default `confirm`); a tool's own option wins. */
+  readonly onDuplicateCall?: FunctionTool.DuplicateMode | undefined
+  /** Default duplicate scope (default `name`); a tool's own option wins. */
+  readonly duplicateScope?: FunctionTool.DuplicateScope | undefined
+  /** Prompt texts to replace; the rest keep their defaults. */
+  readonly prompts?: Partial<Prompts.Prompts> | undefined
+  /**
+   * When the agent already spoke after the pending results: `ask` (default) still requests a reply
+   * whose instructions let the model answer empty if it covered them; `skip` requests none.
+   */
+  readonly whenAlreadyAnswered?: "ask" | "skip" | undefined
+  /** Longest argument text accepted from the model (default 1,000,000 characters). */
+  readonly maxArgumentsLength?: number | undefined
+  /** How a failed chat insertion or reply request is retried (default: 3 retries, from 100 ms). */
+  readonly sessionRetry?: Schedule.Schedule<unknown, unknown> | undefined
+}
+
+/**
+ * A call the toolset is running, as `runningTasks` reports it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RunningTask {
+  readonly callId: string
+  readonly name: string
+  readonly arguments: string
+  /** `cancelling`: interruption was requested and the fiber has not stopped yet. */
+  readonly status: "running" | "cancelling"
+  /** Whether `cancel` would interrupt it now. */
+  readonly cancellable: boolean
+  readonly startedAt: number
+}
+
+/**
+ * What `cancel` did.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type CancelResult = "cancelled" | "not-found" | "not-cancellable"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AsyncToolset {
+  readonly id: string
+  /** What the model sees: the tools (with the confirmation flag where it applies) and the management tools. */
+  readonly tools: ReadonlyArray<FunctionTool.Any>
+  /** Runs one model tool call; yields the output the model gets now. */
+  readonly execute: (call: FunctionCall) => Effect.Effect<FunctionCallOutput>
+  /** Interrupts a running call. Returns at once, even if the tool is in an uninterruptible region. */
+  readonly cancel: (callId: string) => Effect.Effect<CancelResult>
+  readonly runningTasks: Effect.Effect<ReadonlyArray<RunningTask>>
+  /** Completes when no call is running and no reply is pending (for tests and shutdown). */
+  readonly awaitIdle: Effect.Effect<void>
+  /** Cancels the cancellable calls and waits for the others to end (for agent hand-off). */
+  readonly drain: Effect.Effect<void>
+  /** Interrupts every call and the reply fiber; later calls get an error output. */
+  readonly close: Effect.Effect<void>
+}
+
+/** One running call. Mutable, and only touched synchronously, so every check is atomic. */
+interface Call {
+  readonly call: FunctionCall
+  readonly tool: Prepared
+  readonly key: string
+  readonly startedAt: number
+  readonly first: Deferred.Deferred<FunctionCallOutput>
+  fiber: Fiber.Fiber<void> | undefined
+  state: "running" | "cancelling" | "done"
+  updates: number
+}
+
+interface Prepared {
+  /** The tool as the user wrote it. */
+  readonly tool: FunctionTool.Any
+  /** The tool as the model sees it (with the confirmation flag in `confirm` mode). */
+  readonly visible: FunctionTool.Any
+  readonly mode: FunctionTool.DuplicateMode
+  readonly scope: FunctionTool.DuplicateScope
+  readonly cancellable: boolean
+  readonly timeout: Duration.Duration | undefined
+}
+
+/** Items inserted into the chat (or waiting to be), and owed a reply. */
+interface Pending {
+  readonly callId: string
+  readonly items: ReadonlyArray<ChatItem>
+  inserted: boolean
+}
+
+const idPattern = /^[A-Za-z0-9_-]{1,40}$/
+
+/**
+ * Builds a toolset in the current scope; closing the scope closes it.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+ *
+ * const bookFlight = FunctionTool.make("book_flight", {
+ *   description: "Book a flight",
+ *   parameters: Schema.Struct({ to: Schema.String })
+ * }, ({ to }) =>
+ *   Effect.gen(function*() {
+ *     yield* AsyncRunContext.update(`Looking up flights to ${to}`)
+ *     yield* Effect.sleep("5 seconds")
+ *     return { confirmation: "FL-847293" }
+ *   }))
+ *
+ * const toolset = AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArray<FunctionTool.Any>>(
+  options: Options<Tools>
+): Effect.fn.Return<
+  AsyncToolset,
+  never,
+  Scope.Scope | AgentSession | Exclude<FunctionTool.Services<Tools[number]>, AsyncRunContext>
+> {
+  if (!idPattern.test(options.id)) {
+    return yield* Effect.die(new Error(`AsyncToolset.make: id "${options.id}" must match ${idPattern}`))
+  }
+  const id = options.id
+  const session = yield* AgentSession
+  const services = yield* Effect.context<Exclude<FunctionTool.Services<Tools[number]>, AsyncRunContext>>()
+  const prompts: Prompts.Prompts = { ...Prompts.defaults, ...options.prompts }
+  const whenAlreadyAnswered = options.whenAlreadyAnswered ?? "ask"
+  const maxArgumentsLength = options.maxArgumentsLength ?? FunctionTool.defaultMaxArgumentsLength
+  const sessionRetry = options.sessionRetry ??
+    Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 3 }))
+
+  const getRunningTasksName = `get_running_tasks_${id}`
+  const cancelTaskName = `cancel_task_${id}`
+
+  // --- the tools -------------------------------------------------------------------------------
+  const prepared = new Map<string, Prepared>()
+  for (const tool of options.tools) {
+    if (prepared.has(tool.name) || tool.name === getRunningTasksName || tool.name === cancelTaskName) {
+      return yield* Effect.die(new Error(`AsyncToolset.make: two tools are named "${tool.name}"`))
+    }
+    const mode = tool.options.onDuplicateCall ?? options.onDuplicateCall ?? "confirm"
+    if (mode === "confirm" && confirmParameter in tool.parameters.fields) {
+      return yield* Effect.die(
+        new Error(`AsyncToolset.make: ${tool.name} has a parameter named "${confirmParameter}", which confirm mode adds`)
+      )
+    }
+    const visible = mode === "confirm"
+      ? FunctionTool.mapParameters(
+        tool,
+        Schema.Struct({
+          ...tool.parameters.fields,
+          [confirmParameter]: Schema.optionalKey(Schema.Boolean).annotate({
+            description: Prompts.render(prompts.confirmParameter, { functionName: tool.name })
+          })
+        }),
+        tool.handler
+      )
+      : tool
+    prepared.set(tool.name, {
+      tool,
+      visible,
+      mode,
+      scope: tool.options.duplicateScope ?? options.duplicateScope ?? "name",
+      cancellable: tool.options.cancellable ?? true,
+      timeout: tool.options.timeout === undefined ? undefined : Duration.fromInputUnsafe(tool.options.timeout)
+    })
+  }
+
+  // --- state: plain mutable maps, only read and written in synchronous steps --------------------
+  const active = new Map<string, Call>() // call id -> the running call with that id
+  const byKey = new Map<string, Set<Call>>() // duplicate key -> running calls
+  const stopping = new Set<Call>() // cancelled, not yet stopped (still reported by runningTasks)
+  let pendingReplies = 0 // items queued or being replied to
+  let closed = false
+  const waiters = new Set<{ readonly ready: () => boolean; readonly done: Deferred.Deferred<void> }>()
+
+  const noCalls = () => active.size === 0 && stopping.size === 0
+  const isIdle = () => noCalls() && pendingReplies === 0
+  const notify = () => {
+    for (const waiter of waiters) {
+      if (waiter.ready()) {
+        waiters.delete(waiter)
+        Deferred.doneUnsafe(waiter.done, Exit.void)
+      }
+    }
+  }
+  const waitUntil = (ready: () => boolean): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (ready()) return Effect.void
+      const waiter = { ready, done: Deferred.makeUnsafe<void>() }
+      waiters.add(waiter)
+      return Deferred.await(waiter.done).pipe(Effect.onInterrupt(() => Effect.sync(() => waiters.delete(waiter))))
+    })
+
+  const unregister = (c: Call) => {
+    if (active.get(c.call.callId) === c) active.delete(c.call.callId) // a newer call may own the id (E5)
+    const set = byKey.get(c.key)
+    if (set !== undefined) {
+      set.delete(c)
+      if (set.size === 0) byKey.delete(c.key)
+    }
+  }
+
+  /** Marks a call cancelled and interrupts it without waiting (the fiber may be uninterruptible). */
+  const cancelUnsafe = (c: Call) => {
+    if (c.state !== "running") return
+    c.state = "cancelling"
+    unregister(c)
+    stopping.add(c)
+    c.fiber?.interruptUnsafe()
+    notify()
+  }
+
+  // --- scopes: calls and the reply fiber die with the toolset ----------------------------------
+  const parent = yield* Scope.Scope
+  const scope = yield* Scope.fork(parent, "sequential")
+  const callsScope = yield* Scope.fork(scope, "parallel")
+  const queue = yield* Queue.unbounded<Pending>()
+
+  // --- outputs ---------------------------------------------------------------------------------
+  const output = (callId: string, name: string, text: string, isError: boolean, extra?: Record<string, unknown>) =>
+    functionCallOutput({ callId, name, output: text, isError, extra })
+
+  const describeRunning = (calls: Iterable<Call>) =>
+    Array.from(calls, (c) => `- call_id ${c.call.callId}, arguments ${c.call.arguments}`).join("\n")
+
+  const cancelledOutput = (c: Call) =>
+    output(
+      c.call.callId,
+      c.call.name,
+      Prompts.render(prompts.cancelled, { functionName: c.call.name, callId: c.call.callId }),
+      true
+    )
+
+  /** Inserts items now (C1) and queues them for the reply fiber; items of a cancelled call are dropped (E2). */
+  const deliver = (c: Call, suffix: string, out: FunctionTool.Output) =>
+    Effect.gen(function*() {
+      if (c.state !== "running" || closed) return
+      const callId = `${c.call.callId}${suffix}`
+      const items: ReadonlyArray<ChatItem> = [
+        yield* makeFunctionCall({ callId, name: c.call.name, arguments: c.call.arguments }),
+        yield* output(callId, c.call.name, out.output, out.isError)
+      ]
+      if (c.state !== "running" || closed) return
+      const pending: Pending = { callId, items, inserted: false }
+      pendingReplies++
+      // Insert before queueing: the reply fiber retries only items whose insertion failed, so an
+      // insertion still in flight can never be made twice.
+      yield* session.insert(items).pipe(
+        Effect.tap(() => Effect.sync(() => pending.inserted = true)),
+        Effect.catchCause((cause) =>
+          Effect.logWarning("could not insert a tool result into the chat; the reply fiber will retry", cause)
+        ),
+        Effect.annotateLogs({ toolset: id, callId })
+      )
+      yield* Queue.offer(queue, pending)
+    })
+
+  const encodeUpdate = (c: Call, message: unknown): string => {
+    if (typeof message === "string") {
+      return Prompts.render(prompts.update, { functionName: c.call.name, callId: c.call.callId, message })
+    }
+    const json = JSON.stringify(message)
+    if (json === undefined) throw new Error("AsyncRunContext.update: the value has no JSON form")
+    return json
+  }
+
+  const update = (c: Call) => (message: unknown): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (c.state !== "running") return Effect.void
+      const text = encodeUpdate(c, message)
+      if (!Deferred.isDoneUnsafe(c.first)) {
+        // The first update completes the call for the model: it can answer the user now, and the
+        // tool goes on in the background.
+        return Effect.flatMap(
+          output(c.call.callId, c.call.name, text, false, { [pendingKey]: true }),
+          (out) => Deferred.succeed(c.first, out)
+        )
+      }
+      c.updates++
+      return deliver(c, `_update_${c.updates}`, { output: text, isError: false })
+    })
+
+  /** Runs in the call's fiber, uninterruptibly, once the tool has ended. */
+  const finish = (c: Call, exit: Exit.Exit<Option.Option<unknown>, unknown>) =>
+    Effect.gen(function*() {
+      if (c.state !== "running" || (Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))) {
+        if (!Deferred.isDoneUnsafe(c.first)) yield* Deferred.succeed(c.first, yield* cancelledOutput(c))
+        return
+      }
+      const result: Option.Option<FunctionTool.Output> = Exit.isSuccess(exit) && Option.isNone(exit.value)
+        ? Option.some({
+          output: Prompts.render(prompts.timedOut, {
+            functionName: c.call.name,
+            callId: c.call.callId,
+            timeout: Duration.format(c.tool.timeout ?? Duration.zero)
+          }),
+          isError: true
+        })
+        : yield* FunctionTool.encodeExit(c.tool.tool, c.call.callId, Exit.map(exit, Option.getOrUndefined))
+      if (!Deferred.isDoneUnsafe(c.first)) {
+        // Never updated: the tool behaves as a plain blocking tool (B3).
+        const out = Option.getOrElse(result, () => ({ output: "", isError: false }))
+        yield* Deferred.succeed(c.first, yield* output(c.call.callId, c.call.name, out.output, out.isError))
+        return
+      }
+      if (Option.isSome(result)) yield* deliver(c, "_final", result.value)
+    })
+
+  const runCall = (c: Call, args: unknown) => {
+    const ctx = AsyncRunContext.of({ functionCall: c.call, toolsetId: id, update: update(c) })
+    const handler = c.tool.tool.handler(args).pipe(Effect.map(Option.some))
+    const timed = c.tool.timeout === undefined ? handler : Effect.timeoutOption(handler, c.tool.timeout).pipe(
+      Effect.map(Option.flatten)
+    )
+    return Effect.uninterruptibleMask((restore) =>
+      restore(timed).pipe(
+        Effect.provideContext(Context.add(services, AsyncRunContext, ctx)),
+        Effect.exit,
+        Effect.flatMap((exit) => finish(c, exit))
+      )
+    ).pipe(
+      Effect.withSpan("AsyncToolset.call", {
+        attributes: { "toolset.id": id, "tool.name": c.call.name, "tool.call_id": c.call.callId }
+      }),
+      Effect.annotateLogs({ toolset: id, tool: c.call.name, callId: c.call.callId })
+    )
+  }
+
+  // --- execute -----------------------------------------------------------------------------------
+  const execute = (call: FunctionCall): Effect.Effect<FunctionCallOutput> =>
+    Effect.suspend(() => {
+      if (call.name === getRunningTasksName || call.name === cancelTaskName) {
+        return call.name === cancelTaskName
+          ? FunctionTool.execute(cancelTask, call)
+          : FunctionTool.execute(getRunningTasks, call)
+      }
+      const p = prepared.get(call.name)
+      if (p === undefined) {
+        const names = [...prepared.keys(), getRunningTasksName, cancelTaskName].join(", ")
+        return output(call.callId, call.name, `Unknown tool "${call.name}". The available tools are: ${names}.`, true)
+      }
+      if (closed) {
+        return output(call.callId, call.name, `${call.name} was not run: the toolset is shut down.`, true)
+      }
+      const decoded = FunctionTool.decodeArguments(p.visible, call.arguments, { maxLength: maxArgumentsLength })
+      if (Result.isFailure(decoded)) return output(call.callId, call.name, decoded.failure.message, true)
+      let args = decoded.success as Record<string, unknown>
+      let confirmed = false
+      if (p.mode === "confirm") {
+        const { [confirmParameter]: flag, ...rest } = args
+        confirmed = flag === true
+        args = rest
+      }
+      const key = p.scope === "name" ? call.name : `${call.name}\u0000${p.tool.canonicalArgs(args)}`
+      return start(call, p, key, args, confirmed)
+    })
+
+  const start = (call: FunctionCall, p: Prepared, key: string, args: unknown, confirmed: boolean) =>
+    Effect.gen(function*() {
+      const startedAt = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+      const first = yield* Deferred.make<FunctionCallOutput>()
+      const c: Call = { call, tool: p, key, startedAt, first, fiber: undefined, state: "running", updates: 0 }
+
+      // The duplicate check and the registration are one synchronous step (D5): no other fiber can
+      // run between them, so two identical calls at the same instant cannot both pass.
+      const admission = ((): { readonly reject: string } | { readonly replaced: ReadonlyArray<Call> } => {
+        if (active.has(call.callId)) return { reject: `A call with id ${call.callId} is already running.` }
+        const running = byKey.get(key)
+        let replaced: ReadonlyArray<Call> = []
+        if (running !== undefined && running.size > 0 && p.mode !== "allow") {
+          const vars = { functionName: call.name, runningCalls: describeRunning(running), cancelTool: cancelTaskName }
+          if (p.mode === "reject") return { reject: Prompts.render(prompts.duplicateReject, vars) }
+          if (p.mode === "confirm" && !confirmed) {
+            return { reject: Prompts.render(prompts.duplicateConfirm, { ...vars, confirmParameter }) }
+          }
+          if (p.mode === "replace") {
+            const stuck = [...running].filter((r) => !r.tool.cancellable)
+            if (stuck.length > 0) {
+              return {
+                reject: `${call.name} was not started: it would replace running calls that cannot be cancelled:\n${
+                  describeRunning(stuck)
+                }`
+              }
+            }
+            replaced = [...running]
+            for (const r of replaced) cancelUnsafe(r)
+          }
+        }
+        active.set(call.callId, c)
+        const set = byKey.get(key)
+        if (set === undefined) byKey.set(key, new Set([c]))
+        else set.add(c)
+        return { replaced }
+      })()
+      if ("reject" in admission) return yield* output(call.callId, call.name, admission.reject, true)
+
+      // Replaced calls stop before their successor starts, so two bookings never overlap.
+      yield* waitUntil(() => admission.replaced.every((r) => r.state === "done"))
+
+      const fiber = yield* runCall(c, args).pipe(Effect.forkIn(callsScope, { startImmediately: true }))
+      c.fiber = fiber
+      if (c.state === "cancelling") fiber.interruptUnsafe()
+      // Runs after the fiber has fully ended, whatever ended it (even a fiber that never started).
+      fiber.addObserver(() => {
+        if (!Deferred.isDoneUnsafe(c.first)) {
+          Deferred.doneUnsafe(c.first, cancelledOutput(c))
+        }
+        c.state = "done"
+        unregister(c)
+        stopping.delete(c)
+        notify()
+      })
+      return yield* Deferred.await(first)
+    })
+
+  // --- cancel, drain, close ----------------------------------------------------------------------
+  const cancel = (callId: string): Effect.Effect<CancelResult> =>
+    Effect.suspend(() => {
+      const c = active.get(callId)
+      if (c === undefined) return Effect.succeed("not-found")
+      if (!c.tool.cancellable) return Effect.succeed("not-cancellable")
+      cancelUnsafe(c)
+      // The caller still waiting on the first update gets a clear answer now, not when the fiber stops.
+      return Effect.as(
+        Effect.flatMap(cancelledOutput(c), (out) => Deferred.succeed(c.first, out)),
+        "cancelled"
+      )
+    })
+
+  const runningTasks = Effect.sync((): ReadonlyArray<RunningTask> => {
+    const tasks: Array<RunningTask> = []
+    for (const c of active.values()) tasks.push(toRunningTask(c, "running", c.tool.cancellable))
+    for (const c of stopping) tasks.push(toRunningTask(c, "cancelling", false))
+    return tasks
+  })
+
+  const drain = Effect.suspend(() => {
+    for (const c of [...active.values()]) if (c.tool.cancellable) cancelUnsafe(c)
+    return waitUntil(noCalls)
+  })
+
+  const close = Scope.close(scope, Exit.void)
+
+  // --- management tools --------------------------------------------------------------------------
+  const getRunningTasks = FunctionTool.make(getRunningTasksName, {
+    description: `List the calls of the "${id}" tools still running in the background.`
+  }, () =>
+    Effect.map(runningTasks, (tasks) =>
+      tasks.map((t) => ({
+        call_id: t.callId,
+        name: t.name,
+        arguments: t.arguments,
+        status: t.status,
+        cancellable: t.cancellable
+      }))))
+
+  const cancelTask = FunctionTool.make(cancelTaskName, {
+    description: `Cancel a call of the "${id}" tools still running in the background, by its call id.`,
+    parameters: Schema.Struct({ call_id: Schema.String.annotate({ description: "The call id to cancel" }) })
+  }, ({ call_id }) =>
+    Effect.map(cancel(call_id), (result) => {
+      switch (result) {
+        case "cancelled":
+          return `Call ${call_id} was cancelled.`
+        case "not-found":
+          return `No running call has id ${call_id}; it may have finished already. ${getRunningTasksName} lists the running calls.`
+        case "not-cancellable":
+          return `Call ${call_id} cannot be cancelled: ${
+            active.get(call_id)?.call.name ?? "this tool"
+          } does not allow it once started. It will finish on its own.`
+      }
+    }))
+
+  // --- the reply fiber ---------------------------------------------------------------------------
+  const retryInsert = (batch: ReadonlyArray<Pending>) =>
+    Effect.forEach(batch, (item) =>
+      item.inserted ? Effect.void : session.insert(item.items).pipe(
+        Effect.retry(sessionRetry),
+        Effect.tap(() => Effect.sync(() => item.inserted = true)),
+        Effect.catchCause((cause) =>
+          Effect.logError(`could not insert ${item.callId} into the chat; no reply is requested for it`, cause)
+        )
+      ), { discard: true })
+
+  const replyOnce = Effect.gen(function*() {
+    const first = yield* Queue.takeAll(queue)
+    const batch: Array<Pending> = [...first]
+    yield* Effect.gen(function*() {
+      yield* session.awaitInactive
+      yield* retryInsert(batch)
+      yield* session.awaitInactive
+      // From here to the reply request nothing may suspend: the session is idle now, and whatever
+      // arrived while we waited joins this one reply instead of causing another.
+      batch.push(...(yield* Queue.clear(queue)))
+      const ready = batch.filter((item) => item.inserted)
+      if (ready.length === 0) return
+      const chat = yield* session.chatContext
+      const covered = spokeAfter(chat, ready)
+      if (covered && whenAlreadyAnswered === "skip") {
+        yield* Effect.logDebug("agent already spoke after the pending results; no reply requested")
+        return
+      }
+      const pendingCallIds = ready.map((item) => item.callId).join(", ")
+      const instructions = Prompts.render(covered ? prompts.replyMaybeCovered : prompts.replyAtTail, { pendingCallIds })
+      yield* session.generateReply({ instructions, toolChoice: "none" }).pipe(
+        Effect.retry(sessionRetry),
+        Effect.catchCause((cause) =>
+          Effect.logError(
+            `the reply for ${pendingCallIds} could not be requested; the results are in the chat for the next reply`,
+            cause
+          )
+        )
+      )
+    }).pipe(
+      Effect.catchCause((cause) =>
+        Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : Effect.logError("reply fiber step failed", cause)
+      ),
+      Effect.ensuring(Effect.sync(() => {
+        pendingReplies -= batch.length
+        notify()
+      }))
+    )
+  })
+
+  yield* replyOnce.pipe(
+    Effect.forever,
+    Effect.annotateLogs({ toolset: id }),
+    Effect.forkIn(scope, { startImmediately: true })
+  )
+  yield* Scope.addFinalizer(
+    scope,
+    Effect.sync(() => {
+      closed = true
+    })
+  )
+
+  return {
+    id,
+    tools: [...Array.from(prepared.values(), (p) => p.visible), getRunningTasks, cancelTask],
+    execute,
+    cancel,
+    runningTasks,
+    awaitIdle: waitUntil(isIdle),
+    drain,
+    close
+  } satisfies AsyncToolset
+})
+
+const toRunningTask = (c: Call, status: RunningTask["status"], cancellable: boolean): RunningTask => ({
+  callId: c.call.callId,
+  name: c.call.name,
+  arguments: c.call.arguments,
+  status,
+  cancellable,
+  startedAt: c.startedAt
+})
+
+/**
+ * Whether the agent spoke after the newest pending item: an assistant message stands after it in
+ * the chat. Compared by position, not time, so items created in the same millisecond are ordered
+ * correctly. Only the tail after our items is scanned.
+ */
+const spokeAfter = (chat: ChatContext, pending: ReadonlyArray<Pending>): boolean => {
+  const ours = new Set<string>()
+  for (const p of pending) for (const item of p.items) ours.add(item.id)
+  for (let i = chat.items.length - 1; i >= 0; i--) {
+    const item = chat.items[i]!
+    if (ours.has(item.id)) return false
+    if (item._tag === "ChatMessage" && item.role === "assistant") return true
+  }
+  return false
+}

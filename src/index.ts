@@ -1,0 +1,12 @@
+/**
+ * effect-async-toolset: long-running tool calls for LLM agents, on Effect.
+ *
+ * @since 0.1.0
+ */
+export * as AgentSession from "./AgentSession.ts"
+export * as AsyncRunContext from "./AsyncRunContext.ts"
+export * as AsyncToolset from "./AsyncToolset.ts"
+export * as ChatContext from "./ChatContext.ts"
+export * as FunctionTool from "./FunctionTool.ts"
+export * as Prompts from "./Prompts.ts"
+export * as ToolError from "./ToolError.ts"

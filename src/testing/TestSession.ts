@@ -1,0 +1,140 @@
+/**
+ * An in-memory `AgentSession` for tests: the test decides when the agent is busy or idle, and the
+ * session records every chat insertion and every reply request.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { TestSession } from "effect-async-toolset/testing"
+ *
+ * const program = Effect.gen(function*() {
+ *   const session = yield* TestSession.TestSession
+ *   yield* session.setBusy
+ *   // ... run tools ...
+ *   yield* session.setIdle
+ *   const replies = yield* session.replies
+ * }).pipe(Effect.provide(TestSession.layer))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Latch, Layer } from "effect"
+import { AgentSession } from "../AgentSession.ts"
+import type { ReplyRequest, SessionError } from "../AgentSession.ts"
+import { ChatContext, message } from "../ChatContext.ts"
+import type { ChatItem, ChatMessage } from "../ChatContext.ts"
+import { insertSorted } from "../internal/ordered.ts"
+
+/**
+ * A reply request as the session received it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RecordedReply extends ReplyRequest {
+  /** Whether the session was busy when the request came (the toolset must never do that). */
+  readonly whileBusy: boolean
+  /** How many chat items existed when the request came. */
+  readonly chatLength: number
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Called on every insertion, after the items are in the chat (e.g. to print them). */
+  readonly onInsert?: ((items: ReadonlyArray<ChatItem>) => Effect.Effect<void>) | undefined
+  /**
+   * Called on every reply request, after it is recorded. Its failure is the request's failure, so
+   * a test can make the session fail.
+   */
+  readonly onReply?: ((request: ReplyRequest) => Effect.Effect<void, SessionError>) | undefined
+  /** Fails or delays insertions (fault injection). */
+  readonly beforeInsert?: ((items: ReadonlyArray<ChatItem>) => Effect.Effect<void, SessionError>) | undefined
+}
+
+/**
+ * The controls of the in-memory session.
+ *
+ * @since 0.1.0
+ * @category services
+ */
+export class TestSession extends Context.Service<TestSession, {
+  /** The agent is generating or speaking (or the user is speaking): replies must wait. */
+  readonly setBusy: Effect.Effect<void>
+  /** The session is inactive: a waiting reply may go. */
+  readonly setIdle: Effect.Effect<void>
+  readonly isBusy: Effect.Effect<boolean>
+  /** The chat as it is now. */
+  readonly chat: Effect.Effect<ChatContext>
+  /** Every insertion, in order. */
+  readonly insertions: Effect.Effect<ReadonlyArray<ReadonlyArray<ChatItem>>>
+  /** Every reply request, in order. */
+  readonly replies: Effect.Effect<ReadonlyArray<RecordedReply>>
+  /** Adds a message to the chat, as if someone said it. */
+  readonly say: (role: ChatMessage["role"], content: string) => Effect.Effect<ChatMessage>
+}>()("effect-async-toolset/testing/TestSession") {}
+
+/**
+ * Builds the session and its controls.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function*(options: Options = {}) {
+  const items: Array<ChatItem> = []
+  const insertions: Array<ReadonlyArray<ChatItem>> = []
+  const replies: Array<RecordedReply> = []
+  const idle = yield* Latch.make(true)
+
+  const insert = (batch: ReadonlyArray<ChatItem>) =>
+    Effect.gen(function*() {
+      if (options.beforeInsert) yield* options.beforeInsert(batch)
+      for (const item of batch) insertSorted(items, item)
+      insertions.push(batch)
+      if (options.onInsert) yield* options.onInsert(batch)
+    })
+
+  const session = AgentSession.of({
+    chatContext: Effect.sync(() => new ChatContext({ items: items.slice() })),
+    insert,
+    awaitInactive: idle.await,
+    generateReply: (request) =>
+      Effect.gen(function*() {
+        replies.push({ ...request, whileBusy: !idle.isOpen(), chatLength: items.length })
+        if (options.onReply) yield* options.onReply(request)
+      })
+  })
+
+  const controls = TestSession.of({
+    setBusy: Effect.asVoid(idle.close),
+    setIdle: Effect.asVoid(idle.open),
+    isBusy: Effect.sync(() => !idle.isOpen()),
+    chat: Effect.sync(() => new ChatContext({ items: items.slice() })),
+    insertions: Effect.sync(() => insertions.slice()),
+    replies: Effect.sync(() => replies.slice()),
+    say: (role, content) => Effect.tap(message(role, content), (m) => insert([m]).pipe(Effect.orDie))
+  })
+  return { session, controls } as const
+})
+
+/**
+ * The in-memory session with options: provides both `AgentSession` and `TestSession`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerWith = (options: Options): Layer.Layer<AgentSession | TestSession> =>
+  Layer.effectContext(
+    Effect.map(make(options), ({ controls, session }) =>
+      Context.make(AgentSession, session).pipe(Context.add(TestSession, controls)))
+  )
+
+/**
+ * The in-memory session: provides both `AgentSession` and `TestSession`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<AgentSession | TestSession> = layerWith({})
