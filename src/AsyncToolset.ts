@@ -300,18 +300,30 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         yield* output(callId, c.call.name, out.output, out.isError)
       ]
       if (c.state !== "running" || closed) return
-      const pending: Pending = { callId, items, inserted: false }
       pendingReplies++
       // Insert before queueing: the reply fiber retries only items whose insertion failed, so an
-      // insertion still in flight can never be made twice.
-      yield* session.insert(items).pipe(
-        Effect.tap(() => Effect.sync(() => pending.inserted = true)),
+      // insertion still in flight can never be made twice. The insertion stays interruptible even
+      // when called from `finish`, so a hanging session cannot keep a call (or `close`) stuck.
+      const inserted = yield* session.insert(items).pipe(
+        Effect.interruptible,
+        Effect.as(true),
         Effect.catchCause((cause) =>
-          Effect.logWarning("could not insert a tool result into the chat; the reply fiber will retry", cause)
+          Cause.hasInterruptsOnly(cause)
+            ? Effect.interrupt
+            : Effect.as(
+              Effect.logWarning("could not insert a tool result into the chat; the reply fiber will retry", cause),
+              false
+            )
+        ),
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            pendingReplies--
+            notify()
+          })
         ),
         Effect.annotateLogs({ toolset: id, callId })
       )
-      yield* Queue.offer(queue, pending)
+      yield* Queue.offer(queue, { callId, items, inserted })
     })
 
   const encodeUpdate = (c: Call, message: unknown): string => {
