@@ -27,6 +27,6 @@ export default defineConfig({
     ]
   },
   test: {
-    include: ["test/**/*.test.ts"]
+    include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"]
   }
 })

@@ -11,7 +11,9 @@
 import { Clock, Effect, Schema } from "effect"
 import { insertSorted } from "./internal/ordered.ts"
 
-const newId = (prefix: string): string => `${prefix}_${globalThis.crypto.randomUUID().replaceAll("-", "").slice(0, 20)}`
+/** Item ids only need to be unique within a conversation: 2 × 52 random bits are plenty. */
+const newId = (prefix: string): string =>
+  `${prefix}_${Math.random().toString(36).slice(2, 12)}${Math.random().toString(36).slice(2, 12)}`
 
 /**
  * A message from the system, the user or the assistant.

@@ -50,6 +50,11 @@ export interface Options {
    * a test can make the session fail.
    */
   readonly onReply?: ((request: ReplyRequest) => Effect.Effect<void, SessionError>) | undefined
+  /**
+   * Plays the agent: called on every reply request (after `onReply`); a non-empty answer is added
+   * to the chat as an assistant message, as if the agent said it.
+   */
+  readonly respond?: ((request: ReplyRequest, chat: ChatContext) => Effect.Effect<string | undefined>) | undefined
   /** Fails or delays insertions (fault injection). */
   readonly beforeInsert?: ((items: ReadonlyArray<ChatItem>) => Effect.Effect<void, SessionError>) | undefined
 }
@@ -72,6 +77,8 @@ export class TestSession extends Context.Service<TestSession, {
   readonly insertions: Effect.Effect<ReadonlyArray<ReadonlyArray<ChatItem>>>
   /** Every reply request, in order. */
   readonly replies: Effect.Effect<ReadonlyArray<RecordedReply>>
+  /** Adds items to the chat as an agent loop would (e.g. a model's call and the output it got). */
+  readonly insert: (items: ReadonlyArray<ChatItem>) => Effect.Effect<void>
   /** Adds a message to the chat, as if someone said it. */
   readonly say: (role: ChatMessage["role"], content: string) => Effect.Effect<ChatMessage>
 }>()("effect-async-toolset/testing/TestSession") {}
@@ -88,13 +95,17 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const replies: Array<RecordedReply> = []
   const idle = yield* Latch.make(true)
 
-  const insert = (batch: ReadonlyArray<ChatItem>) =>
-    Effect.gen(function*() {
-      if (options.beforeInsert) yield* options.beforeInsert(batch)
+  const append = (batch: ReadonlyArray<ChatItem>) =>
+    Effect.suspend(() => {
       for (const item of batch) insertSorted(items, item)
       insertions.push(batch)
-      if (options.onInsert) yield* options.onInsert(batch)
+      return options.onInsert ? options.onInsert(batch) : Effect.void
     })
+
+  const insert = (batch: ReadonlyArray<ChatItem>) =>
+    options.beforeInsert ? Effect.andThen(options.beforeInsert(batch), append(batch)) : append(batch)
+
+  const say = (role: ChatMessage["role"], content: string) => Effect.tap(message(role, content), (m) => append([m]))
 
   const session = AgentSession.of({
     chatContext: Effect.sync(() => new ChatContext({ items: items.slice() })),
@@ -104,6 +115,10 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
       Effect.gen(function*() {
         replies.push({ ...request, whileBusy: !idle.isOpen(), chatLength: items.length })
         if (options.onReply) yield* options.onReply(request)
+        if (options.respond) {
+          const answer = yield* options.respond(request, new ChatContext({ items: items.slice() }))
+          if (answer !== undefined && answer !== "") yield* say("assistant", answer)
+        }
       })
   })
 
@@ -114,7 +129,8 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     chat: Effect.sync(() => new ChatContext({ items: items.slice() })),
     insertions: Effect.sync(() => insertions.slice()),
     replies: Effect.sync(() => replies.slice()),
-    say: (role, content) => Effect.tap(message(role, content), (m) => insert([m]).pipe(Effect.orDie))
+    insert: append,
+    say
   })
   return { session, controls } as const
 })
