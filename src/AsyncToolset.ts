@@ -270,10 +270,21 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   }
 
   // --- scopes: calls and the reply fiber die with the toolset ----------------------------------
+  // Finalizers run last-added first: on close, `closed` is set (nothing new is delivered), the
+  // reply fiber is interrupted, every call is interrupted (in parallel), and last the items still
+  // queued are let go, so `awaitIdle` completes. They are in the chat already.
   const parent = yield* Scope.Scope
   const scope = yield* Scope.fork(parent, "sequential")
-  const callsScope = yield* Scope.fork(scope, "parallel")
   const queue = yield* Queue.unbounded<Pending>()
+  yield* Scope.addFinalizer(
+    scope,
+    Effect.flatMap(Queue.clear(queue), (left) =>
+      Effect.sync(() => {
+        pendingReplies -= left.length
+        notify()
+      }))
+  )
+  const callsScope = yield* Scope.fork(scope, "parallel")
 
   // --- outputs ---------------------------------------------------------------------------------
   const output = (callId: string, name: string, text: string, isError: boolean, extra?: Record<string, unknown>) =>
@@ -378,14 +389,18 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     })
 
   const runCall = (c: Call, args: unknown) => {
-    const ctx = AsyncRunContext.of({ functionCall: c.call, toolsetId: id, update: update(c) })
+    const runContext = AsyncRunContext.of({ functionCall: c.call, toolsetId: id, update: update(c) })
     const handler = c.tool.tool.handler(args).pipe(Effect.map(Option.some))
     const timed = c.tool.timeout === undefined ? handler : Effect.timeoutOption(handler, c.tool.timeout).pipe(
       Effect.map(Option.flatten)
     )
     return Effect.uninterruptibleMask((restore) =>
       restore(timed).pipe(
-        Effect.provideContext(Context.add(services, AsyncRunContext, ctx)),
+        // The tool sees the services captured by `make` over the caller's context (which carries
+        // the call's span and log annotations), plus its run context.
+        Effect.updateContext((caller: Context.Context<never>) =>
+          Context.add(Context.merge(caller, services), AsyncRunContext, runContext)
+        ),
         Effect.exit,
         Effect.flatMap((exit) => finish(c, exit))
       )

@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Duration, Effect, Exit, Option, Result, Schema } from "effect"
+import { Cause, Duration, Effect, Exit, Option, Result, Schema, SchemaIssue } from "effect"
 import type * as JsonSchema from "effect/JsonSchema"
 import { OpenAiStructuredOutput, Tool } from "effect/ai"
 import { functionCallOutput } from "./ChatContext.ts"
@@ -192,7 +192,20 @@ const compileParameters = (parameters: Parameters) => {
     return {
       jsonSchema: emptyObjectSchema,
       strict: true,
-      decodeArgs: (input: unknown) => decode(input, decodeOptions),
+      // Effect's parser skips the excess-property check for a struct without fields, so do it here.
+      decodeArgs: (input: unknown) => {
+        if (typeof input === "object" && input !== null && !Array.isArray(input)) {
+          const issues = Object.entries(input).map(([key, value]) =>
+            new SchemaIssue.Pointer([key], new SchemaIssue.UnexpectedKey(parameters.ast, value))
+          )
+          if (issues.length > 0) {
+            return Result.fail(
+              new Schema.SchemaError(new SchemaIssue.Composite(parameters.ast, [issues[0]!, ...issues.slice(1)], input))
+            )
+          }
+        }
+        return decode(input, decodeOptions)
+      },
       canonicalArgs: () => "{}"
     }
   }
@@ -301,9 +314,29 @@ export const decodeArguments = <Name extends string, Args>(
   }
   return Result.mapError(
     tool.decodeArgs(input),
-    (error) => new InvalidArguments({ toolName: tool.name, reason: "schema", detail: truncate(error.message, 4000) })
+    (error) => new InvalidArguments({ toolName: tool.name, reason: "schema", detail: truncate(formatIssue(error.issue), 4000) })
   )
 }
+
+// The OpenAI codec drops the `expected` text of the integer and finite checks (so they add no
+// description to the JSON Schema); put it back for the model, or it reads "Expected <filter>".
+const checkExpectations: Record<string, string> = {
+  "effect/schema/isInt": "an integer",
+  "effect/schema/isFinite": "a finite number"
+}
+const issueFormatter = SchemaIssue.makeFormatterStandardSchemaV1({
+  checkHook: (issue) => {
+    const message = SchemaIssue.defaultCheckHook(issue)
+    if (message !== undefined) return message
+    const id = issue.filter.annotations?.representation?.id
+    const expected = typeof id === "string" ? checkExpectations[id] : undefined
+    return expected === undefined ? undefined : `Expected ${expected}`
+  }
+})
+const formatIssue = (issue: SchemaIssue.Issue): string =>
+  issueFormatter(issue).issues.map((i) =>
+    (i.path ?? []).length === 0 ? i.message : `${i.message}\n  at ${(i.path ?? []).map((k) => `[${JSON.stringify(k)}]`).join("")}`
+  ).join("\n")
 
 const truncate = (s: string, max: number): string => s.length <= max ? s : `${s.slice(0, max)}…`
 

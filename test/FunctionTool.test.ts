@@ -1,0 +1,577 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Effect, Logger, Ref, References, Schema } from "effect"
+import { TestClock } from "effect/testing"
+import { AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, ToolError } from "effect-async-toolset"
+import { TestSession } from "effect-async-toolset/testing"
+
+// --- fixtures -------------------------------------------------------------------------------------
+
+const BookFlightParams = Schema.Struct({
+  to: Schema.String.annotate({ description: "IATA code of the arrival airport" }),
+  passengers: Schema.Int.annotate({ description: "How many people fly" }),
+  cabin: Schema.optionalKey(Schema.Literals(["economy", "business"])).annotate({ description: "Cabin class" })
+})
+
+/** A booking tool whose every run is counted, and which hands back the arguments it received. */
+const countingBookFlight = (runs: Ref.Ref<number>) =>
+  FunctionTool.make("book_flight", {
+    description: "Book a flight",
+    parameters: BookFlightParams
+  }, (args) => Effect.as(Ref.update(runs, (n) => n + 1), JSON.stringify(args)))
+
+/** A tool without parameters whose every run is counted. */
+const countingNoParams = (runs: Ref.Ref<number>) =>
+  FunctionTool.make("list_airports", { description: "List the airports we fly to" }, () =>
+    Effect.as(Ref.update(runs, (n) => n + 1), "NRT, CDG"))
+
+const call = (name: string, args: string, callId = "call_1") =>
+  ChatContext.functionCall({ callId, name, arguments: args })
+
+/** Runs `tool` on `args` as a plain blocking tool. */
+const run = (tool: FunctionTool.Any, args: string) =>
+  Effect.flatMap(call(tool.name, args), (c) => FunctionTool.execute(tool, c))
+
+/** The function definition exactly as a provider receives it: JSON. */
+const sent = (tool: FunctionTool.Any) => JSON.parse(JSON.stringify(FunctionTool.toJsonSchema(tool)))
+
+interface LoggedLine {
+  readonly level: string
+  readonly message: ReadonlyArray<unknown>
+  readonly cause: Cause.Cause<unknown>
+  readonly annotations: Record<string, unknown>
+}
+
+/** A logger that keeps every line, with its cause and annotations. */
+const captureLogs = () => {
+  const lines: Array<LoggedLine> = []
+  const logger = Logger.make((o) => {
+    lines.push({
+      level: o.logLevel,
+      message: Array.isArray(o.message) ? o.message : [o.message],
+      cause: o.cause,
+      annotations: { ...o.fiber.getRef(References.CurrentLogAnnotations) }
+    })
+  })
+  return { lines, layer: Logger.layer([logger]) }
+}
+
+class SoldOut extends Schema.TaggedError<SoldOut>()("SoldOut", {
+  flight: Schema.String,
+  seatsLeft: Schema.Number
+}) {}
+
+class Undeclared extends Schema.TaggedError<Undeclared>()("Undeclared", {
+  message: Schema.String
+}) {}
+
+const secretDefect = new Error("secret stack")
+
+// --- A1: arguments --------------------------------------------------------------------------------
+
+describe("FunctionTool arguments (A1)", () => {
+  it.effect("valid JSON arguments are decoded and reach the handler", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingBookFlight(runs), `{"to":"NRT","passengers":2,"cabin":"business"}`)
+      assert.isFalse(out.isError)
+      assert.deepStrictEqual(JSON.parse(out.output), { to: "NRT", passengers: 2, cabin: "business" })
+      assert.strictEqual(yield* Ref.get(runs), 1)
+    }))
+
+  it.effect("bad JSON gives an error output naming the problem, and the handler does not run", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingBookFlight(runs), `{"to": "NRT", passengers: 2}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, "book_flight did not run")
+      assert.include(out.output, "not a valid JSON object")
+      assert.include(out.output, "position") // where the text broke
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("a wrong type gives an error output with the path and the expected type, and the handler does not run", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingBookFlight(runs), `{"to":42,"passengers":2}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, "do not match the tool's parameters")
+      assert.include(out.output, `Expected string`)
+      assert.include(out.output, `at ["to"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("a failed constraint names the path and the constraint", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        parameters: Schema.Struct({ passengers: Schema.Number.check(Schema.isBetween({ minimum: 1, maximum: 9 })) })
+      }, () => Effect.as(Ref.update(runs, (n) => n + 1), "booked"))
+      const out = yield* run(tool, `{"passengers":12}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, `Expected a value between 1 and 9\n  at ["passengers"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("a non-integer for an integer parameter says that an integer was expected", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingBookFlight(runs), `{"to":"NRT","passengers":1.5}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, `at ["passengers"]`)
+      assert.notInclude(out.output, "<filter>")
+      assert.include(out.output, "Expected an integer")
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("a missing key gives an error output with its path, and every problem is listed", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingBookFlight(runs), `{"to":7}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, `Expected string\n  at ["to"]`)
+      assert.include(out.output, `Missing key\n  at ["passengers"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("a nested mismatch names the full path", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = FunctionTool.make("plan_trip", {
+        description: "Plan a trip",
+        parameters: Schema.Struct({ leg: Schema.Struct({ from: Schema.String, to: Schema.String }) })
+      }, () => Effect.as(Ref.update(runs, (n) => n + 1), "planned"))
+      const out = yield* run(tool, `{"leg":{"from":"JFK","to":false}}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, `Expected string`)
+      assert.include(out.output, `at ["leg"]["to"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("an unknown extra field gives an error output naming it, and the handler does not run", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingBookFlight(runs), `{"to":"NRT","passengers":1,"seat":"14C"}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, "Expected no excess property")
+      assert.include(out.output, `at ["seat"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("an unknown extra field is rejected for a tool without parameters too", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingNoParams(runs), `{"country":"JP"}`)
+      assert.isTrue(out.isError)
+      assert.include(out.output, `at ["country"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("a JSON value that is not an object gives an error output, and the handler does not run", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = countingBookFlight(runs)
+      for (const text of [`["NRT",2]`, `"NRT"`, `42`, `null`, `true`]) {
+        const out = yield* run(tool, text)
+        assert.isTrue(out.isError, text)
+        assert.include(out.output, "not a valid JSON object", text)
+        assert.include(out.output, "expected an object", text)
+      }
+      const noParams = countingNoParams(runs)
+      for (const text of [`[]`, `null`, `"x"`]) {
+        const out = yield* run(noParams, text)
+        assert.isTrue(out.isError, text)
+      }
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("a too large argument text gives an error output with the limit, and the handler does not run", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const text = `{"to":"${"X".repeat(FunctionTool.defaultMaxArgumentsLength)}","passengers":1}`
+      const out = yield* run(countingBookFlight(runs), text)
+      assert.isTrue(out.isError)
+      assert.include(out.output, "too large")
+      assert.include(out.output, `${text.length} characters, at most ${FunctionTool.defaultMaxArgumentsLength}`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("__proto__ and constructor.prototype keys are rejected, and the handler does not run", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = countingBookFlight(runs)
+      for (
+        const text of [
+          `{"to":"NRT","passengers":1,"__proto__":{"isAdmin":true}}`,
+          `{"to":"NRT","passengers":1,"constructor":{"prototype":{"isAdmin":true}}}`,
+          `{"to":"NRT","passengers":1,"cabin":{"__proto__":{"isAdmin":true}}}`
+        ]
+      ) {
+        const out = yield* run(tool, text)
+        assert.isTrue(out.isError, text)
+        assert.include(out.output, "prototype", text)
+      }
+      assert.strictEqual(yield* Ref.get(runs), 0)
+      assert.isFalse("isAdmin" in {}) // no prototype was polluted
+    }))
+
+  it.effect("empty argument text is accepted as {} for a tool without parameters", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = countingNoParams(runs)
+      for (const text of ["", "  ", "{}"]) {
+        const out = yield* run(tool, text)
+        assert.isFalse(out.isError, JSON.stringify(text))
+        assert.strictEqual(out.output, "NRT, CDG")
+      }
+      assert.strictEqual(yield* Ref.get(runs), 3)
+    }))
+
+  it.effect("empty argument text for a tool with required parameters reports the missing keys", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const out = yield* run(countingBookFlight(runs), "")
+      assert.isTrue(out.isError)
+      assert.include(out.output, `Missing key\n  at ["to"]`)
+      assert.include(out.output, `Missing key\n  at ["passengers"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("decodeArguments returns a typed InvalidArguments with the reason", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = countingBookFlight(runs)
+      const reasonOf = (text: string, maxLength?: number) => {
+        const r = FunctionTool.decodeArguments(tool, text, { maxLength })
+        return r._tag === "Failure" ? r.failure.reason : "ok"
+      }
+      assert.strictEqual(reasonOf(`{"to":"NRT","passengers":1}`), "ok")
+      assert.strictEqual(reasonOf(`{oops`), "json")
+      assert.strictEqual(reasonOf(`[]`), "json")
+      assert.strictEqual(reasonOf(`{"to":1,"passengers":1}`), "schema")
+      assert.strictEqual(reasonOf(`{"to":"NRT","passengers":1}`, 10), "size")
+    }))
+})
+
+describe("FunctionTool optional parameters", () => {
+  it.effect("the strict JSON Schema marks an optional key as nullable and required", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const params = sent(countingBookFlight(runs)).parameters
+      assert.deepStrictEqual([...params.required].sort(), ["cabin", "passengers", "to"])
+      const cabin = params.properties.cabin
+      assert.deepInclude(cabin.anyOf, { type: "null" })
+      assert.deepInclude(cabin.anyOf, {
+        type: "string",
+        enum: ["economy", "business"],
+        description: "Cabin class"
+      })
+    }))
+
+  it.effect("null sent for an optional key decodes as an absent key", () =>
+    Effect.gen(function*() {
+      const seen = yield* Ref.make<ReadonlyArray<string>>([])
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        parameters: BookFlightParams
+      }, (args) => Effect.as(Ref.set(seen, Object.keys(args)), "booked"))
+      const out = yield* run(tool, `{"to":"NRT","passengers":1,"cabin":null}`)
+      assert.isFalse(out.isError, out.output)
+      assert.deepStrictEqual([...(yield* Ref.get(seen))].sort(), ["passengers", "to"])
+    }))
+
+  it.effect("an optional key may still be left out, or given a value", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = countingBookFlight(runs)
+      const omitted = yield* run(tool, `{"to":"NRT","passengers":1}`)
+      assert.isFalse(omitted.isError, omitted.output)
+      assert.deepStrictEqual(JSON.parse(omitted.output), { to: "NRT", passengers: 1 })
+      const given = yield* run(tool, `{"to":"NRT","passengers":1,"cabin":"economy"}`)
+      assert.deepStrictEqual(JSON.parse(given.output), { to: "NRT", passengers: 1, cabin: "economy" })
+      const wrong = yield* run(tool, `{"to":"NRT","passengers":1,"cabin":"first"}`)
+      assert.isTrue(wrong.isError)
+      assert.include(wrong.output, `at ["cabin"]`)
+    }))
+})
+
+// --- A1 through the toolset -------------------------------------------------------------------------
+
+/** A tool that reports progress at once, then works for a minute. */
+const slowBooking = (runs: Ref.Ref<number>) =>
+  FunctionTool.make("book_flight", {
+    description: "Book a flight",
+    parameters: Schema.Struct({ to: Schema.String })
+  }, ({ to }) =>
+    Effect.gen(function*() {
+      yield* Ref.update(runs, (n) => n + 1)
+      yield* AsyncRunContext.update(`Looking up flights to ${to}`)
+      yield* Effect.sleep("1 minute")
+      return `Booked to ${to}`
+    }))
+
+describe("AsyncToolset.execute with bad input (A1)", () => {
+  it.effect("an unknown tool name gives an error output listing the available tools", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const toolset = yield* AsyncToolset.make({ id: "travel", tools: [slowBooking(runs)] })
+      const out = yield* toolset.execute(yield* call("book_hotel", `{"city":"Paris"}`))
+      assert.isTrue(out.isError)
+      assert.strictEqual(out.callId, "call_1")
+      assert.include(out.output, `Unknown tool "book_hotel"`)
+      assert.include(out.output, "book_flight")
+      assert.include(out.output, "get_running_tasks_travel")
+      assert.include(out.output, "cancel_task_travel")
+      assert.deepStrictEqual(yield* toolset.runningTasks, [])
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }).pipe(Effect.provide(TestSession.layer)))
+
+  it.effect("bad arguments do not start a background call, and a good call still works", () =>
+    Effect.gen(function*() {
+      const session = yield* TestSession.TestSession
+      const runs = yield* Ref.make(0)
+      const toolset = yield* AsyncToolset.make({ id: "travel", tools: [slowBooking(runs)] })
+
+      for (const args of [`{"to":`, `{"to":3}`, `{"to":"NRT","seat":"1A"}`, `[]`, `{"__proto__":{"to":"NRT"}}`]) {
+        const out = yield* toolset.execute(yield* call("book_flight", args, "bad_call"))
+        assert.isTrue(out.isError, args)
+        assert.include(out.output, "did not run", args)
+        assert.deepStrictEqual(yield* toolset.runningTasks, [], args)
+      }
+      const mismatch = yield* toolset.execute(yield* call("book_flight", `{"to":3}`, "bad_call"))
+      assert.include(mismatch.output, `at ["to"]`)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+      assert.deepStrictEqual(yield* session.insertions, [])
+
+      const good = yield* toolset.execute(yield* call("book_flight", `{"to":"NRT"}`, "good_call"))
+      assert.isFalse(good.isError)
+      assert.isTrue(AsyncToolset.isPending(good))
+      assert.include(good.output, "Looking up flights to NRT")
+      assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.callId), ["good_call"])
+      assert.strictEqual(yield* Ref.get(runs), 1)
+
+      yield* TestClock.adjust("1 minute")
+      yield* toolset.awaitIdle
+      assert.deepStrictEqual(yield* toolset.runningTasks, [])
+      const final = (yield* session.chat).items.find((i) => i._tag === "FunctionCallOutput" && i.callId === "good_call_final")
+      assert.strictEqual(final?._tag === "FunctionCallOutput" ? final.output : undefined, "Booked to NRT")
+    }).pipe(Effect.provide(TestSession.layer)))
+
+  it.effect("an argument text over maxArgumentsLength is rejected before decoding", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const toolset = yield* AsyncToolset.make({ id: "travel", tools: [slowBooking(runs)], maxArgumentsLength: 20 })
+      const text = `{"to":"${"N".repeat(30)}"}`
+      const out = yield* toolset.execute(yield* call("book_flight", text))
+      assert.isTrue(out.isError)
+      assert.include(out.output, `${text.length} characters, at most 20`)
+      assert.deepStrictEqual(yield* toolset.runningTasks, [])
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }).pipe(Effect.provide(TestSession.layer)))
+})
+
+// --- A2: outcomes ---------------------------------------------------------------------------------
+
+describe("FunctionTool outcomes (A2)", () => {
+  it.effect("a success is encoded with the success schema, transformations included", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        success: Schema.Struct({
+          confirmation: Schema.String,
+          departsAt: Schema.Date,
+          price: Schema.NumberFromString
+        })
+      }, () => Effect.succeed({ confirmation: "FL-1", departsAt: new Date(Date.UTC(2030, 0, 2, 9, 30)), price: 420 }))
+      const out = yield* run(tool, "{}")
+      assert.isFalse(out.isError)
+      assert.strictEqual(out.output, `{"confirmation":"FL-1","departsAt":"2030-01-02T09:30:00.000Z","price":"420"}`)
+    }))
+
+  it.effect("a success without a success schema is JSON", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("quote", { description: "Quote a fare" }, () =>
+        Effect.succeed({ fare: 420, currency: "EUR", legs: ["JFK-NRT"] }))
+      const out = yield* run(tool, "{}")
+      assert.isFalse(out.isError)
+      assert.strictEqual(out.output, `{"fare":420,"currency":"EUR","legs":["JFK-NRT"]}`)
+    }))
+
+  it.effect("a string success passes as is, not JSON-quoted", () =>
+    Effect.gen(function*() {
+      const plain = FunctionTool.make("greet", { description: "Greet" }, () => Effect.succeed(`Say "hello"`))
+      assert.strictEqual((yield* run(plain, "{}")).output, `Say "hello"`)
+      const withSchema = FunctionTool.make("greet", { description: "Greet", success: Schema.String }, () =>
+        Effect.succeed(`Say "hello"`))
+      assert.strictEqual((yield* run(withSchema, "{}")).output, `Say "hello"`)
+    }))
+
+  it.effect("a void success gives an empty, non-error output", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("ping", { description: "Ping" }, () => Effect.void)
+      const out = yield* run(tool, "{}")
+      assert.isFalse(out.isError)
+      assert.strictEqual(out.output, "")
+    }))
+
+  it.effect("a declared typed failure becomes an error output with its JSON encoding (tag and fields)", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        parameters: Schema.Struct({ flight: Schema.String }),
+        failure: SoldOut
+      }, ({ flight }) => Effect.fail(new SoldOut({ flight, seatsLeft: 0 })))
+      const out = yield* run(tool, `{"flight":"FL-847"}`)
+      assert.isTrue(out.isError)
+      assert.deepStrictEqual(JSON.parse(out.output), { _tag: "SoldOut", flight: "FL-847", seatsLeft: 0 })
+    }))
+
+  it.effect("a ToolError becomes an error output with exactly its message", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        failure: SoldOut
+      }, () => Effect.fail(new ToolError.ToolError({ message: "That flight is sold out." })))
+      const out = yield* run(tool, "{}")
+      assert.isTrue(out.isError)
+      assert.strictEqual(out.output, "That flight is sold out.")
+    }))
+
+  it.effect("a defect becomes a generic error output that leaks nothing, and its cause is logged", () =>
+    Effect.gen(function*() {
+      const logs = captureLogs()
+      const tool = FunctionTool.make("book_flight", { description: "Book a flight" }, () => Effect.die(secretDefect))
+      const out = yield* run(tool, "{}").pipe(Effect.provide(logs.layer))
+      assert.isTrue(out.isError)
+      assert.include(out.output, "book_flight failed")
+      assert.notInclude(out.output, "secret")
+      assert.notInclude(out.output, "stack")
+      assert.notInclude(out.output, "Error")
+      const logged = logs.lines.filter((l) => Cause.pretty(l.cause).includes("secret stack"))
+      assert.strictEqual(logged.length, 1)
+      assert.strictEqual(logged[0]!.level, "Error")
+      assert.strictEqual(logged[0]!.annotations["tool"], "book_flight")
+      assert.strictEqual(logged[0]!.annotations["callId"], "call_1")
+    }))
+
+  it.effect("an undeclared failure becomes a generic error output that leaks nothing, and its cause is logged", () =>
+    Effect.gen(function*() {
+      const logs = captureLogs()
+      const declared = FunctionTool.make("book_flight", { description: "Book a flight", failure: SoldOut }, () =>
+        Effect.fail(new SoldOut({ flight: "FL-1", seatsLeft: 0 })))
+      // A tool typed as `Any` (as a toolset holds it) may fail with anything.
+      const leaky: FunctionTool.Any = {
+        ...declared,
+        handler: () => Effect.fail(new Undeclared({ message: "secret database password" }))
+      }
+      const out = yield* run(leaky, "{}").pipe(Effect.provide(logs.layer))
+      assert.isTrue(out.isError)
+      assert.include(out.output, "book_flight failed")
+      assert.notInclude(out.output, "secret")
+      assert.notInclude(out.output, "Undeclared")
+      const logged = logs.lines.filter((l) => Cause.pretty(l.cause).includes("secret database password"))
+      assert.strictEqual(logged.length, 1)
+    }))
+
+  it.effect("a success the success schema cannot encode becomes a generic error output, and is logged", () =>
+    Effect.gen(function*() {
+      const logs = captureLogs()
+      const tool = FunctionTool.make("quote", {
+        description: "Quote a fare",
+        success: Schema.Struct({ fare: Schema.Finite })
+      }, () => Effect.succeed({ fare: Number.NaN }))
+      const out = yield* run(tool, "{}").pipe(Effect.provide(logs.layer))
+      assert.isTrue(out.isError)
+      assert.include(out.output, "quote failed")
+      assert.isAtLeast(logs.lines.filter((l) => l.level === "Error").length, 1)
+    }))
+
+  it.effect("a success with no JSON form becomes a generic error output, and is logged", () =>
+    Effect.gen(function*() {
+      const logs = captureLogs()
+      const tool = FunctionTool.make("count", { description: "Count" }, () => Effect.succeed({ total: 10n }))
+      const out = yield* run(tool, "{}").pipe(Effect.provide(logs.layer))
+      assert.isTrue(out.isError)
+      assert.include(out.output, "count failed")
+      assert.isAtLeast(logs.lines.filter((l) => l.level === "Error").length, 1)
+    }))
+
+  it.effect("the output answers the call it came from", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("ping", { description: "Ping" }, () => Effect.succeed("pong"))
+      const out = yield* FunctionTool.execute(tool, yield* call("ping", "{}", "call_xyz"))
+      assert.strictEqual(out._tag, "FunctionCallOutput")
+      assert.strictEqual(out.callId, "call_xyz")
+      assert.strictEqual(out.name, "ping")
+    }))
+})
+
+// --- the provider-facing schema -------------------------------------------------------------------
+
+describe("FunctionTool.toJsonSchema", () => {
+  it.effect("gives name, description and the strict JSON Schema of the parameters", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const schema = sent(countingBookFlight(runs))
+      assert.strictEqual(schema.type, "function")
+      assert.strictEqual(schema.name, "book_flight")
+      assert.strictEqual(schema.description, "Book a flight")
+      assert.isTrue(schema.strict)
+      const params = schema.parameters
+      assert.strictEqual(params.type, "object")
+      assert.strictEqual(params.additionalProperties, false)
+      assert.deepStrictEqual(Object.keys(params.properties).sort(), ["cabin", "passengers", "to"])
+      assert.deepStrictEqual([...params.required].sort(), ["cabin", "passengers", "to"])
+      assert.deepStrictEqual(params.properties.to, { type: "string", description: "IATA code of the arrival airport" })
+      assert.strictEqual(params.properties.passengers.description, "How many people fly")
+      assert.strictEqual(params.properties.passengers.type, "integer")
+    }))
+
+  it.effect("nested objects are closed too", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("plan_trip", {
+        description: "Plan a trip",
+        parameters: Schema.Struct({ leg: Schema.Struct({ from: Schema.String, note: Schema.optionalKey(Schema.String) }) })
+      }, () => Effect.succeed("planned"))
+      const leg = sent(tool).parameters.properties.leg
+      assert.strictEqual(leg.additionalProperties, false)
+      assert.deepStrictEqual([...leg.required].sort(), ["from", "note"])
+    }))
+
+  it.effect("a tool without parameters has an empty closed object", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const schema = sent(countingNoParams(runs))
+      assert.isTrue(schema.strict)
+      assert.deepStrictEqual(schema.parameters, {
+        type: "object",
+        properties: {},
+        required: [],
+        additionalProperties: false
+      })
+    }))
+
+  it.effect("the strict flag matches the tool's own flag", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const tool = countingBookFlight(runs)
+      assert.strictEqual(FunctionTool.toJsonSchema(tool).strict, tool.strict)
+      assert.strictEqual(FunctionTool.toJsonSchema(tool).parameters, tool.jsonSchema)
+    }))
+})
+
+// --- names ----------------------------------------------------------------------------------------
+
+describe("FunctionTool.make", () => {
+  it("rejects tool names providers reject", () => {
+    for (const name of ["book/flight", "book flight", "book.flight", "", "b".repeat(65), "réserver"]) {
+      assert.throws(() => FunctionTool.make(name, { description: "x" }, () => Effect.void), /tool name/, name)
+    }
+  })
+
+  it("accepts letters, digits, underscores and dashes up to 64 characters", () => {
+    for (const name of ["book_flight", "Book-Flight-2", "b".repeat(64)]) {
+      assert.strictEqual(FunctionTool.make(name, { description: "x" }, () => Effect.void).name, name)
+    }
+  })
+})
