@@ -43,7 +43,11 @@ export class AgentSession extends Context.Service<AgentSession, {
    * O(k log n)) for k items: never a copy of the whole history.
    */
   readonly insert: (items: ReadonlyArray<ChatItem>) => Effect.Effect<void, SessionError>
-  /** Completes when the session is inactive: not generating or speaking, the user not speaking. */
+  /**
+   * Completes when the session is inactive: not generating or speaking, the user not speaking. It
+   * must complete only while the session is inactive (an adapter woken by a state change checks
+   * again): the toolset requests its reply right after, without suspending.
+   */
   readonly awaitInactive: Effect.Effect<void>
   /** Asks the agent for one reply. */
   readonly generateReply: (request: ReplyRequest) => Effect.Effect<void, SessionError>

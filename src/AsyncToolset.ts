@@ -572,12 +572,18 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     const first = yield* Queue.takeAll(queue)
     const batch: Array<Pending> = [...first]
     yield* Effect.gen(function*() {
-      yield* session.awaitInactive
-      yield* retryInsert(batch)
-      yield* session.awaitInactive
-      // From here to the reply request nothing may suspend: the session is idle now, and whatever
-      // arrived while we waited joins this one reply instead of causing another.
-      batch.push(...(yield* Queue.clear(queue)))
+      // Items that arrived while we waited join this reply; if one of them could not be inserted,
+      // retry it too (inserting may suspend, so wait for idle again afterwards).
+      let late: ReadonlyArray<Pending> = []
+      do {
+        yield* session.awaitInactive
+        yield* retryInsert(batch)
+        yield* session.awaitInactive
+        // From here to the reply request nothing may suspend: the session is idle now, and
+        // whatever arrived while we waited joins this one reply instead of causing another.
+        late = yield* Queue.clear(queue)
+        batch.push(...late)
+      } while (late.some((item) => !item.inserted))
       const ready = batch.filter((item) => item.inserted)
       if (ready.length === 0) return
       const chat = yield* session.chatContext

@@ -105,12 +105,18 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const insert = (batch: ReadonlyArray<ChatItem>) =>
     options.beforeInsert ? Effect.andThen(options.beforeInsert(batch), append(batch)) : append(batch)
 
+  // A latch wakes its waiters a moment after it opens; by then the session may be busy again, so
+  // check again on waking: the port promises the session is inactive when this completes.
+  const awaitInactive: Effect.Effect<void> = Effect.suspend(() =>
+    idle.isOpen() ? Effect.void : Effect.andThen(idle.await, awaitInactive)
+  )
+
   const say = (role: ChatMessage["role"], content: string) => Effect.tap(message(role, content), (m) => append([m]))
 
   const session = AgentSession.of({
     chatContext: Effect.sync(() => new ChatContext({ items: items.slice() })),
     insert,
-    awaitInactive: idle.await,
+    awaitInactive,
     generateReply: (request) =>
       Effect.gen(function*() {
         replies.push({ ...request, whileBusy: !idle.isOpen(), chatLength: items.length })

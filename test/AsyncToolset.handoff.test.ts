@@ -1,0 +1,405 @@
+/**
+ * The first-update hand-off (rules B1–B6): a call returns to the model at its first `update`, the
+ * tool goes on in the background, and what it says later reaches the chat as numbered pairs.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, Fiber, Schema } from "effect"
+import { TestClock } from "effect/testing"
+import { AsyncRunContext, AsyncToolset, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
+import { TestSession } from "effect-async-toolset/testing"
+import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "./support/replies.ts"
+
+class SoldOut extends Schema.TaggedError<SoldOut>()("SoldOut", { flight: Schema.String }) {}
+
+const Booking = Schema.Struct({ to: Schema.String })
+
+/** A booking tool that says where it looks, says two more things a second apart, and books. */
+const bookFlight = FunctionTool.make("book_flight", {
+  description: "Book a flight",
+  parameters: Booking,
+  success: Schema.Struct({ confirmation: Schema.String })
+}, ({ to }) =>
+  Effect.gen(function*() {
+    yield* AsyncRunContext.update(`looking up flights to ${to}`)
+    yield* Effect.sleep("1 second")
+    yield* AsyncRunContext.update("found 3 flights")
+    yield* Effect.sleep("1 second")
+    yield* AsyncRunContext.update("holding seat 12A")
+    yield* Effect.sleep("1 second")
+    return { confirmation: "FL-847293" }
+  }))
+
+describe("AsyncToolset hand-off", () => {
+  describe("B1 every call runs in a background fiber with AsyncRunContext", () => {
+    it.effect("a tool reads its own call and toolset from AsyncRunContext", () =>
+      Effect.gen(function*() {
+        const whoAmI = FunctionTool.make("who_am_i", { description: "Reports its call" }, () =>
+          Effect.gen(function*() {
+            const functionCall = yield* AsyncRunContext.functionCall
+            const context = yield* AsyncRunContext.AsyncRunContext
+            return `${functionCall.callId} ${functionCall.name} ${functionCall.arguments} ${context.toolsetId}`
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [whoAmI] })
+
+        const output = yield* toolset.execute(yield* call("c1", "who_am_i"))
+
+        assert.strictEqual(output.output, "c1 who_am_i {} travel")
+        assert.isFalse(output.isError)
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("execute returns while the tool keeps running, and runningTasks lists the call", () =>
+      Effect.gen(function*() {
+        const proceed = yield* Deferred.make<void>()
+        let finished = false
+        const search = FunctionTool.make("search", { description: "Searches" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("searching")
+            yield* Deferred.await(proceed)
+            finished = true
+            return "3 results"
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+
+        const output = yield* toolset.execute(yield* call("c1", "search"))
+
+        assert.isTrue(AsyncToolset.isPending(output))
+        assert.isFalse(finished)
+        const running = yield* toolset.runningTasks
+        assert.deepStrictEqual(running.map((t) => [t.callId, t.name, t.status]), [["c1", "search", "running"]])
+
+        yield* Deferred.succeed(proceed, undefined)
+        yield* toolset.awaitIdle
+
+        assert.isTrue(finished)
+        assert.deepStrictEqual(yield* toolset.runningTasks, [])
+        const session = yield* TestSession.TestSession
+        assert.strictEqual(pairOf(yield* session.chat, "c1_final").output.output, "3 results")
+      }).pipe(Effect.provide(TestSession.layer)))
+  })
+
+  describe("B2 the first update completes the call", () => {
+    it.effect("the model gets the first update through the update template, marked as still running", () =>
+      Effect.gen(function*() {
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+
+        const output = yield* toolset.execute(yield* call("c1", "book_flight", { to: "NRT" }))
+
+        assert.strictEqual(output.callId, "c1")
+        assert.strictEqual(output.name, "book_flight")
+        assert.isFalse(output.isError)
+        assert.isTrue(AsyncToolset.isPending(output))
+        assert.include(output.output, "book_flight")
+        assert.include(output.output, "c1")
+        assert.include(output.output, "looking up flights to NRT")
+        assert.strictEqual(
+          output.output,
+          Prompts.render(Prompts.defaults.update, {
+            functionName: "book_flight",
+            callId: "c1",
+            message: "looking up flights to NRT"
+          })
+        )
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("a first update that is not a string reaches the model as its JSON, unwrapped", () =>
+      Effect.gen(function*() {
+        const search = FunctionTool.make("search", { description: "Searches" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update({ step: "search", found: 3, airlines: ["JL", "NH"] })
+            yield* Effect.sleep("1 second")
+            return "done"
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+
+        const output = yield* toolset.execute(yield* call("c1", "search"))
+
+        assert.strictEqual(output.output, `{"step":"search","found":3,"airlines":["JL","NH"]}`)
+        assert.isTrue(AsyncToolset.isPending(output))
+        assert.isFalse(output.isError)
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("the tool goes on after its first update and its result arrives later", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+
+        yield* toolset.execute(yield* call("c1", "book_flight", { to: "NRT" }))
+        assert.deepStrictEqual(callIdsInChat(yield* session.chat), [])
+        yield* TestClock.adjust("3 seconds")
+        yield* toolset.awaitIdle
+
+        const final = pairOf(yield* session.chat, "c1_final").output
+        assert.strictEqual(final.output, `{"confirmation":"FL-847293"}`)
+        assert.isFalse(final.isError)
+      }).pipe(Effect.provide(TestSession.layer)))
+  })
+
+  describe("B3 a tool that never updates is a plain blocking tool", () => {
+    const blocking: ReadonlyArray<{ readonly outcome: string; readonly tool: FunctionTool.Any }> = [
+      {
+        outcome: "a string result",
+        tool: FunctionTool.make("lookup", { description: "Looks up" }, () => Effect.succeed("Sunny in Tokyo"))
+      },
+      {
+        outcome: "a result encoded with its success schema",
+        tool: FunctionTool.make("lookup", {
+          description: "Looks up",
+          success: Schema.Struct({ city: Schema.String, celsius: Schema.Number })
+        }, () => Effect.succeed({ city: "Tokyo", celsius: 21 }))
+      },
+      { outcome: "a void result", tool: FunctionTool.make("lookup", { description: "Looks up" }, () => Effect.void) },
+      {
+        outcome: "a declared typed failure",
+        tool: FunctionTool.make("lookup", { description: "Looks up", failure: SoldOut }, () =>
+          Effect.fail(new SoldOut({ flight: "FL-1" })))
+      },
+      {
+        outcome: "a ToolError",
+        tool: FunctionTool.make("lookup", { description: "Looks up" }, () =>
+          Effect.fail(new ToolError.ToolError({ message: "The weather service is down." })))
+      },
+      {
+        outcome: "a defect",
+        tool: FunctionTool.make("lookup", { description: "Looks up" }, () => Effect.die(new Error("secret stack detail")))
+      }
+    ]
+
+    it.effect.each(blocking)("with $outcome the model gets what FunctionTool.execute gives, and nothing else happens", ({ tool }) =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* AsyncToolset.make({ id: "weather", tools: [tool] })
+        const theCall = yield* call("c1", "lookup")
+
+        const output = yield* toolset.execute(theCall)
+        const plain = yield* FunctionTool.execute(tool, theCall)
+        yield* toolset.awaitIdle
+
+        assert.strictEqual(output.output, plain.output)
+        assert.strictEqual(output.isError, plain.isError)
+        assert.strictEqual(output.callId, "c1")
+        assert.isFalse(AsyncToolset.isPending(output))
+        assert.deepStrictEqual(yield* session.insertions, [])
+        assert.deepStrictEqual(yield* session.replies, [])
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("execute waits for a tool that never updates, however long it takes", () =>
+      Effect.gen(function*() {
+        const slow = FunctionTool.make("slow_lookup", { description: "Looks up slowly" }, () =>
+          Effect.as(Effect.sleep("10 seconds"), "found it"))
+        const toolset = yield* AsyncToolset.make({ id: "weather", tools: [slow] })
+
+        const fiber = yield* toolset.execute(yield* call("c1", "slow_lookup")).pipe(
+          Effect.forkChild({ startImmediately: true })
+        )
+        yield* TestClock.adjust("9 seconds")
+        assert.isUndefined(fiber.pollUnsafe())
+        yield* TestClock.adjust("1 second")
+
+        const output = yield* Fiber.join(fiber)
+        assert.strictEqual(output.output, "found it")
+        assert.isFalse(AsyncToolset.isPending(output))
+      }).pipe(Effect.provide(TestSession.layer)))
+  })
+
+  describe("B4 later updates reach the chat at once as numbered pairs", () => {
+    it.effect("each later update inserts <callId>_update_<n> while the agent is busy, before any reply", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        yield* session.setBusy
+        const original = yield* call("c1", "book_flight", { to: "NRT" })
+
+        yield* toolset.execute(original)
+        yield* TestClock.adjust("1 second")
+
+        const first = pairOf(yield* session.chat, "c1_update_1")
+        assert.strictEqual(first.call.name, "book_flight")
+        assert.strictEqual(first.call.arguments, original.arguments)
+        assert.strictEqual(first.output.name, "book_flight")
+        assert.isFalse(first.output.isError)
+        assert.strictEqual(
+          first.output.output,
+          Prompts.render(Prompts.defaults.update, { functionName: "book_flight", callId: "c1", message: "found 3 flights" })
+        )
+        assert.deepStrictEqual(yield* session.replies, [])
+
+        yield* TestClock.adjust("1 second")
+
+        assert.include(pairOf(yield* session.chat, "c1_update_2").output.output, "holding seat 12A")
+        assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_update_1", "c1_update_2"])
+        assert.deepStrictEqual(yield* session.replies, [])
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("a later update that is not a string is inserted as its JSON", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const search = FunctionTool.make("search", { description: "Searches" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("searching")
+            yield* AsyncRunContext.update({ found: 3 })
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+
+        yield* toolset.execute(yield* call("c1", "search"))
+        yield* toolset.awaitIdle
+
+        assert.strictEqual(pairOf(yield* session.chat, "c1_update_1").output.output, `{"found":3}`)
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("later updates schedule a reply that names them", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const search = FunctionTool.make("search", { description: "Searches" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("searching")
+            yield* AsyncRunContext.update("found 3")
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+
+        yield* toolset.execute(yield* call("c1", "search"))
+        yield* toolset.awaitIdle
+
+        const replies = yield* session.replies
+        assert.strictEqual(replies.length, 1)
+        assert.deepStrictEqual(namedCallIds(replies[0]!.instructions), ["c1_update_1"])
+      }).pipe(Effect.provide(TestSession.layer)))
+  })
+
+  describe("B5 the final result after an update", () => {
+    it.effect("the final result is inserted as <callId>_final and a reply is requested for it", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        yield* session.setBusy
+
+        yield* toolset.execute(yield* call("c1", "book_flight", { to: "NRT" }))
+        yield* TestClock.adjust("3 seconds")
+
+        const final = pairOf(yield* session.chat, "c1_final")
+        assert.strictEqual(final.call.name, "book_flight")
+        assert.strictEqual(final.output.output, `{"confirmation":"FL-847293"}`)
+        assert.isFalse(final.output.isError)
+        assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_update_1", "c1_update_2", "c1_final"])
+
+        yield* session.setIdle
+        yield* toolset.awaitIdle
+        const replies = yield* session.replies
+        assert.strictEqual(replies.length, 1)
+        assert.include(namedCallIds(replies[0]!.instructions), "c1_final")
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("a void final result inserts nothing and, with nothing else pending, requests no reply", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const notify = FunctionTool.make("notify", { description: "Notifies" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("sending")
+            yield* Effect.sleep("1 second")
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [notify] })
+
+        const output = yield* toolset.execute(yield* call("c1", "notify"))
+        yield* TestClock.adjust("1 second")
+        yield* toolset.awaitIdle
+
+        assert.isTrue(AsyncToolset.isPending(output))
+        assert.deepStrictEqual(yield* session.insertions, [])
+        assert.deepStrictEqual(yield* session.replies, [])
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it.effect("a final result of undefined inserts nothing after later updates, and only the updates are replied to", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const notify = FunctionTool.make("notify", { description: "Notifies" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("sending")
+            yield* Effect.sleep("1 second")
+            yield* AsyncRunContext.update("sent to 2 of 3")
+            yield* Effect.sleep("1 second")
+            return undefined
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [notify] })
+        yield* session.setBusy
+
+        yield* toolset.execute(yield* call("c1", "notify"))
+        yield* TestClock.adjust("2 seconds")
+        yield* session.setIdle
+        yield* toolset.awaitIdle
+
+        assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_update_1"])
+        const replies = yield* session.replies
+        assert.strictEqual(replies.length, 1)
+        assert.deepStrictEqual(namedCallIds(replies[0]!.instructions), ["c1_update_1"])
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    const failures: ReadonlyArray<{
+      readonly outcome: string
+      readonly failure: Effect.Effect<never, SoldOut | ToolError.ToolError>
+      readonly check: (text: string) => void
+    }> = [
+      {
+        outcome: "a declared typed failure",
+        failure: Effect.fail(new SoldOut({ flight: "FL-1" })),
+        check: (text) => assert.deepStrictEqual(JSON.parse(text), { _tag: "SoldOut", flight: "FL-1" })
+      },
+      {
+        outcome: "a ToolError",
+        failure: Effect.fail(new ToolError.ToolError({ message: "No seats left on FL-1." })),
+        check: (text) => assert.strictEqual(text, "No seats left on FL-1.")
+      },
+      {
+        outcome: "a defect",
+        failure: Effect.die(new Error("secret stack detail")),
+        check: (text) => {
+          assert.strictEqual(text, FunctionTool.internalError("book_seat").output)
+          assert.notInclude(text, "secret stack detail")
+        }
+      }
+    ]
+
+    it.effect.each(failures)("$outcome after an update is delivered as an error output <callId>_final", ({ failure, check }) =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const bookSeat = FunctionTool.make("book_seat", { description: "Books a seat", failure: SoldOut }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("booking")
+            yield* Effect.sleep("1 second")
+            return yield* failure
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookSeat] })
+
+        const output = yield* toolset.execute(yield* call("c1", "book_seat"))
+        yield* TestClock.adjust("1 second")
+        yield* toolset.awaitIdle
+
+        assert.isTrue(AsyncToolset.isPending(output))
+        const final = pairOf(yield* session.chat, "c1_final")
+        assert.isTrue(final.output.isError)
+        check(final.output.output)
+        const replies = yield* session.replies
+        assert.strictEqual(replies.length, 1)
+        assert.deepStrictEqual(namedCallIds(replies[0]!.instructions), ["c1_final"])
+      }).pipe(Effect.provide(TestSession.layer)))
+  })
+
+  describe("B6 synthetic call ids", () => {
+    it.effect("synthetic ids add only [A-Za-z0-9_-] to the original id", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        const original = "call_Ab-9"
+
+        yield* toolset.execute(yield* call(original, "book_flight", { to: "NRT" }))
+        yield* TestClock.adjust("3 seconds")
+        yield* toolset.awaitIdle
+
+        const ids = callIdsInChat(yield* session.chat)
+        assert.deepStrictEqual(ids, [`${original}_update_1`, `${original}_update_2`, `${original}_final`])
+        for (const id of ids) {
+          assert.isTrue(id.startsWith(original))
+          assert.match(id.slice(original.length), /^[A-Za-z0-9_-]+$/)
+        }
+        for (const id of ids) assert.deepStrictEqual(insertionsOf(yield* session.insertions, id), { calls: 1, outputs: 1 })
+      }).pipe(Effect.provide(TestSession.layer)))
+  })
+})
