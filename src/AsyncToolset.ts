@@ -9,13 +9,32 @@
  *
  * @since 0.1.0
  */
-import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Option, Queue, Result, Schedule, Schema, Scope } from "effect"
+import {
+  Cause,
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Metric,
+  Option,
+  PubSub,
+  Queue,
+  Result,
+  Schedule,
+  Schema,
+  Scope,
+  Stream
+} from "effect"
 import { AgentSession } from "./AgentSession.ts"
 import { AsyncRunContext } from "./AsyncRunContext.ts"
 import { functionCall as makeFunctionCall, functionCallOutput } from "./ChatContext.ts"
 import type { ChatContext, ChatItem, FunctionCall, FunctionCallOutput } from "./ChatContext.ts"
 import * as FunctionTool from "./FunctionTool.ts"
 import * as Prompts from "./Prompts.ts"
+import type { Outcome, ToolsetEvent } from "./ToolsetEvent.ts"
 
 /**
  * The key set in a first-update output's `extra`: the call is still running in the background.
@@ -110,7 +129,34 @@ export interface AsyncToolset {
   readonly drain: Effect.Effect<void>
   /** Interrupts every call and the reply fiber; later calls get an error output. */
   readonly close: Effect.Effect<void>
+  /**
+   * What the toolset does, as it happens (calls started, updated, ended; replies scheduled,
+   * delivered, skipped). A subscriber sees the events published after it starts; the stream ends
+   * when the toolset closes.
+   */
+  readonly events: Stream.Stream<ToolsetEvent>
 }
+
+/**
+ * Calls running now, per toolset (`toolset` attribute).
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const runningCalls = Metric.gauge("async_toolset_running_calls", {
+  description: "Background tool calls running now"
+})
+
+/**
+ * Calls ended, per toolset, tool and outcome (`toolset`, `tool`, `outcome` attributes).
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const callsEnded = Metric.counter("async_toolset_calls_total", {
+  description: "Background tool calls ended, by outcome",
+  incremental: true
+})
 
 /** One running call. Mutable, and only touched synchronously, so every check is atomic. */
 interface Call {
@@ -122,6 +168,7 @@ interface Call {
   fiber: Fiber.Fiber<void> | undefined
   state: "running" | "cancelling" | "done"
   updates: number
+  outcome: Outcome
 }
 
 interface Prepared {
@@ -186,6 +233,11 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const maxArgumentsLength = options.maxArgumentsLength ?? FunctionTool.defaultMaxArgumentsLength
   const sessionRetry = options.sessionRetry ??
     Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 3 }))
+
+  const clock = yield* Clock.clockWith(Effect.succeed)
+  const runningGauge = Metric.withAttributes(runningCalls, { toolset: id })
+  const endedCounter = (tool: string, outcome: Outcome) =>
+    Metric.withAttributes(callsEnded, { toolset: id, tool, outcome })
 
   const getRunningTasksName = `get_running_tasks_${id}`
   const cancelTaskName = `cancel_task_${id}`
@@ -285,6 +337,11 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       }))
   )
   const callsScope = yield* Scope.fork(scope, "parallel")
+  const pubsub = yield* PubSub.unbounded<ToolsetEvent>()
+  yield* Scope.addFinalizer(scope, PubSub.shutdown(pubsub))
+  const emit = (event: ToolsetEvent) => {
+    PubSub.publishUnsafe(pubsub, event)
+  }
 
   // --- outputs ---------------------------------------------------------------------------------
   const output = (callId: string, name: string, text: string, isError: boolean, extra?: Record<string, unknown>) =>
@@ -335,6 +392,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         Effect.annotateLogs({ toolset: id, callId })
       )
       yield* Queue.offer(queue, { callId, items, inserted })
+      emit({ _tag: "ReplyScheduled", toolsetId: id, callId, at: clock.currentTimeMillisUnsafe() })
     })
 
   const encodeUpdate = (c: Call, message: unknown): string => {
@@ -350,6 +408,15 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     Effect.suspend(() => {
       if (c.state !== "running") return Effect.void
       const text = encodeUpdate(c, message)
+      emit({
+        _tag: "CallUpdated",
+        toolsetId: id,
+        callId: c.call.callId,
+        name: c.call.name,
+        step: Deferred.isDoneUnsafe(c.first) ? c.updates + 1 : 0,
+        message: typeof message === "string" ? message : text,
+        at: clock.currentTimeMillisUnsafe()
+      })
       if (!Deferred.isDoneUnsafe(c.first)) {
         // The first update completes the call for the model: it can answer the user now, and the
         // tool goes on in the background.
@@ -369,7 +436,8 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         if (!Deferred.isDoneUnsafe(c.first)) yield* Deferred.succeed(c.first, yield* cancelledOutput(c))
         return
       }
-      const result: Option.Option<FunctionTool.Output> = Exit.isSuccess(exit) && Option.isNone(exit.value)
+      const timedOut = Exit.isSuccess(exit) && Option.isNone(exit.value)
+      const result: Option.Option<FunctionTool.Output> = timedOut
         ? Option.some({
           output: Prompts.render(prompts.timedOut, {
             functionName: c.call.name,
@@ -379,6 +447,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
           isError: true
         })
         : yield* FunctionTool.encodeExit(c.tool.tool, c.call.callId, Exit.map(exit, Option.getOrUndefined))
+      c.outcome = timedOut ? "timed-out" : Option.isSome(result) && result.value.isError ? "error" : "done"
       if (!Deferred.isDoneUnsafe(c.first)) {
         // Never updated: the tool behaves as a plain blocking tool (B3).
         const out = Option.getOrElse(result, () => ({ output: "", isError: false }))
@@ -445,7 +514,17 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     Effect.gen(function*() {
       const startedAt = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
       const first = yield* Deferred.make<FunctionCallOutput>()
-      const c: Call = { call, tool: p, key, startedAt, first, fiber: undefined, state: "running", updates: 0 }
+      const c: Call = {
+        call,
+        tool: p,
+        key,
+        startedAt,
+        first,
+        fiber: undefined,
+        state: "running",
+        updates: 0,
+        outcome: "cancelled"
+      }
 
       // The duplicate check and the registration are one synchronous step (D5): no other fiber can
       // run between them, so two identical calls at the same instant cannot both pass.
@@ -483,6 +562,15 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       // Replaced calls stop before their successor starts, so two bookings never overlap.
       yield* waitUntil(() => admission.replaced.every((r) => r.state === "done"))
 
+      emit({
+        _tag: "CallStarted",
+        toolsetId: id,
+        callId: call.callId,
+        name: call.name,
+        arguments: call.arguments,
+        at: startedAt
+      })
+      runningGauge.modifyUnsafe(1, services)
       const fiber = yield* runCall(c, args).pipe(Effect.forkIn(callsScope, { startImmediately: true }))
       c.fiber = fiber
       if (c.state === "cancelling") fiber.interruptUnsafe()
@@ -494,6 +582,18 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         c.state = "done"
         unregister(c)
         stopping.delete(c)
+        const at = clock.currentTimeMillisUnsafe()
+        runningGauge.modifyUnsafe(-1, services)
+        endedCounter(c.call.name, c.outcome).updateUnsafe(1, services)
+        emit({
+          _tag: "CallEnded",
+          toolsetId: id,
+          callId: c.call.callId,
+          name: c.call.name,
+          outcome: c.outcome,
+          duration: at - c.startedAt,
+          at
+        })
         notify()
       })
       return yield* Deferred.await(first)
@@ -588,20 +688,32 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       if (ready.length === 0) return
       const chat = yield* session.chatContext
       const covered = spokeAfter(chat, ready)
+      const callIds = ready.map((item) => item.callId)
       if (covered && whenAlreadyAnswered === "skip") {
         yield* Effect.logDebug("agent already spoke after the pending results; no reply requested")
+        emit({ _tag: "ReplySkipped", toolsetId: id, callIds, reason: "already-answered", at: clock.currentTimeMillisUnsafe() })
         return
       }
-      const pendingCallIds = ready.map((item) => item.callId).join(", ")
+      const pendingCallIds = callIds.join(", ")
       const instructions = Prompts.render(covered ? prompts.replyMaybeCovered : prompts.replyAtTail, { pendingCallIds })
       yield* session.generateReply({ instructions, toolChoice: "none" }).pipe(
         Effect.retry(sessionRetry),
-        Effect.catchCause((cause) =>
-          Effect.logError(
-            `the reply for ${pendingCallIds} could not be requested; the results are in the chat for the next reply`,
-            cause
-          )
-        )
+        Effect.matchCauseEffect({
+          onSuccess: () =>
+            Effect.sync(() =>
+              emit({ _tag: "ReplyDelivered", toolsetId: id, callIds, instructions, at: clock.currentTimeMillisUnsafe() })
+            ),
+          onFailure: (cause) =>
+            Effect.andThen(
+              Effect.logError(
+                `the reply for ${pendingCallIds} could not be requested; the results are in the chat for the next reply`,
+                cause
+              ),
+              Effect.sync(() =>
+                emit({ _tag: "ReplySkipped", toolsetId: id, callIds, reason: "session-failed", at: clock.currentTimeMillisUnsafe() })
+              )
+            )
+        })
       )
     }).pipe(
       Effect.catchCause((cause) =>
@@ -634,7 +746,8 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     runningTasks,
     awaitIdle: waitUntil(isIdle),
     drain,
-    close
+    close,
+    events: Stream.fromPubSub(pubsub)
   } satisfies AsyncToolset
 })
 
