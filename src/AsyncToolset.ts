@@ -311,13 +311,26 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     }
   }
 
-  /** Marks a call cancelled and interrupts it without waiting (the fiber may be uninterruptible). */
-  const cancelUnsafe = (c: Call) => {
-    if (c.state !== "running") return
+  /** Stops listening to a call: from now on its updates and result are dropped (E2). */
+  const detach = (c: Call) => {
     c.state = "cancelling"
     unregister(c)
     stopping.add(c)
+    notify()
+  }
+
+  /** Marks a call cancelled and interrupts it without waiting (the fiber may be uninterruptible). */
+  const cancelUnsafe = (c: Call) => {
+    if (c.state !== "running") return
+    detach(c)
     c.fiber?.interruptUnsafe()
+  }
+
+  /** Forgets a call whose fiber never started. */
+  const forget = (c: Call) => {
+    c.state = "done"
+    unregister(c)
+    stopping.delete(c)
     notify()
   }
 
@@ -358,16 +371,19 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       true
     )
 
-  /** Inserts items now (C1) and queues them for the reply fiber; items of a cancelled call are dropped (E2). */
-  const deliver = (c: Call, suffix: string, out: FunctionTool.Output) =>
+  /**
+   * Inserts items now (C1) and queues them for the reply fiber; items of a cancelled call are
+   * dropped (E2), except the toolset's own word that the call timed out (`force`).
+   */
+  const deliver = (c: Call, suffix: string, out: FunctionTool.Output, force = false) =>
     Effect.gen(function*() {
-      if (c.state !== "running" || closed) return
+      if ((c.state !== "running" && !force) || closed) return
       const callId = `${c.call.callId}${suffix}`
       const items: ReadonlyArray<ChatItem> = [
         yield* makeFunctionCall({ callId, name: c.call.name, arguments: c.call.arguments }),
         yield* output(callId, c.call.name, out.output, out.isError)
       ]
-      if (c.state !== "running" || closed) return
+      if ((c.state !== "running" && !force) || closed) return
       pendingReplies++
       // Insert before queueing: the reply fiber retries only items whose insertion failed, so an
       // insertion still in flight can never be made twice. The insertion stays interruptible even
@@ -430,24 +446,14 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     })
 
   /** Runs in the call's fiber, uninterruptibly, once the tool has ended. */
-  const finish = (c: Call, exit: Exit.Exit<Option.Option<unknown>, unknown>) =>
+  const finish = (c: Call, exit: Exit.Exit<unknown, unknown>) =>
     Effect.gen(function*() {
       if (c.state !== "running" || (Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))) {
         if (!Deferred.isDoneUnsafe(c.first)) yield* Deferred.succeed(c.first, yield* cancelledOutput(c))
         return
       }
-      const timedOut = Exit.isSuccess(exit) && Option.isNone(exit.value)
-      const result: Option.Option<FunctionTool.Output> = timedOut
-        ? Option.some({
-          output: Prompts.render(prompts.timedOut, {
-            functionName: c.call.name,
-            callId: c.call.callId,
-            timeout: Duration.format(c.tool.timeout ?? Duration.zero)
-          }),
-          isError: true
-        })
-        : yield* FunctionTool.encodeExit(c.tool.tool, c.call.callId, Exit.map(exit, Option.getOrUndefined))
-      c.outcome = timedOut ? "timed-out" : Option.isSome(result) && result.value.isError ? "error" : "done"
+      const result = yield* FunctionTool.encodeExit(c.tool.tool, c.call.callId, exit)
+      c.outcome = Option.isSome(result) && result.value.isError ? "error" : "done"
       if (!Deferred.isDoneUnsafe(c.first)) {
         // Never updated: the tool behaves as a plain blocking tool (B3).
         const out = Option.getOrElse(result, () => ({ output: "", isError: false }))
@@ -459,12 +465,8 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
 
   const runCall = (c: Call, args: unknown) => {
     const runContext = AsyncRunContext.of({ functionCall: c.call, toolsetId: id, update: update(c) })
-    const handler = c.tool.tool.handler(args).pipe(Effect.map(Option.some))
-    const timed = c.tool.timeout === undefined ? handler : Effect.timeoutOption(handler, c.tool.timeout).pipe(
-      Effect.map(Option.flatten)
-    )
     return Effect.uninterruptibleMask((restore) =>
-      restore(timed).pipe(
+      restore(c.tool.tool.handler(args)).pipe(
         // The tool sees the services captured by `make` over the caller's context (which carries
         // the call's span and log annotations), plus its run context.
         Effect.updateContext((caller: Context.Context<never>) =>
@@ -559,8 +561,17 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       })()
       if ("reject" in admission) return yield* output(call.callId, call.name, admission.reject, true)
 
-      // Replaced calls stop before their successor starts, so two bookings never overlap.
-      yield* waitUntil(() => admission.replaced.every((r) => r.state === "done"))
+      // Replaced calls stop before their successor starts, so two bookings never overlap. The
+      // successor may be cancelled meanwhile, or its caller may give up: then it never runs.
+      if (admission.replaced.length > 0) {
+        yield* waitUntil(() => c.state !== "running" || admission.replaced.every((r) => r.state === "done")).pipe(
+          Effect.onInterrupt(() => Effect.sync(() => forget(c)))
+        )
+        if (c.state !== "running") {
+          forget(c)
+          return yield* Deferred.await(first)
+        }
+      }
 
       emit({
         _tag: "CallStarted",
@@ -573,9 +584,13 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       runningGauge.modifyUnsafe(1, services)
       const fiber = yield* runCall(c, args).pipe(Effect.forkIn(callsScope, { startImmediately: true }))
       c.fiber = fiber
-      if (c.state === "cancelling") fiber.interruptUnsafe()
+      if ((c.state as Call["state"]) === "cancelling") fiber.interruptUnsafe()
+      const timer = p.timeout === undefined
+        ? undefined
+        : yield* Effect.sleep(p.timeout).pipe(Effect.andThen(timeOut(c)), Effect.forkIn(callsScope, { startImmediately: true }))
       // Runs after the fiber has fully ended, whatever ended it (even a fiber that never started).
       fiber.addObserver(() => {
+        if (c.outcome !== "timed-out") timer?.interruptUnsafe() // a fired timer finishes telling the model
         if (!Deferred.isDoneUnsafe(c.first)) {
           Deferred.doneUnsafe(c.first, cancelledOutput(c))
         }
@@ -599,11 +614,38 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       return yield* Deferred.await(first)
     })
 
+  /**
+   * A timeout answers the model at expiry, even if the tool is in an uninterruptible region: the
+   * call is detached first (later updates and its result are dropped), the model is told, and the
+   * fiber is interrupted without waiting for it.
+   */
+  const timeOut = (c: Call) =>
+    Effect.gen(function*() {
+      if (c.state !== "running") return
+      c.outcome = "timed-out"
+      detach(c)
+      const text = Prompts.render(prompts.timedOut, {
+        functionName: c.call.name,
+        callId: c.call.callId,
+        timeout: Duration.format(c.tool.timeout ?? Duration.zero)
+      })
+      if (!Deferred.isDoneUnsafe(c.first)) {
+        yield* Deferred.succeed(c.first, yield* output(c.call.callId, c.call.name, text, true))
+      } else {
+        yield* deliver(c, "_final", { output: text, isError: true }, true)
+      }
+      c.fiber?.interruptUnsafe()
+    })
+
   // --- cancel, drain, close ----------------------------------------------------------------------
   const cancel = (callId: string): Effect.Effect<CancelResult> =>
     Effect.suspend(() => {
       const c = active.get(callId)
-      if (c === undefined) return Effect.succeed("not-found")
+      if (c === undefined) {
+        // Asked again while it stops: it is being cancelled, as the model wanted.
+        for (const s of stopping) if (s.call.callId === callId) return Effect.succeed("cancelled")
+        return Effect.succeed("not-found")
+      }
       if (!c.tool.cancellable) return Effect.succeed("not-cancellable")
       cancelUnsafe(c)
       // The caller still waiting on the first update gets a clear answer now, not when the fiber stops.
