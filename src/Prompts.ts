@@ -52,7 +52,8 @@ export interface Prompts {
  * @category constructors
  */
 export const defaults: Prompts = {
-  update: "{functionName} (call {callId}) is still running in the background. Progress: {message}",
+  update: "{functionName} (call {callId}) reports progress: {message}\n" +
+    "It is still running in the background. Tell the user only what this says; do not guess the result.",
   duplicateReject: "Not started: {functionName} is already running:\n{runningCalls}\n" +
     "Tell the user it is in progress. To start over, cancel the running call with {cancelTool} first.",
   duplicateConfirm: "Not started yet: {functionName} is already running:\n{runningCalls}\n" +
@@ -61,7 +62,8 @@ export const defaults: Prompts = {
   confirmParameter: "Set to true only when {functionName} is already running and the user has confirmed " +
     "they want another run. Leave it out otherwise.",
   replyAtTail: "Background tool calls have new results: {pendingCallIds}. " +
-    "Tell the user what changed, briefly and naturally. Do not call any tools.",
+    "Tell the user what changed, briefly and naturally, without repeating what you already said. " +
+    "Do not call any tools.",
   replyMaybeCovered: "Background tool calls have new results: {pendingCallIds}. " +
     "The conversation moved on after they arrived, so you may have told the user already. " +
     "If you did, answer with an empty message. Otherwise tell the user briefly. Do not call any tools.",
