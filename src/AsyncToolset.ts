@@ -83,6 +83,11 @@ export interface Options<Tools extends ReadonlyArray<FunctionTool.Any>> {
   readonly maxArgumentsLength?: number | undefined
   /** How a failed chat insertion or reply request is retried (default: 3 retries, from 100 ms). */
   readonly sessionRetry?: Schedule.Schedule<unknown, unknown> | undefined
+  /**
+   * How long a reply request (with its retries) may take before it is given up and reported, so
+   * a stalled session never holds back later replies. Default 2 minutes.
+   */
+  readonly replyTimeout?: Duration.Input | undefined
 }
 
 /**
@@ -167,6 +172,8 @@ interface Call {
   readonly first: Deferred.Deferred<FunctionCallOutput>
   fiber: Fiber.Fiber<void> | undefined
   state: "running" | "cancelling" | "done"
+  /** Cancelled, timed out or replaced: its items still waiting for an insertion retry are dropped. */
+  detached: boolean
   updates: number
   outcome: Outcome
 }
@@ -186,6 +193,9 @@ interface Prepared {
 interface Pending {
   readonly callId: string
   readonly items: ReadonlyArray<ChatItem>
+  /** The call that delivered the items, and whether they go even if it was cancelled (its timeout notice). */
+  readonly call: Call
+  readonly force: boolean
   inserted: boolean
 }
 
@@ -233,6 +243,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const maxArgumentsLength = options.maxArgumentsLength ?? FunctionTool.defaultMaxArgumentsLength
   const sessionRetry = options.sessionRetry ??
     Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 3 }))
+  const replyTimeout = Duration.fromInputUnsafe(options.replyTimeout ?? "2 minutes")
 
   const clock = yield* Clock.clockWith(Effect.succeed)
   const runningGauge = Metric.withAttributes(runningCalls, { toolset: id })
@@ -314,6 +325,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   /** Stops listening to a call: from now on its updates and result are dropped (E2). */
   const detach = (c: Call) => {
     c.state = "cancelling"
+    c.detached = true
     unregister(c)
     stopping.add(c)
     notify()
@@ -344,10 +356,13 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   yield* Scope.addFinalizer(
     scope,
     Effect.flatMap(Queue.clear(queue), (left) =>
-      Effect.sync(() => {
-        pendingReplies -= left.length
-        notify()
-      }))
+      Effect.andThen(
+        letGo(left),
+        Effect.sync(() => {
+          pendingReplies -= left.length
+          notify()
+        })
+      ))
   )
   const callsScope = yield* Scope.fork(scope, "parallel")
   const pubsub = yield* PubSub.unbounded<ToolsetEvent>()
@@ -355,6 +370,15 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const emit = (event: ToolsetEvent) => {
     PubSub.publishUnsafe(pubsub, event)
   }
+
+  /** Says which items the toolset lets go as it closes: those not in the chat, and those owed a reply. */
+  const letGo = (items: ReadonlyArray<Pending>) =>
+    Effect.gen(function*() {
+      const lost = items.filter((item) => !item.inserted && !(item.call.detached && !item.force)).map((item) => item.callId)
+      const unanswered = items.filter((item) => item.inserted).map((item) => item.callId)
+      if (lost.length > 0) yield* Effect.logError(`closing: ${lost.join(", ")} never reached the chat`)
+      if (unanswered.length > 0) yield* Effect.logInfo(`closing: no reply will be requested for ${unanswered.join(", ")} (they are in the chat)`)
+    }).pipe(Effect.annotateLogs({ toolset: id }))
 
   // --- outputs ---------------------------------------------------------------------------------
   const output = (callId: string, name: string, text: string, isError: boolean, extra?: Record<string, unknown>) =>
@@ -407,7 +431,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         ),
         Effect.annotateLogs({ toolset: id, callId })
       )
-      yield* Queue.offer(queue, { callId, items, inserted })
+      yield* Queue.offer(queue, { callId, items, call: c, force, inserted })
       emit({ _tag: "ReplyScheduled", toolsetId: id, callId, at: clock.currentTimeMillisUnsafe() })
     })
 
@@ -449,6 +473,10 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const finish = (c: Call, exit: Exit.Exit<unknown, unknown>) =>
     Effect.gen(function*() {
       if (c.state !== "running" || (Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))) {
+        // Nothing is delivered, but a defect (e.g. in the tool's clean-up) is still the developer's to know.
+        if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) {
+          yield* Effect.logError("tool failed after it was cancelled; nothing is delivered", exit.cause)
+        }
         if (!Deferred.isDoneUnsafe(c.first)) yield* Deferred.succeed(c.first, yield* cancelledOutput(c))
         return
       }
@@ -466,7 +494,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const runCall = (c: Call, args: unknown) => {
     const runContext = AsyncRunContext.of({ functionCall: c.call, toolsetId: id, update: update(c) })
     return Effect.uninterruptibleMask((restore) =>
-      restore(c.tool.tool.handler(args)).pipe(
+      restore(Effect.suspend(() => c.tool.tool.handler(args))).pipe(
         // The tool sees the services captured by `make` over the caller's context (which carries
         // the call's span and log annotations), plus its run context.
         Effect.updateContext((caller: Context.Context<never>) =>
@@ -494,7 +522,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       const p = prepared.get(call.name)
       if (p === undefined) {
         const names = [...prepared.keys(), getRunningTasksName, cancelTaskName].join(", ")
-        return output(call.callId, call.name, `Unknown tool "${call.name}". The available tools are: ${names}.`, true)
+        return output(call.callId, call.name, `Unknown tool "${clip(call.name)}". The available tools are: ${names}.`, true)
       }
       if (closed) {
         return output(call.callId, call.name, `${call.name} was not run: the toolset is shut down.`, true)
@@ -524,6 +552,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         first,
         fiber: undefined,
         state: "running",
+        detached: false,
         updates: 0,
         outcome: "cancelled"
       }
@@ -691,7 +720,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         case "cancelled":
           return `Call ${call_id} was cancelled.`
         case "not-found":
-          return `No running call has id ${call_id}; it may have finished already. ${getRunningTasksName} lists the running calls.`
+          return `No running call has id ${clip(call_id)}; it may have finished already. ${getRunningTasksName} lists the running calls.`
         case "not-cancellable":
           return `Call ${call_id} cannot be cancelled: ${
             active.get(call_id)?.call.name ?? "this tool"
@@ -702,7 +731,9 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   // --- the reply fiber ---------------------------------------------------------------------------
   const retryInsert = (batch: ReadonlyArray<Pending>) =>
     Effect.forEach(batch, (item) =>
-      item.inserted ? Effect.void : session.insert(item.items).pipe(
+      item.inserted ? Effect.void : item.call.detached && !item.force
+        ? Effect.logDebug(`${item.callId} is not inserted: its call was cancelled before the insertion worked`)
+        : session.insert(item.items).pipe(
         Effect.retry(sessionRetry),
         Effect.tap(() => Effect.sync(() => item.inserted = true)),
         Effect.catchCause((cause) =>
@@ -728,9 +759,17 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       } while (late.some((item) => !item.inserted))
       const ready = batch.filter((item) => item.inserted)
       if (ready.length === 0) return
-      const chat = yield* session.chatContext
-      const covered = spokeAfter(chat, ready)
       const callIds = ready.map((item) => item.callId)
+      // Reading the chat only picks the wording; if it fails, ask as if the items were at the tail.
+      const covered = yield* session.chatContext.pipe(
+        Effect.map((chat) => spokeAfter(chat, ready)),
+        Effect.catchCause((cause) =>
+          Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : Effect.as(
+            Effect.logWarning(`could not read the chat; asking for the reply for ${callIds.join(", ")} as if they were the latest`, cause),
+            false
+          )
+        )
+      )
       if (covered && whenAlreadyAnswered === "skip") {
         yield* Effect.logDebug("agent already spoke after the pending results; no reply requested")
         emit({ _tag: "ReplySkipped", toolsetId: id, callIds, reason: "already-answered", at: clock.currentTimeMillisUnsafe() })
@@ -740,6 +779,9 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       const instructions = Prompts.render(covered ? prompts.replyMaybeCovered : prompts.replyAtTail, { pendingCallIds })
       yield* session.generateReply({ instructions, toolChoice: "none" }).pipe(
         Effect.retry(sessionRetry),
+        // Bounds the request and its retries. A timed-out request is not retried: the session may
+        // still make that reply (an agent queues it), and a second request would repeat it.
+        Effect.timeout(replyTimeout),
         Effect.matchCauseEffect({
           onSuccess: () =>
             Effect.sync(() =>
@@ -759,8 +801,12 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       )
     }).pipe(
       Effect.catchCause((cause) =>
-        Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : Effect.logError("reply fiber step failed", cause)
+        Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : Effect.logError(
+          `reply fiber step failed; no reply was requested for ${batch.map((item) => item.callId).join(", ")}`,
+          cause
+        )
       ),
+      Effect.onInterrupt(() => letGo(batch)),
       Effect.ensuring(Effect.sync(() => {
         pendingReplies -= batch.length
         notify()
@@ -792,6 +838,9 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     events: Stream.fromPubSub(pubsub)
   } satisfies AsyncToolset
 })
+
+/** Model input echoed in an output is cut short: the model needs to recognise it, not read it back. */
+const clip = (s: string, max = 200): string => s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`
 
 const toRunningTask = (c: Call, status: RunningTask["status"], cancellable: boolean): RunningTask => ({
   callId: c.call.callId,

@@ -9,11 +9,8 @@
  * @since 0.1.0
  */
 import { Clock, Effect, Schema } from "effect"
+import { newId } from "./internal/id.ts"
 import { insertSorted } from "./internal/ordered.ts"
-
-/** Item ids only need to be unique within a conversation: 2 × 52 random bits are plenty. */
-const newId = (prefix: string): string =>
-  `${prefix}_${Math.random().toString(36).slice(2, 12)}${Math.random().toString(36).slice(2, 12)}`
 
 /**
  * A message from the system, the user or the assistant.

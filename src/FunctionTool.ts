@@ -294,7 +294,7 @@ export const defaultMaxArgumentsLength = 1_000_000
 export const decodeArguments = <Name extends string, Args>(
   tool: FunctionTool<Name, Args, any, any, any>,
   text: string,
-  options?: { readonly maxLength?: number | undefined }
+  options?: { readonly maxLength?: number | undefined; readonly maxDepth?: number | undefined }
 ): Result.Result<Args, InvalidArguments> => {
   const maxLength = options?.maxLength ?? defaultMaxArgumentsLength
   if (text.length > maxLength) {
@@ -304,7 +304,7 @@ export const decodeArguments = <Name extends string, Args>(
   }
   let input: unknown
   try {
-    input = text.trim() === "" ? {} : Tool.unsafeSecureJsonParse(text)
+    input = text.trim() === "" ? {} : JSON.parse(text)
   } catch (e) {
     const detail = e instanceof Error ? e.message : String(e)
     return Result.fail(new InvalidArguments({ toolName: tool.name, reason: "json", detail: truncate(detail, 300) }))
@@ -312,10 +312,46 @@ export const decodeArguments = <Name extends string, Args>(
   if (input === null || typeof input !== "object" || Array.isArray(input)) {
     return Result.fail(new InvalidArguments({ toolName: tool.name, reason: "json", detail: "expected an object" }))
   }
-  return Result.mapError(
-    tool.decodeArgs(input),
-    (error) => new InvalidArguments({ toolName: tool.name, reason: "schema", detail: truncate(formatIssue(error.issue), 4000) })
-  )
+  const unsafe = inspectJson(input, options?.maxDepth ?? defaultMaxArgumentsDepth)
+  if (unsafe !== undefined) return Result.fail(new InvalidArguments({ toolName: tool.name, reason: unsafe.reason, detail: unsafe.detail }))
+  try {
+    return Result.mapError(
+      tool.decodeArgs(input),
+      (error) => new InvalidArguments({ toolName: tool.name, reason: "schema", detail: truncate(formatIssue(error.issue), 4000) })
+    )
+  } catch {
+    // a schema that recurses deeper than the stack allows; the depth limit makes this rare
+    return Result.fail(new InvalidArguments({ toolName: tool.name, reason: "size", detail: "too deeply nested to check" }))
+  }
+}
+
+/** Default limit on how deeply the model's arguments may nest (objects and arrays). */
+export const defaultMaxArgumentsDepth = 64
+
+/**
+ * Why parsed arguments must not be decoded, if they must not: nested deeper than `maxDepth`, or an
+ * own `__proto__` key, or a `constructor` holding a `prototype` (however the key was escaped in
+ * the JSON text). Iterative, so a deep value cannot overflow the stack.
+ */
+const inspectJson = (
+  value: unknown,
+  maxDepth: number
+): { readonly reason: "json" | "size"; readonly detail: string } | undefined => {
+  const stack: Array<readonly [unknown, number]> = [[value, 1]]
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!
+    if (v === null || typeof v !== "object") continue
+    if (depth > maxDepth) return { reason: "size", detail: `nested more than ${maxDepth} levels deep` }
+    if (Object.hasOwn(v, "__proto__")) {
+      return { reason: "json", detail: `the key "__proto__" is not allowed: it could change an object's prototype` }
+    }
+    const ctor: unknown = (v as Record<string, unknown>)["constructor"]
+    if (Object.hasOwn(v, "constructor") && typeof ctor === "object" && ctor !== null && Object.hasOwn(ctor, "prototype")) {
+      return { reason: "json", detail: `the key "constructor.prototype" is not allowed: it could change an object's prototype` }
+    }
+    for (const item of Object.values(v)) stack.push([item, depth + 1])
+  }
+  return undefined
 }
 
 // The OpenAI codec drops the `expected` text of the integer and finite checks (so they add no
@@ -446,7 +482,7 @@ export const execute = Effect.fnUntraced(function*<Name extends string, Args, Su
   if (Result.isFailure(args)) {
     return yield* functionCallOutput({ callId: call.callId, name: tool.name, output: args.failure.message, isError: true })
   }
-  const exit = yield* Effect.exit(tool.handler(args.success))
+  const exit = yield* Effect.exit(Effect.suspend(() => tool.handler(args.success)))
   const out = yield* encodeExit(tool, call.callId, exit)
   return yield* functionCallOutput({
     callId: call.callId,

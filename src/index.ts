@@ -4,10 +4,12 @@
  * @since 0.1.0
  */
 export * as AgentSession from "./AgentSession.ts"
+export * as AiAgent from "./AiAgent.ts"
 export * as AsyncRunContext from "./AsyncRunContext.ts"
 export * as AsyncToolset from "./AsyncToolset.ts"
 export * as ChatContext from "./ChatContext.ts"
 export * as FunctionTool from "./FunctionTool.ts"
+export * as PromptConversion from "./PromptConversion.ts"
 export * as Prompts from "./Prompts.ts"
 export * as ToolError from "./ToolError.ts"
 export * as ToolsetEvent from "./ToolsetEvent.ts"

@@ -1,0 +1,586 @@
+/**
+ * A text agent on `effect/ai`: it runs real turns on any `LanguageModel` layer and is the
+ * `AgentSession` its toolsets talk to.
+ *
+ * A user message starts a turn: the model is asked, its tool calls go to
+ * `AsyncToolset.execute` (an async tool hands back its first update at once), the outputs are
+ * fed back, and the model is asked again until it answers in words. Turns run one at a time, in
+ * the order they were asked for, whether the user or a toolset's reply fiber asked; "inactive"
+ * means no turn is queued or running and the user is not typing.
+ *
+ * The toolsets need the session when they are made, and the agent needs the toolsets to run
+ * calls: the agent's layer provides `AgentSession`, and each toolset is registered with
+ * `addToolset` once made.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schema } from "effect"
+ * import { AiAgent, AsyncToolset, FunctionTool } from "effect-async-toolset"
+ *
+ * const getWeather = FunctionTool.make("get_weather", {
+ *   description: "Current weather in a city",
+ *   parameters: Schema.Struct({ city: Schema.String })
+ * }, ({ city }) => Effect.succeed(`Sunny in ${city}`))
+ *
+ * const program = Effect.gen(function*() {
+ *   const agent = yield* AiAgent.AiAgent
+ *   yield* agent.addToolset(yield* AsyncToolset.make({ id: "weather", tools: [getWeather] }))
+ *   const turn = yield* agent.send("What is the weather in Paris?")
+ *   console.log(turn.text)
+ * }).pipe(Effect.scoped, Effect.provide(AiAgent.layer({ instructions: "You are a helpful assistant." })))
+ * // then provide any LanguageModel layer, e.g. OpenAiLanguageModel.model("gpt-5.2")
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Cause, Clock, Context, Deferred, Effect, Exit, Layer, PubSub, Queue, Stream } from "effect"
+import type { Scope } from "effect"
+import { LanguageModel, Prompt } from "effect/ai"
+import type { AiError, Toolkit } from "effect/ai"
+import { AgentSession, SessionError } from "./AgentSession.ts"
+import { isPending } from "./AsyncToolset.ts"
+import type { AsyncToolset } from "./AsyncToolset.ts"
+import { ChatContext, ChatMessage, FunctionCall, FunctionCallOutput, functionCallOutput, message } from "./ChatContext.ts"
+import type { ChatItem } from "./ChatContext.ts"
+import { newId } from "./internal/id.ts"
+import { insertSorted } from "./internal/ordered.ts"
+import * as Prompts from "./Prompts.ts"
+import { argumentsText, toPrompt, toTool } from "./PromptConversion.ts"
+import type { AiTool } from "./PromptConversion.ts"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** The agent's standing instructions: the system message at the head of every prompt. */
+  readonly instructions?: string | undefined
+  /** The conversation so far (default: empty). */
+  readonly history?: ChatContext | undefined
+  /**
+   * Most model requests in one turn (default 10). The last one may not call tools, so a turn
+   * always ends in words.
+   */
+  readonly maxSteps?: number | undefined
+  /**
+   * The note the model reads, at the end of its prompt, for each call still running in the
+   * background (never stored in the chat). Default: {@link defaultRunningCall}.
+   */
+  readonly runningCall?:
+    | Prompts.Template<{ readonly functionName: string; readonly callId: string; readonly arguments: string }>
+    | undefined
+}
+
+/**
+ * The default running-call note.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaultRunningCall: Prompts.Template<{ readonly functionName: string; readonly callId: string }> =
+  "{functionName} (call {callId}) is still running in the background. Its result will be added to the " +
+  "conversation when it is ready. Do not call {functionName} again for this; if the user asks, say it is " +
+  "still in progress."
+
+/**
+ * What one turn did.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Turn {
+  /** What the agent said in this turn, its messages joined by newlines ("" if it said nothing). */
+  readonly text: string
+  /** The items the turn added to the chat, in the order it added them. */
+  readonly items: ReadonlyArray<ChatItem>
+}
+
+/**
+ * Options of one turn started without a user message.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ReplyOptions {
+  /** Instructions for this turn only: the model reads them last; they are not stored. */
+  readonly instructions?: string | undefined
+  /** `"none"`: the model may not call tools in this turn (default `"auto"`). */
+  readonly toolChoice?: "auto" | "none" | undefined
+}
+
+/**
+ * A turn was taken up (it may have waited behind others).
+ *
+ * @since 0.1.0
+ * @category events
+ */
+export interface TurnStarted {
+  readonly _tag: "TurnStarted"
+  readonly turn: number
+  /** `user`: a user message; `reply`: a reply request (a toolset's, or `generateReply`). */
+  readonly cause: "user" | "reply"
+  readonly at: number
+}
+
+/**
+ * An item is in the chat: a user or assistant message, a call and its output, a toolset's update.
+ *
+ * @since 0.1.0
+ * @category events
+ */
+export interface ItemAdded {
+  readonly _tag: "ItemAdded"
+  readonly item: ChatItem
+  readonly at: number
+}
+
+/**
+ * A turn is over.
+ *
+ * @since 0.1.0
+ * @category events
+ */
+export interface TurnEnded {
+  readonly _tag: "TurnEnded"
+  readonly turn: number
+  /** `answered`: the agent said something; `silent`: it chose to say nothing; `failed`: the model failed. */
+  readonly outcome: "answered" | "silent" | "failed"
+  readonly text: string
+  readonly at: number
+}
+
+/**
+ * What the agent does, as it happens.
+ *
+ * @since 0.1.0
+ * @category events
+ */
+export type Event = TurnStarted | ItemAdded | TurnEnded
+
+/**
+ * @since 0.1.0
+ * @category services
+ */
+export class AiAgent extends Context.Service<AiAgent, {
+  /**
+   * The user says `text`: it is in the chat at once, and a turn answers it (after the turns
+   * already asked for). Yields what the turn did; fails with the model's error, after logging it.
+   * The turn runs in the agent, not in the caller: interrupting the caller does not stop it.
+   */
+  readonly send: (text: string) => Effect.Effect<Turn, AiError.AiError>
+  /** Runs a turn without a user message (a greeting, a nudge), queued like any other. */
+  readonly generateReply: (options?: ReplyOptions) => Effect.Effect<Turn, AiError.AiError>
+  /** The user started or stopped typing (or speaking): background replies wait while they do. */
+  readonly setUserTyping: (typing: boolean) => Effect.Effect<void>
+  /**
+   * Lets the model call the toolset's tools, until the scope closes. Tool names (management tools
+   * included) must be unique across the agent's toolsets.
+   */
+  readonly addToolset: (toolset: AsyncToolset) => Effect.Effect<void, never, Scope.Scope>
+  /** The conversation as it is now. */
+  readonly chat: Effect.Effect<ChatContext>
+  /** No turn queued or running, the user not typing. */
+  readonly isInactive: Effect.Effect<boolean>
+  /** Completes when the agent is inactive, and only while it is. */
+  readonly awaitInactive: Effect.Effect<void>
+  /**
+   * Turns and chat items as they happen. A subscriber sees the events published after it starts;
+   * the stream ends when the agent closes.
+   */
+  readonly events: Stream.Stream<Event>
+  /** The agent as the port its toolsets use (what the layer provides as `AgentSession`). */
+  readonly session: AgentSession["Service"]
+}>()("effect-async-toolset/AiAgent") {}
+
+/** A turn waiting for its go. */
+interface Job {
+  readonly cause: "user" | "reply"
+  readonly instructions: string | undefined
+  readonly toolChoice: "auto" | "none"
+  readonly done: Deferred.Deferred<Turn, AiError.AiError>
+}
+
+/** The same item at another time. */
+const withCreatedAt = (item: ChatItem, createdAt: number): ChatItem => {
+  switch (item._tag) {
+    case "ChatMessage":
+      return new ChatMessage({ id: item.id, role: item.role, content: item.content, createdAt })
+    case "FunctionCall":
+      return new FunctionCall({
+        id: item.id,
+        callId: item.callId,
+        name: item.name,
+        arguments: item.arguments,
+        createdAt,
+        ...(item.extra === undefined ? {} : { extra: item.extra })
+      })
+    case "FunctionCallOutput":
+      return new FunctionCallOutput({
+        id: item.id,
+        callId: item.callId,
+        name: item.name,
+        output: item.output,
+        isError: item.isError,
+        createdAt,
+        ...(item.extra === undefined ? {} : { extra: item.extra })
+      })
+  }
+}
+
+function* concat<A>(first: Iterable<A>, second: Iterable<A>): Iterable<A> {
+  yield* first
+  yield* second
+}
+
+/** The tools the model sees, as a toolkit whose calls the agent dispatches itself. */
+type Tools = Toolkit.WithHandler<Record<string, AiTool>>
+
+/**
+ * Builds an agent in the current scope; closing the scope stops its turns.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function*(
+  options: Options = {}
+): Effect.fn.Return<AiAgent["Service"], never, LanguageModel.LanguageModel | Scope.Scope> {
+  const model = yield* LanguageModel.LanguageModel
+  const maxSteps = Math.max(1, Math.floor(options.maxSteps ?? 10))
+  const runningCall = options.runningCall ?? defaultRunningCall
+  const clock = yield* Clock.clockWith(Effect.succeed)
+  const now = () => clock.currentTimeMillisUnsafe()
+
+  const pubsub = yield* PubSub.unbounded<Event>()
+  yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
+  const emit = (event: Event) => {
+    PubSub.publishUnsafe(pubsub, event)
+  }
+
+  // --- the chat: one array kept in creation order; an insert costs O(k) for k items at the tail --
+  const items: Array<ChatItem> = []
+  let snapshot: ChatContext | undefined // the last ChatContext handed out, until the chat changes
+  const firstUpdates = new Set<string>() // call ids whose output in the chat is a first update
+  const added = (batch: ReadonlyArray<ChatItem>) => {
+    snapshot = undefined
+    for (const item of batch) {
+      if (item._tag === "FunctionCallOutput" && isPending(item)) firstUpdates.add(item.callId)
+    }
+    // Subscribers may run at once, inside `emit`: the whole batch is in the chat by then.
+    const at = now()
+    for (const item of batch) emit({ _tag: "ItemAdded", item, at })
+  }
+  /** Adds items by creation time: at the tail, nearly always. */
+  const add = (batch: ReadonlyArray<ChatItem>) => {
+    if (batch.length === 0) return
+    for (const item of batch) insertSorted(items, item)
+    added(batch)
+  }
+  /**
+   * Adds what the model produced right after the newest item it read (`anchor`), so that whatever
+   * reached the chat while it thought stands after its words: they did not cover it (the
+   * toolset's "did the agent already speak after these results?" check relies on that). Times are
+   * clamped to keep the chat in creation order. Costs O(k + d) for k items placed d items from the
+   * tail (d: what arrived meanwhile). Returns the items as placed.
+   */
+  const addAfter = (anchor: ChatItem | undefined, batch: ReadonlyArray<ChatItem>): ReadonlyArray<ChatItem> => {
+    const at = anchor === undefined ? -1 : items.lastIndexOf(anchor)
+    let i = anchor !== undefined && at < 0 ? items.length : at + 1
+    const placed = batch.map((item) => {
+      const createdAt = Math.min(
+        Math.max(item.createdAt, items[i - 1]?.createdAt ?? Number.NEGATIVE_INFINITY),
+        items[i]?.createdAt ?? Number.POSITIVE_INFINITY
+      )
+      const stamped = createdAt === item.createdAt ? item : withCreatedAt(item, createdAt)
+      items.splice(i++, 0, stamped)
+      return stamped
+    })
+    added(placed)
+    return placed
+  }
+  add(options.history?.items ?? [])
+  const chat = Effect.sync(() => snapshot ??= new ChatContext({ items: items.slice() }))
+
+  // --- activity: inactive = no turn queued or running, the user not typing ----------------------
+  let pendingTurns = 0
+  let typing = false
+  let closed = false
+  const waiters = new Set<Deferred.Deferred<void>>()
+  const inactive = () => pendingTurns === 0 && !typing
+  // A waiter resumes at once, inside `Deferred.doneUnsafe`, and may queue a turn (a toolset's
+  // reply fiber does): so the set is emptied first, and each waiter checks again on waking (the
+  // port promises the session is inactive when `awaitInactive` completes).
+  const notify = () => {
+    if (!inactive() || waiters.size === 0) return
+    const ready = [...waiters]
+    waiters.clear()
+    for (const waiter of ready) Deferred.doneUnsafe(waiter, Exit.void)
+  }
+  const awaitInactive: Effect.Effect<void> = Effect.suspend(() => {
+    if (inactive()) return Effect.void
+    const waiter = Deferred.makeUnsafe<void>()
+    waiters.add(waiter)
+    return Deferred.await(waiter).pipe(
+      Effect.onInterrupt(() => Effect.sync(() => waiters.delete(waiter))),
+      Effect.andThen(awaitInactive)
+    )
+  })
+
+  // --- toolsets ----------------------------------------------------------------------------------
+  const toolsets = new Map<string, AsyncToolset>() // by id, in registration order
+  const owners = new Map<string, AsyncToolset>() // tool name -> the toolset that runs it
+  let toolkit: Tools | undefined // rebuilt when the toolsets change
+  const addToolset = (toolset: AsyncToolset) =>
+    Effect.acquireRelease(
+      Effect.suspend(() => {
+        if (toolsets.has(toolset.id)) {
+          return Effect.die(new Error(`AiAgent.addToolset: a toolset with id "${toolset.id}" is already added`))
+        }
+        const clash = toolset.tools.find((tool) => owners.has(tool.name))
+        if (clash !== undefined) {
+          return Effect.die(new Error(`AiAgent.addToolset: two toolsets have a tool named "${clash.name}"`))
+        }
+        toolsets.set(toolset.id, toolset)
+        for (const tool of toolset.tools) owners.set(tool.name, toolset)
+        toolkit = undefined
+        return Effect.void
+      }),
+      () =>
+        Effect.sync(() => {
+          if (toolsets.get(toolset.id) !== toolset) return
+          toolsets.delete(toolset.id)
+          for (const tool of toolset.tools) owners.delete(tool.name)
+          toolkit = undefined
+        })
+    )
+  const currentToolkit = (): Tools => {
+    if (toolkit !== undefined) return toolkit
+    const tools: Record<string, AiTool> = {}
+    for (const toolset of toolsets.values()) {
+      for (const tool of toolset.tools) Object.defineProperty(tools, tool.name, { value: toTool(tool), enumerable: true })
+    }
+    return toolkit = {
+      tools,
+      // never called: generateText runs with `disableToolCallResolution`
+      handle: () => Effect.die(new Error("AiAgent dispatches tool calls to its toolsets"))
+    }
+  }
+  const dispatch = (call: FunctionCall): Effect.Effect<FunctionCallOutput> => {
+    const toolset = owners.get(call.name)
+    if (toolset !== undefined) return toolset.execute(call)
+    return functionCallOutput({
+      callId: call.callId,
+      name: call.name,
+      output: `Unknown tool "${call.name}". The available tools are: ${[...owners.keys()].join(", ")}.`,
+      isError: true
+    })
+  }
+
+  // --- the prompt of one model request -----------------------------------------------------------
+  /**
+   * For each call still running whose output in the chat is its first update, a call/output pair
+   * `<callId>_running` saying so, so that the model does not start it again (LiveKit added these
+   * after models re-issued running calls, e.g. booked a flight twice). Calls made in the current
+   * turn are left out: their first update is the newest thing the model read. Prompt only, never
+   * stored.
+   */
+  const runningNotes = Effect.fnUntraced(function*(madeThisTurn: ReadonlySet<string>) {
+    const notes: Array<ChatItem> = []
+    for (const toolset of toolsets.values()) {
+      for (const task of yield* toolset.runningTasks) {
+        if (task.status !== "running" || !firstUpdates.has(task.callId) || madeThisTurn.has(task.callId)) continue
+        const callId = `${task.callId}_running`
+        const createdAt = now()
+        notes.push(
+          new FunctionCall({ id: newId("fc"), callId, name: task.name, arguments: task.arguments, createdAt }),
+          new FunctionCallOutput({
+            id: newId("fco"),
+            callId,
+            name: task.name,
+            output: Prompts.render(runningCall, { functionName: task.name, callId: task.callId, arguments: task.arguments }),
+            isError: false,
+            createdAt
+          })
+        )
+      }
+    }
+    return notes
+  })
+
+  const buildPrompt = Effect.fnUntraced(function*(instructions: string | undefined, madeThisTurn: ReadonlySet<string>) {
+    const notes = yield* runningNotes(madeThisTurn)
+    // No copy of the history: the conversion reads the items, then the notes, in one pass, and
+    // nothing can change the array meanwhile (it does not suspend). `read` is the newest item the
+    // model reads: what it says goes right after it.
+    const history = toPrompt(concat(items, notes)).content
+    const read = items.at(-1)
+    // The turn's instructions come last, where the model weighs them most; a provider that takes
+    // no system message inside the history gets them in the leading one.
+    const inHistory = model.supportsSystemMessagesInHistory === undefined ||
+      (yield* model.supportsSystemMessagesInHistory)
+    const last = inHistory ? instructions : undefined
+    const leading = [options.instructions, inHistory ? undefined : instructions].filter((s) => s !== undefined)
+    const prompt = Prompt.fromMessages([
+      ...(leading.length === 0 ? [] : [Prompt.makeMessage("system", { content: leading.join("\n\n") })]),
+      ...history,
+      ...(last === undefined ? [] : [Prompt.makeMessage("system", { content: last })])
+    ])
+    return { prompt, read } as const
+  })
+
+  // --- turns: one worker takes them in order, so generations never overlap ----------------------
+  let turns = 0
+  const runTurn = (job: Job, turn: number): Effect.Effect<Turn, AiError.AiError> => {
+    const stored: Array<ChatItem> = []
+    const said: Array<string> = []
+    const madeThisTurn = new Set<string>()
+    let anchor: ChatItem | undefined // the newest item the model read in this step, then the last it added
+    const store = (batch: ReadonlyArray<ChatItem>) => {
+      const placed = addAfter(anchor, batch)
+      anchor = placed.at(-1) ?? anchor
+      stored.push(...placed)
+    }
+    return Effect.gen(function*() {
+      emit({ _tag: "TurnStarted", turn, cause: job.cause, at: now() })
+      for (let step = 0; step < maxSteps; step++) {
+        const toolChoice = job.toolChoice === "none" || step === maxSteps - 1 ? "none" : "auto"
+        const askedAt = now()
+        const { prompt, read } = yield* buildPrompt(job.instructions, madeThisTurn)
+        anchor = read
+        const response = yield* model.generateText({
+          prompt,
+          toolkit: currentToolkit(),
+          toolChoice,
+          disableToolCallResolution: true,
+          toolCallValidation: "deferred"
+        })
+        const text = response.text
+        if (text.trim() !== "") {
+          store([new ChatMessage({ id: newId("msg"), role: "assistant", content: text, createdAt: askedAt })])
+          said.push(text)
+        }
+        const calls = response.toolCalls.filter((call) => !call.providerExecuted)
+        if (calls.length === 0) break
+        if (toolChoice === "none") {
+          yield* Effect.logWarning("the model called tools in a turn that allows none; the calls were not run", {
+            tools: calls.map((call) => call.name)
+          })
+          break
+        }
+        yield* Effect.forEach(calls, (part) => {
+          const call = new FunctionCall({
+            id: newId("fc"),
+            callId: part.id,
+            name: part.name,
+            arguments: argumentsText(part.params),
+            createdAt: askedAt
+          })
+          madeThisTurn.add(call.callId)
+          return Effect.map(dispatch(call), (output) => store([call, output]))
+        }, { concurrency: "unbounded", discard: true })
+      }
+      return { text: said.join("\n"), items: stored } satisfies Turn
+    }).pipe(
+      Effect.tapCause((cause) =>
+        Cause.hasInterruptsOnly(cause)
+          ? Effect.void
+          : Effect.logError("the turn failed; the conversation goes on", cause)
+      ),
+      Effect.onExit((exit) =>
+        Effect.sync(() => {
+          if (Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)) return
+          const text = said.join("\n")
+          const outcome = Exit.isFailure(exit) ? "failed" : text === "" ? "silent" : "answered"
+          emit({ _tag: "TurnEnded", turn, outcome, text, at: now() })
+        })
+      ),
+      Effect.withSpan("AiAgent.turn", { attributes: { "agent.turn": turn, "agent.turn.cause": job.cause } }),
+      Effect.annotateLogs({ turn })
+    )
+  }
+
+  const jobs = yield* Queue.unbounded<Job>()
+  // Runs after the worker is interrupted (finalizers run last-added first): turns still queued
+  // are interrupted, so their callers do not wait forever.
+  yield* Effect.addFinalizer(() =>
+    Effect.flatMap(Queue.clear(jobs), (left) =>
+      Effect.sync(() => {
+        closed = true
+        pendingTurns -= left.length
+        for (const job of left) Deferred.doneUnsafe(job.done, Exit.interrupt())
+        notify()
+      }))
+  )
+  const worker = Queue.take(jobs).pipe(
+    Effect.flatMap((job) =>
+      runTurn(job, ++turns).pipe(
+        // The caller resumes inside `doneUnsafe`: count the turn as over before that.
+        Effect.onExit((exit) =>
+          Effect.sync(() => {
+            pendingTurns--
+            Deferred.doneUnsafe(job.done, exit)
+            notify()
+          })
+        ),
+        Effect.exit
+      )
+    ),
+    Effect.forever
+  )
+  yield* Effect.forkScoped(worker, { startImmediately: true })
+
+  const enqueue = (job: Omit<Job, "done">): Effect.Effect<Turn, AiError.AiError> =>
+    Effect.suspend(() => {
+      if (closed) return Effect.interrupt
+      const done = Deferred.makeUnsafe<Turn, AiError.AiError>()
+      pendingTurns++
+      Queue.offerUnsafe(jobs, { ...job, done })
+      return Deferred.await(done)
+    })
+
+  const session = AgentSession.of({
+    chatContext: chat,
+    insert: (batch) => Effect.sync(() => add(batch)),
+    awaitInactive,
+    generateReply: (request) =>
+      enqueue({ cause: "reply", instructions: request.instructions, toolChoice: request.toolChoice }).pipe(
+        Effect.mapError((error) => new SessionError({ operation: "generateReply", message: error.message, cause: error })),
+        Effect.asVoid
+      )
+  })
+
+  return AiAgent.of({
+    send: (text) =>
+      Effect.suspend(() => {
+        if (closed) return Effect.interrupt
+        return Effect.flatMap(message("user", text), (user) => {
+          add([user])
+          return enqueue({ cause: "user", instructions: undefined, toolChoice: "auto" })
+        })
+      }),
+    generateReply: (reply = {}) =>
+      enqueue({ cause: "reply", instructions: reply.instructions, toolChoice: reply.toolChoice ?? "auto" }),
+    setUserTyping: (value) =>
+      Effect.sync(() => {
+        typing = value
+        notify()
+      }),
+    addToolset,
+    chat,
+    isInactive: Effect.sync(inactive),
+    awaitInactive,
+    events: Stream.fromPubSub(pubsub),
+    session
+  })
+})
+
+/**
+ * The agent as a layer: provides `AiAgent` and `AgentSession` (for `AsyncToolset.make`), and needs
+ * a `LanguageModel`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options: Options = {}): Layer.Layer<AiAgent | AgentSession, never, LanguageModel.LanguageModel> =>
+  Layer.effectContext(
+    Effect.map(make(options), (agent) => Context.make(AiAgent, agent).pipe(Context.add(AgentSession, agent.session)))
+  )

@@ -1,0 +1,478 @@
+/**
+ * The agent loop on effect/ai: turns on a scripted `LanguageModel`, tool calls through the toolset,
+ * one generation at a time, "inactive", reply requests, running-call placeholders and failures.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Effect, Exit, Fiber, Stream } from "effect"
+import { AiError, Tool } from "effect/ai"
+import { TestClock, TestConsole } from "effect/testing"
+import { AgentSession, AiAgent, AsyncToolset, ChatContext } from "effect-async-toolset"
+import { ScriptedModel } from "effect-async-toolset/testing"
+import { agentLayer, bookFlight, getWeather, promptLines, transcript } from "./support/agent.ts"
+
+/** The travel toolset, registered with the agent. */
+const travel = Effect.gen(function*() {
+  const agent = yield* AiAgent.AiAgent
+  const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight(), getWeather] })
+  yield* agent.addToolset(toolset)
+  return toolset
+})
+
+/** Books when asked, acknowledges the first update, answers anything else plainly. */
+const bookingRules = (request: ScriptedModel.Request): ScriptedModel.Reply => {
+  const booked = request.resultsSinceUser.find((r) => r.name === "book_flight")
+  if (request.lastUserText.includes("Book") && booked === undefined) {
+    return { toolCalls: [{ name: "book_flight", params: { to: "Tokyo" } }] }
+  }
+  if (booked !== undefined) return "On it: I am looking up flights to Tokyo."
+  return "Happy to help."
+}
+
+describe("AiAgent", () => {
+  describe("turns", () => {
+    it.effect("a user message starts a turn: tool calls run through the toolset until the model answers in words", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* travel
+
+        const turn = yield* agent.send("Book me a flight to Tokyo")
+
+        assert.strictEqual(turn.text, "On it: I am looking up flights to Tokyo.")
+        assert.deepStrictEqual(transcript(yield* agent.chat), [
+          "user: Book me a flight to Tokyo",
+          `call call_1_1 book_flight {"to":"Tokyo"}`,
+          "output call_1_1: book_flight (call call_1_1) reports progress: Looking up flights to Tokyo\n" +
+          "It is still running in the background. Tell the user only what this says; do not guess the result.",
+          "assistant: On it: I am looking up flights to Tokyo."
+        ])
+        assert.deepStrictEqual(turn.items.map((item) => item._tag), ["FunctionCall", "FunctionCallOutput", "ChatMessage"])
+        // the call returned at the first update: the booking goes on in the background
+        const output = (yield* agent.chat).items[2]
+        assert.isTrue(output?._tag === "FunctionCallOutput" && AsyncToolset.isPending(output))
+
+        const requests = yield* model.requests
+        assert.strictEqual(requests.length, 2)
+        assert.deepStrictEqual(requests.map((r) => r.toolChoice), ["auto", "auto"])
+        assert.deepStrictEqual(requests[1]!.resultsSinceUser.map((r) => r.id), ["call_1_1"])
+      }).pipe(Effect.provide(agentLayer(bookingRules))))
+
+    it.effect("the model sees every tool of the toolset, with its description and JSON Schema as is", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        const toolset = yield* travel
+
+        yield* agent.send("Hello")
+
+        const [request] = yield* model.requests
+        assert.deepStrictEqual(request!.toolNames, toolset.tools.map((tool) => tool.name))
+        for (const tool of toolset.tools) {
+          const seen = request!.options.tools.find((t) => t.name === tool.name)!
+          assert.strictEqual(Tool.getDescription(seen), tool.description)
+          assert.deepStrictEqual(Tool.getJsonSchema(seen), tool.jsonSchema)
+          assert.strictEqual(Tool.getStrictMode(seen), tool.strict)
+        }
+      }).pipe(Effect.provide(agentLayer(["Hi!"]))))
+
+    it.effect("the standing instructions lead every prompt and are not stored", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+
+        yield* agent.send("Hello")
+
+        const [request] = yield* model.requests
+        assert.deepStrictEqual(promptLines(request!.prompt), ["system: You book flights.", "user: Hello"])
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: Hello", "assistant: Hi!"])
+      }).pipe(Effect.provide(agentLayer(["Hi!"], { instructions: "You book flights." }))))
+
+    it.effect("the conversation so far (history) is in the first prompt", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+
+        yield* agent.send("And tomorrow?")
+
+        const [request] = yield* model.requests
+        assert.deepStrictEqual(promptLines(request!.prompt), [
+          "user: Weather in Paris?",
+          "assistant: Sunny.",
+          "user: And tomorrow?"
+        ])
+      }).pipe(Effect.provide(agentLayer(["Rain."], {
+        history: ChatContext.ChatContext.fromItems([
+          new ChatContext.ChatMessage({ id: "m1", role: "user", content: "Weather in Paris?", createdAt: 0 }),
+          new ChatContext.ChatMessage({ id: "m2", role: "assistant", content: "Sunny.", createdAt: 0 })
+        ])
+      }))))
+
+    it.effect("an empty answer stores nothing", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const turn = yield* agent.send("ok")
+        assert.strictEqual(turn.text, "")
+        assert.deepStrictEqual(turn.items, [])
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: ok"])
+      }).pipe(Effect.provide(agentLayer(["", "  "]))))
+
+    it.effect("the model's arguments reach execute as JSON text; each call is stored with its output as it returns", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* travel
+
+        yield* agent.send("Weather in Paris and Rome?")
+
+        assert.deepStrictEqual(transcript(yield* agent.chat), [
+          "user: Weather in Paris and Rome?",
+          `call call_1_1 get_weather {"city":"Paris"}`,
+          "output call_1_1: Sunny in Paris",
+          `call call_1_2 get_weather {"city":"Rome"}`,
+          "output call_1_2: Sunny in Rome",
+          "assistant: Sunny in both."
+        ])
+      }).pipe(Effect.provide(agentLayer([
+        { toolCalls: [{ name: "get_weather", params: { city: "Paris" } }, { name: "get_weather", params: { city: "Rome" } }] },
+        "Sunny in both."
+      ]))))
+
+    it.effect("a call of an unknown tool gets an error output naming the tools; the turn goes on", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* travel
+
+        yield* agent.send("Hi")
+
+        const chat = transcript(yield* agent.chat)
+        assert.strictEqual(chat[1], "call call_1_1 rent_car {}")
+        assert.match(chat[2]!, /^output call_1_1 \(error\): Unknown tool "rent_car"\. The available tools are: book_flight, get_weather, /)
+        assert.strictEqual(chat[3], "assistant: Sorry, I cannot rent cars.")
+      }).pipe(Effect.provide(agentLayer([{ toolCalls: [{ name: "rent_car" }] }, "Sorry, I cannot rent cars."]))))
+
+    it.effect("bad arguments from the model get the toolset's error output, not a failed turn", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* travel
+
+        const turn = yield* agent.send("Weather?")
+
+        assert.strictEqual(turn.text, "Let me fix that.")
+        const chat = transcript(yield* agent.chat)
+        assert.match(chat[2]!, /^output call_1_1 \(error\): The call to get_weather did not run/)
+      }).pipe(Effect.provide(agentLayer([
+        { toolCalls: [{ name: "get_weather", params: { city: 42 } }] },
+        "Let me fix that."
+      ]))))
+
+    it.effect("the last step of a turn allows no tools, so a turn always ends in words", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* travel
+
+        const turn = yield* agent.send("Weather?")
+
+        const requests = yield* model.requests
+        assert.deepStrictEqual(requests.map((r) => r.toolChoice), ["auto", "auto", "none"])
+        // the calls the model still made on the last step were not run
+        assert.deepStrictEqual(
+          (yield* agent.chat).items.flatMap((i) => i._tag === "FunctionCall" ? [i.callId] : []),
+          ["call_1_1", "call_2_1"]
+        )
+        assert.strictEqual(turn.text, "")
+      }).pipe(Effect.provide(agentLayer(
+        () => ({ toolCalls: [{ name: "get_weather", params: { city: "Paris" } }] }),
+        { maxSteps: 3 }
+      ))))
+  })
+
+  describe("one generation at a time", () => {
+    it.effect("a second message waits for the first turn, and its model request sees the first answer", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+
+        const first = yield* agent.send("one").pipe(Effect.forkChild({ startImmediately: true }))
+        yield* Effect.yieldNow // the model is thinking about "one"
+        const second = yield* agent.send("two").pipe(Effect.forkChild({ startImmediately: true }))
+        yield* Effect.yieldNow
+        assert.strictEqual((yield* model.requests).length, 1) // the second waits
+
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(first)).text, "answer 1")
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Fiber.join(second)).text, "answer 2")
+
+        const requests = yield* model.requests
+        // "two" was in the chat before answer 1 came, but answer 1 was made without it: it stands before "two"
+        assert.deepStrictEqual(transcript(yield* agent.chat), [
+          "user: one",
+          "assistant: answer 1",
+          "user: two",
+          "assistant: answer 2"
+        ])
+        assert.deepStrictEqual(promptLines(requests[1]!.prompt), ["user: one", "assistant: answer 1", "user: two"])
+      }).pipe(Effect.provide(agentLayer((r) => ({ text: `answer ${r.index + 1}`, delay: "1 second" })))))
+
+    it.effect("a reply request queues behind a running turn and never overlaps it", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const session = yield* AgentSession.AgentSession
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* travel
+
+        const turn = yield* agent.send("hello").pipe(Effect.forkChild({ startImmediately: true }))
+        const reply = yield* session.generateReply({ instructions: "Say more.", toolChoice: "none" }).pipe(
+          Effect.forkChild({ startImmediately: true })
+        )
+        yield* Effect.yieldNow
+        assert.strictEqual((yield* model.requests).length, 1)
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(turn)
+        assert.isUndefined(reply.pollUnsafe())
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(reply)
+        assert.deepStrictEqual((yield* model.requests).map((r) => r.toolChoice), ["auto", "none"])
+      }).pipe(Effect.provide(agentLayer((r) => ({ text: `answer ${r.index + 1}`, delay: "1 second" })))))
+  })
+
+  describe("reply requests (the session port)", () => {
+    it.effect("generateReply runs a turn with tool choice none and its instructions last, not stored", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const session = yield* AgentSession.AgentSession
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* agent.send("hello")
+
+        yield* session.generateReply({ instructions: "Tell the user the weather changed.", toolChoice: "none" })
+
+        const request = (yield* model.requests)[1]!
+        assert.strictEqual(request.toolChoice, "none")
+        assert.deepStrictEqual(promptLines(request.prompt), [
+          "system: Be brief.",
+          "user: hello",
+          "assistant: answer 1",
+          "system: Tell the user the weather changed."
+        ])
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: hello", "assistant: answer 1", "assistant: answer 2"])
+      }).pipe(Effect.provide(agentLayer((r) => `answer ${r.index + 1}`, { instructions: "Be brief." }))))
+
+    it.effect("a provider without system messages inside the history gets the instructions in the leading one", () =>
+      Effect.gen(function*() {
+        const session = yield* AgentSession.AgentSession
+        const model = yield* ScriptedModel.ScriptedModel
+
+        yield* session.generateReply({ instructions: "Say hello.", toolChoice: "none" })
+
+        const [request] = yield* model.requests
+        assert.deepStrictEqual(promptLines(request!.prompt), ["system: Be brief.\n\nSay hello."])
+      }).pipe(Effect.provide(agentLayer(["Hello!"], { instructions: "Be brief.", systemMessagesInHistory: false }))))
+
+    it.effect("the session reads and inserts into the agent's chat", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const session = yield* AgentSession.AgentSession
+        const note = yield* ChatContext.message("system", "note")
+
+        yield* session.insert([note])
+
+        assert.deepStrictEqual((yield* session.chatContext).items, [note])
+        assert.deepStrictEqual((yield* agent.chat).items, [note])
+      }).pipe(Effect.provide(agentLayer([]))))
+  })
+
+  describe("inactive", () => {
+    it.effect("inactive means no turn queued or running and the user not typing", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        assert.isTrue(yield* agent.isInactive)
+
+        yield* agent.setUserTyping(true)
+        assert.isFalse(yield* agent.isInactive)
+        const waiting = yield* agent.awaitInactive.pipe(Effect.forkChild({ startImmediately: true }))
+        yield* agent.setUserTyping(false)
+        yield* Fiber.join(waiting)
+
+        const turn = yield* agent.send("hello").pipe(Effect.forkChild({ startImmediately: true }))
+        assert.isFalse(yield* agent.isInactive)
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(turn)
+        assert.isTrue(yield* agent.isInactive)
+      }).pipe(Effect.provide(agentLayer([{ text: "hi", delay: "1 second" }]))))
+
+    it.effect("awaitInactive completes only while inactive: a waiter woken after another queued a turn waits on", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* agent.setUserTyping(true)
+        // the first waiter queues a turn as soon as it wakes (as a toolset's reply fiber does)
+        const first = yield* agent.awaitInactive.pipe(
+          Effect.andThen(agent.generateReply()),
+          Effect.forkChild({ startImmediately: true })
+        )
+        const second = yield* agent.awaitInactive.pipe(Effect.forkChild({ startImmediately: true }))
+
+        yield* agent.setUserTyping(false)
+        yield* Effect.yieldNow
+        assert.isFalse(yield* agent.isInactive)
+        assert.isUndefined(second.pollUnsafe())
+
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(first)
+        yield* Fiber.join(second)
+      }).pipe(Effect.provide(agentLayer([{ text: "hi", delay: "1 second" }]))))
+
+    it.effect("a background result is not replied to while the user types", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        const toolset = yield* travel
+        yield* agent.send("Book me a flight to Tokyo")
+
+        yield* agent.setUserTyping(true)
+        yield* TestClock.adjust("1 minute")
+        assert.strictEqual((yield* model.requests).length, 2) // the result is in, but nobody talks over the user
+        assert.include(transcript(yield* agent.chat).at(-1)!, "call_1_1_final")
+
+        yield* agent.setUserTyping(false)
+        yield* toolset.awaitIdle
+        const requests = yield* model.requests
+        assert.strictEqual(requests.length, 3)
+        assert.strictEqual(requests[2]!.toolChoice, "none")
+        assert.include(requests[2]!.systemText, "call_1_1_update_1, call_1_1_final")
+      }).pipe(Effect.provide(agentLayer(bookingRules))))
+  })
+
+  describe("running-call placeholders", () => {
+    it.effect("a turn started while a call runs shows the model that call as still running; the chat never holds it", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* travel
+        yield* agent.send("Book me a flight to Tokyo")
+
+        yield* agent.send("Is it a long flight?")
+
+        const request = (yield* model.requests)[2]!
+        const lines = promptLines(request.prompt)
+        assert.deepStrictEqual(lines.slice(-3), [
+          "user: Is it a long flight?",
+          "call call_1_1_running book_flight",
+          "result call_1_1_running: book_flight (call call_1_1) is still running in the background. Its result will " +
+          "be added to the conversation when it is ready. Do not call book_flight again for this; if the user asks, " +
+          "say it is still in progress."
+        ])
+        const chat = yield* agent.chat
+        assert.isFalse(chat.items.some((item) => item._tag !== "ChatMessage" && item.callId.endsWith("_running")))
+        // the turn in which the call was made reads its first update, not a placeholder
+        assert.isFalse(promptLines((yield* model.requests)[1]!.prompt).some((line) => line.includes("_running")))
+      }).pipe(Effect.provide(agentLayer(bookingRules))))
+
+    it.effect("no placeholder once the call has ended, and the note is an option", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        const toolset = yield* travel
+        yield* agent.send("Book me a flight to Tokyo")
+
+        yield* agent.send("Still there?")
+        assert.include(promptLines((yield* model.requests)[2]!.prompt).at(-1)!, "busy: book_flight call_1_1")
+
+        yield* TestClock.adjust("1 minute")
+        yield* toolset.awaitIdle
+        yield* agent.send("Thanks")
+        const last = (yield* model.requests).at(-1)!
+        assert.isFalse(promptLines(last.prompt).some((line) => line.includes("_running")))
+      }).pipe(Effect.provide(agentLayer(bookingRules, { runningCall: "busy: {functionName} {callId}" }))))
+  })
+
+  describe("failures", () => {
+    it.effect("a model failure fails the turn with the model's error, is logged, and the agent goes on", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+
+        const failed = yield* Effect.exit(agent.send("hello"))
+        assert.isTrue(Exit.isFailure(failed))
+        const error = Exit.isFailure(failed) ? Cause.findErrorOption(failed.cause) : undefined
+        assert.isTrue(error !== undefined && error._tag === "Some" && AiError.isAiError(error.value))
+
+        assert.include(yield* TestConsole.logLines, "the turn failed; the conversation goes on")
+
+        const turn = yield* agent.send("hello again")
+        assert.strictEqual(turn.text, "I am back.")
+        assert.isTrue(yield* agent.isInactive)
+      }).pipe(Effect.provide(agentLayer((r) =>
+        r.index === 0 ? Effect.fail(ScriptedModel.error("rate limited")) : "I am back."
+      )))
+    )
+
+    it.effect("a model failure in a reply turn reaches the toolset as a SessionError", () =>
+      Effect.gen(function*() {
+        const session = yield* AgentSession.AgentSession
+        const error = yield* Effect.flip(session.generateReply({ instructions: "x", toolChoice: "none" }))
+        assert.strictEqual(error._tag, "SessionError")
+        assert.strictEqual(error.operation, "generateReply")
+      }).pipe(Effect.provide(agentLayer(() => Effect.fail(ScriptedModel.error("down"))))))
+  })
+
+  describe("toolsets and events", () => {
+    it.effect("a toolset's tools leave the model's list when its scope closes", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* travel.pipe(Effect.scoped)
+
+        yield* agent.send("hello")
+
+        assert.deepStrictEqual((yield* model.requests)[0]!.toolNames, [])
+      }).pipe(Effect.provide(agentLayer(["hi"]))))
+
+    it.effect("two toolsets with a tool of the same name are a defect", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* travel
+        const other = yield* AsyncToolset.make({ id: "weather", tools: [getWeather] })
+        const exit = yield* Effect.exit(agent.addToolset(other))
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause))
+      }).pipe(Effect.provide(agentLayer([]))))
+
+    it.effect("events report turns and chat items as they happen", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* travel
+        const events = yield* agent.events.pipe(
+          Stream.take(6),
+          Stream.runCollect,
+          Effect.forkChild({ startImmediately: true })
+        )
+        yield* Effect.yieldNow
+
+        yield* agent.send("Weather in Paris?")
+
+        const seen = (yield* Fiber.join(events)).map((e) =>
+          e._tag === "ItemAdded" ? `item ${e.item._tag}` : e._tag === "TurnStarted" ? `started ${e.cause}` : `ended ${e.outcome}`
+        )
+        assert.deepStrictEqual(seen, [
+          "item ChatMessage",
+          "started user",
+          "item FunctionCall",
+          "item FunctionCallOutput",
+          "item ChatMessage",
+          "ended answered"
+        ])
+      }).pipe(Effect.provide(agentLayer([{ toolCalls: [{ name: "get_weather", params: { city: "Paris" } }] }, "Sunny."]))))
+  })
+
+  it.effect("closing the agent's scope interrupts the turns still queued", () =>
+    Effect.gen(function*() {
+      const turns = yield* Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const first = yield* agent.send("one").pipe(Effect.forkDetach({ startImmediately: true }))
+        const second = yield* agent.send("two").pipe(Effect.forkDetach({ startImmediately: true }))
+        return [first, second] as const
+      }).pipe(Effect.provide(agentLayer([{ text: "slow", delay: "1 hour" }])))
+      for (const turn of turns) {
+        const exit = yield* Fiber.await(turn)
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause))
+      }
+    }))
+})
