@@ -39,6 +39,12 @@ export class AgentSession extends Context.Service<AgentSession, {
   /** The current agent's chat context. */
   readonly chatContext: Effect.Effect<ChatContext, SessionError>
   /**
+   * The current agent's chat items in creation order, without a copy: it may be the session's own
+   * array. Read it at once, never keep or change it. Must cost O(1): the toolset reads it before
+   * every reply, and a `ChatContext` of a long history costs O(n) to build (its items are parsed).
+   */
+  readonly items: Effect.Effect<ReadonlyArray<ChatItem>, SessionError>
+  /**
    * Inserts items into the current agent's chat context, by creation time. Must cost O(k) (or
    * O(k log n)) for k items: never a copy of the whole history.
    */

@@ -539,6 +539,7 @@ export const make = Effect.fnUntraced(function*(
 
   const session = AgentSession.of({
     chatContext: chat,
+    items: Effect.sync((): ReadonlyArray<ChatItem> => items),
     insert: (batch) => Effect.sync(() => add(batch)),
     awaitInactive,
     generateReply: (request) =>

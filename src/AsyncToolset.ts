@@ -22,6 +22,7 @@ import {
   Option,
   PubSub,
   Queue,
+  References,
   Result,
   Schedule,
   Schema,
@@ -31,7 +32,7 @@ import {
 import { AgentSession } from "./AgentSession.ts"
 import { AsyncRunContext } from "./AsyncRunContext.ts"
 import { functionCall as makeFunctionCall, functionCallOutput } from "./ChatContext.ts"
-import type { ChatContext, ChatItem, FunctionCall, FunctionCallOutput } from "./ChatContext.ts"
+import type { ChatItem, FunctionCall, FunctionCallOutput } from "./ChatContext.ts"
 import * as FunctionTool from "./FunctionTool.ts"
 import * as Prompts from "./Prompts.ts"
 import type { Outcome, ToolsetEvent } from "./ToolsetEvent.ts"
@@ -88,6 +89,11 @@ export interface Options<Tools extends ReadonlyArray<FunctionTool.Any>> {
    * a stalled session never holds back later replies. Default 2 minutes.
    */
   readonly replyTimeout?: Duration.Input | undefined
+  /**
+   * Wrap each call in an `AsyncToolset.call` span (default `true`). A span is kept for as long as
+   * its call runs (about 3 KB each); turn it off for very many concurrent calls.
+   */
+  readonly spanPerCall?: boolean | undefined
 }
 
 /**
@@ -169,7 +175,8 @@ interface Call {
   readonly tool: Prepared
   readonly key: string
   readonly startedAt: number
-  readonly first: Deferred.Deferred<FunctionCallOutput>
+  /** Completed by the first update; swapped for `handedOff` once the caller has the output. */
+  first: Deferred.Deferred<FunctionCallOutput>
   fiber: Fiber.Fiber<void> | undefined
   state: "running" | "cancelling" | "done"
   /** Cancelled, timed out or replaced: its items still waiting for an insertion retry are dropped. */
@@ -244,11 +251,20 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const sessionRetry = options.sessionRetry ??
     Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 3 }))
   const replyTimeout = Duration.fromInputUnsafe(options.replyTimeout ?? "2 minutes")
+  const spanPerCall = options.spanPerCall ?? true
 
   const clock = yield* Clock.clockWith(Effect.succeed)
   const runningGauge = Metric.withAttributes(runningCalls, { toolset: id })
-  const endedCounter = (tool: string, outcome: Outcome) =>
-    Metric.withAttributes(callsEnded, { toolset: id, tool, outcome })
+  const endedCounters = new Map<string, Metric.Metric<number, unknown>>()
+  const endedCounter = (tool: string, outcome: Outcome) => {
+    const key = `${tool}\u0000${outcome}`
+    let counter = endedCounters.get(key)
+    if (counter === undefined) {
+      counter = Metric.withAttributes(callsEnded, { toolset: id, tool, outcome })
+      endedCounters.set(key, counter)
+    }
+    return counter
+  }
 
   const getRunningTasksName = `get_running_tasks_${id}`
   const cancelTaskName = `cancel_task_${id}`
@@ -493,22 +509,31 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
 
   const runCall = (c: Call, args: unknown) => {
     const runContext = AsyncRunContext.of({ functionCall: c.call, toolsetId: id, update: update(c) })
-    return Effect.uninterruptibleMask((restore) =>
-      restore(Effect.suspend(() => c.tool.tool.handler(args))).pipe(
-        // The tool sees the services captured by `make` over the caller's context (which carries
-        // the call's span and log annotations), plus its run context.
-        Effect.updateContext((caller: Context.Context<never>) =>
-          Context.add(Context.merge(caller, services), AsyncRunContext, runContext)
-        ),
-        Effect.exit,
-        Effect.flatMap((exit) => finish(c, exit))
+    // The fiber is the call's own: its context is set once and never restored (an
+    // `updateContext`, `annotateLogs` or `withSpan` around the call would copy the context again
+    // and keep a frame on the fiber for as long as the call runs). The tool sees the services
+    // captured by `make` over the caller's context, its run context and the call's log annotations.
+    const run = Effect.withFiber((fiber) => {
+      const context = Context.add(Context.merge(fiber.context, services), AsyncRunContext, runContext)
+      fiber.setContext(Context.add(context, References.CurrentLogAnnotations, {
+        ...Context.get(context, References.CurrentLogAnnotations),
+        toolset: id,
+        tool: c.call.name,
+        callId: c.call.callId
+      }))
+      return Effect.uninterruptibleMask((restore) =>
+        // The services the handler needs are in the context set above.
+        restore(Effect.suspend(() => c.tool.tool.handler(args) as Effect.Effect<unknown, unknown>)).pipe(
+          Effect.exit,
+          Effect.flatMap((exit) => finish(c, exit))
+        )
       )
-    ).pipe(
-      Effect.withSpan("AsyncToolset.call", {
+    })
+    return spanPerCall
+      ? Effect.withSpan(run, "AsyncToolset.call", {
         attributes: { "toolset.id": id, "tool.name": c.call.name, "tool.call_id": c.call.callId }
-      }),
-      Effect.annotateLogs({ toolset: id, tool: c.call.name, callId: c.call.callId })
-    )
+      })
+      : run
   }
 
   // --- execute -----------------------------------------------------------------------------------
@@ -640,7 +665,10 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         })
         notify()
       })
-      return yield* Deferred.await(first)
+      const out = yield* Deferred.await(first)
+      // The caller has the output now: do not keep it for as long as the call runs.
+      c.first = handedOff
+      return out
     })
 
   /**
@@ -678,6 +706,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       if (!c.tool.cancellable) return Effect.succeed("not-cancellable")
       cancelUnsafe(c)
       // The caller still waiting on the first update gets a clear answer now, not when the fiber stops.
+      if (Deferred.isDoneUnsafe(c.first)) return Effect.succeed("cancelled")
       return Effect.as(
         Effect.flatMap(cancelledOutput(c), (out) => Deferred.succeed(c.first, out)),
         "cancelled"
@@ -761,8 +790,8 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       if (ready.length === 0) return
       const callIds = ready.map((item) => item.callId)
       // Reading the chat only picks the wording; if it fails, ask as if the items were at the tail.
-      const covered = yield* session.chatContext.pipe(
-        Effect.map((chat) => spokeAfter(chat, ready)),
+      const covered = yield* session.items.pipe(
+        Effect.map((items) => spokeAfter(items, ready)),
         Effect.catchCause((cause) =>
           Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : Effect.as(
             Effect.logWarning(`could not read the chat; asking for the reply for ${callIds.join(", ")} as if they were the latest`, cause),
@@ -842,6 +871,10 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
 /** Model input echoed in an output is cut short: the model needs to recognise it, not read it back. */
 const clip = (s: string, max = 200): string => s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`
 
+/** Stands for a first output already handed to its caller. */
+const handedOff: Deferred.Deferred<FunctionCallOutput> = Deferred.makeUnsafe<FunctionCallOutput>()
+Deferred.doneUnsafe(handedOff, Effect.die(new Error("AsyncToolset: a first output is read once")))
+
 const toRunningTask = (c: Call, status: RunningTask["status"], cancellable: boolean): RunningTask => ({
   callId: c.call.callId,
   name: c.call.name,
@@ -856,11 +889,11 @@ const toRunningTask = (c: Call, status: RunningTask["status"], cancellable: bool
  * the chat. Compared by position, not time, so items created in the same millisecond are ordered
  * correctly. Only the tail after our items is scanned.
  */
-const spokeAfter = (chat: ChatContext, pending: ReadonlyArray<Pending>): boolean => {
+const spokeAfter = (items: ReadonlyArray<ChatItem>, pending: ReadonlyArray<Pending>): boolean => {
   const ours = new Set<string>()
   for (const p of pending) for (const item of p.items) ours.add(item.id)
-  for (let i = chat.items.length - 1; i >= 0; i--) {
-    const item = chat.items[i]!
+  for (let i = items.length - 1; i >= 0; i--) {
+    const item = items[i]!
     if (ours.has(item.id)) return false
     if (item._tag === "ChatMessage" && item.role === "assistant") return true
   }

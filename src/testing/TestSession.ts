@@ -115,6 +115,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
 
   const session = AgentSession.of({
     chatContext: Effect.sync(() => new ChatContext({ items: items.slice() })),
+    items: Effect.sync((): ReadonlyArray<ChatItem> => items),
     insert,
     awaitInactive,
     generateReply: (request) =>
