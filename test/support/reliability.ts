@@ -63,6 +63,12 @@ export const faultySession = (plan: FaultPlan, options: TestSession.Options = {}
   const layer: Layer.Layer<AgentSession.AgentSession | TestSession.TestSession> = Layer.effectContext(
     Effect.map(TestSession.make(options), ({ controls, session }) => {
       const faulty = AgentSession.AgentSession.of({
+        // The toolset reads the chat through `items`; a fault planned for reading the chat hits it too.
+        items: Effect.suspend(() => {
+          const fault = plan.chatContext?.(attempts.chatContext.length + 1) ?? "ok"
+          attempts.chatContext.push(fault)
+          return inject("chatContext", fault, session.items)
+        }),
         chatContext: Effect.suspend(() => {
           const fault = plan.chatContext?.(attempts.chatContext.length + 1) ?? "ok"
           attempts.chatContext.push(fault)
