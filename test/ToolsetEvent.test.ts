@@ -3,7 +3,7 @@
  * updated and ended with each outcome; replies scheduled, delivered and skipped.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Metric, Schedule, Schema, Stream } from "effect"
+import { Effect, Fiber, Metric, Schedule, Schema, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, ToolError } from "effect-async-toolset"
 import type { ToolsetEvent } from "effect-async-toolset"
@@ -160,4 +160,40 @@ describe("ToolsetEvent", () => {
       Effect.provide(TestSession.layer),
       Effect.provideService(Metric.MetricRegistry, new Map()) // this test's own metrics
     ))
+
+  describe("spans", () => {
+    /** A tracer that records the name and attributes of every span that ends. */
+    const recording = () => {
+      const ended: Array<{ readonly name: string; readonly callId: unknown }> = []
+      const tracer = Tracer.make({
+        span(options) {
+          const span = Tracer.nativeTracer.span(options)
+          const end = span.end.bind(span)
+          span.end = (endTime, exit) => {
+            ended.push({ name: span.name, callId: span.attributes.get("tool.call_id") })
+            end(endTime, exit)
+          }
+          return span
+        }
+      })
+      return { ended, tracer }
+    }
+
+    it.effect("each call runs in an AsyncToolset.call span that ends with it; spanPerCall false turns it off", () =>
+      Effect.gen(function*() {
+        const on = recording()
+        const traced = yield* AsyncToolset.make({ id: "traced", tools: [job] }).pipe(Effect.withTracer(on.tracer))
+        yield* start(traced, "c1", "job", { seconds: 1, ending: "result" }).pipe(Effect.withTracer(on.tracer))
+        yield* TestClock.adjust("1 second")
+        yield* traced.awaitIdle
+        assert.deepStrictEqual(on.ended.filter((s) => s.name === "AsyncToolset.call"), [{ name: "AsyncToolset.call", callId: "c1" }])
+
+        const off = recording()
+        const quiet = yield* AsyncToolset.make({ id: "quiet", tools: [job], spanPerCall: false })
+        yield* start(quiet, "c2", "job", { seconds: 1, ending: "result" }).pipe(Effect.withTracer(off.tracer))
+        yield* TestClock.adjust("1 second")
+        yield* quiet.awaitIdle
+        assert.deepStrictEqual(off.ended.filter((s) => s.name === "AsyncToolset.call"), [])
+      }).pipe(Effect.provide(TestSession.layer)))
+  })
 })
