@@ -3,7 +3,7 @@
  * and its progress and result reach the user later, one calm reply at a time.
  *
  * The session is the test kit's in-memory one; a few scripted lines play the user and the agent.
- * Run it with `npm start`.
+ * Run it with `npm run example examples/booking.ts`.
  */
 import { Console, Effect, Schema } from "effect"
 import { AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"

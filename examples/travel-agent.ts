@@ -1,0 +1,285 @@
+/**
+ * A travel agent in the terminal: book flights, ask how they are going, cancel them, chat on
+ * while they run. The agent is `AiAgent` on a model layer; its toolset runs `book_flight` in the
+ * background; a live status line shows each running call and its latest update.
+ *
+ *   npm start                                        chat (on a terminal); Ctrl+C or "exit" to quit
+ *   npm start -- --script examples/travel-script.txt play a conversation from a file, print the transcript
+ *   npm start < /dev/null                            no terminal: play the built-in conversation, exit
+ *
+ * The model is the test kit's `ScriptedModel` playing a few rules (examples/travel/model.ts): it
+ * runs offline and the same every time. `runDemo` takes any `LanguageModel` layer instead:
+ * examples/openai.ts runs this same demo on an OpenAI-compatible API.
+ *
+ * A script file has one user message per line, and these commands:
+ *   wait <seconds>   the user says nothing for that long (background calls go on)
+ *   wait idle        the user waits until no call runs and the agent has said everything
+ *   type <seconds>   the user is typing for that long: background replies wait until they stop
+ *   # ...            a comment
+ * At its end the demo waits until everything is said, then exits.
+ */
+import { readFileSync, realpathSync } from "node:fs"
+import * as readline from "node:readline"
+import { pathToFileURL } from "node:url"
+import { parseArgs } from "node:util"
+import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, Stream } from "effect"
+import type { LanguageModel } from "effect/ai"
+import { AiAgent } from "effect-async-toolset"
+import type { AsyncToolset } from "effect-async-toolset"
+import { ScriptedModel } from "effect-async-toolset/testing"
+import { instructions, travelModel } from "./travel/model.ts"
+import { logText, Screen, showArguments } from "./travel/terminal.ts"
+import { travelToolset } from "./travel/tools.ts"
+import type { Timing } from "./travel/tools.ts"
+
+// --- scripts --------------------------------------------------------------------------------------
+
+export type Step =
+  | { readonly _tag: "Say"; readonly text: string }
+  | { readonly _tag: "Wait"; readonly seconds: number }
+  | { readonly _tag: "WaitIdle" }
+  | { readonly _tag: "Type"; readonly seconds: number }
+
+export const parseScript = (source: string): Array<Step> =>
+  source.split(/\r?\n/).flatMap((raw, i): Array<Step> => {
+    const line = raw.trim()
+    if (line === "" || line.startsWith("#")) return []
+    const command = /^(wait|type)\s+(\S+)$/i.exec(line)
+    if (command === null) return [{ _tag: "Say", text: line }]
+    const [, verb, arg] = command
+    if (verb!.toLowerCase() === "wait" && arg!.toLowerCase() === "idle") return [{ _tag: "WaitIdle" }]
+    const seconds = Number(arg)
+    if (!Number.isFinite(seconds) || seconds < 0) {
+      throw new Error(`script line ${i + 1}: "${line}": expected "${verb} <seconds>"${verb === "wait" ? ` or "wait idle"` : ""}`)
+    }
+    return [{ _tag: verb!.toLowerCase() === "wait" ? "Wait" : "Type", seconds }]
+  })
+
+/** What `npm start` plays when no terminal is attached (CI): a short conversation. */
+export const builtInScript = `
+Hi!
+Book me a flight to Tokyo, please.
+Is it a long flight?
+wait 1
+How is it going?
+wait idle
+What's the weather in Tokyo?
+Thanks!
+`
+
+// --- the session ----------------------------------------------------------------------------------
+
+type Mode =
+  | { readonly _tag: "Interactive" }
+  | { readonly _tag: "Script"; readonly steps: ReadonlyArray<Step>; readonly source: string }
+
+const isSynthetic = (callId: string) => /_(update_\d+|final)$/.test(callId)
+
+/** Prints what the agent says and the calls the model makes, as they happen. */
+const showAgent = (screen: Screen, event: AiAgent.Event) => {
+  if (event._tag === "TurnEnded" && event.outcome === "failed") screen.note("(the model failed; the turn was dropped)")
+  if (event._tag !== "ItemAdded") return
+  const item = event.item
+  if (item._tag === "ChatMessage") {
+    if (item.role === "user") screen.user(item.content)
+    if (item.role === "assistant") screen.agent(item.content)
+  } else if (item._tag === "FunctionCall" && !isSynthetic(item.callId)) {
+    screen.tool(`→ ${item.name}(${showArguments(item.arguments)})  ${item.callId}`)
+  }
+}
+
+/** Until no call runs, no reply is owed and no turn is queued, or 60 seconds. */
+const settle = (agent: AiAgent.AiAgent["Service"], toolset: AsyncToolset.AsyncToolset) =>
+  Effect.gen(function*() {
+    yield* toolset.awaitIdle
+    yield* agent.awaitInactive
+    yield* toolset.awaitIdle
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: "60 seconds",
+      orElse: () => Effect.die(new Error("the conversation did not settle within 60 seconds"))
+    })
+  )
+
+const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"], toolset: AsyncToolset.AsyncToolset, screen: Screen) =>
+  Effect.gen(function*() {
+    let typing = false
+    for (const [i, step] of steps.entries()) {
+      switch (step._tag) {
+        case "Say": {
+          // The message is in the chat and its turn queued before the user stops typing, so a
+          // background reply waiting for them comes after it. The user waits for the answer
+          // before saying the next thing; a failed turn is logged by the agent.
+          const turn = yield* Effect.forkChild(Effect.exit(agent.send(step.text)), { startImmediately: true })
+          if (typing) yield* agent.setUserTyping(typing = false)
+          yield* Fiber.join(turn)
+          break
+        }
+        case "Wait":
+          if (typing) yield* agent.setUserTyping(typing = false)
+          yield* Effect.sleep(step.seconds * 1000)
+          break
+        case "WaitIdle":
+          if (typing) yield* agent.setUserTyping(typing = false)
+          yield* settle(agent, toolset)
+          break
+        case "Type":
+          screen.note(`(you are typing for ${step.seconds}s: the agent does not interrupt)`)
+          yield* agent.setUserTyping(typing = true)
+          yield* Effect.sleep(step.seconds * 1000)
+          // what they typed is the next message, if there is one; otherwise they gave up
+          if (steps[i + 1]?._tag !== "Say") yield* agent.setUserTyping(typing = false)
+          break
+      }
+    }
+    yield* settle(agent, toolset)
+  })
+
+/** How long after the last keystroke the user counts as no longer typing. */
+const typingPause = 3000
+
+const chat = (agent: AiAgent.AiAgent["Service"], screen: Screen) =>
+  Effect.gen(function*() {
+    const lines = yield* Queue.unbounded<string | undefined>()
+    const input = readline.createInterface({ input: process.stdin, output: process.stdout, prompt: "you> ", terminal: true })
+    let typing = false
+    let pause: ReturnType<typeof setTimeout> | undefined
+    const setTyping = (value: boolean) => {
+      if (pause !== undefined) clearTimeout(pause)
+      pause = value ? setTimeout(() => setTyping(false), typingPause) : undefined
+      if (value === typing) return
+      typing = value
+      Effect.runSync(agent.setUserTyping(value))
+    }
+    // readline emits keypress events on a terminal; this listener runs after readline's own, so
+    // `input.line` already has the key in it
+    const onKey = () => setTyping(input.line.length > 0)
+    process.stdin.on("keypress", onKey)
+    // the user stops typing once their message is in the chat (see below)
+    input.on("line", (line) => {
+      screen.entered(line)
+      Queue.offerUnsafe(lines, line)
+    })
+    input.on("SIGINT", () => input.close())
+    input.on("close", () => Queue.offerUnsafe(lines, undefined))
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        if (pause !== undefined) clearTimeout(pause)
+        process.stdin.off("keypress", onKey)
+        input.close()
+      })
+    )
+    screen.note(
+      `Try: "Book me a flight to Tokyo", "How is it going?", "What's the weather in Paris?", ` +
+        `"Cancel the Tokyo flight". Ctrl+C or "exit" to quit.`
+    )
+    screen.attach(input)
+    while (true) {
+      const line = yield* Queue.take(lines)
+      if (line === undefined || /^(exit|quit|bye)$/i.test(line.trim())) break
+      if (line.trim() !== "") {
+        // The message goes into the chat and its turn is queued at once (the fork starts right
+        // away), before the user counts as done typing: a background reply that was waiting for
+        // them comes after their message, not before it. The user may go on typing while the
+        // agent answers: the turn runs on its own.
+        yield* Effect.forkScoped(Effect.exit(agent.send(line.trim())), { startImmediately: true })
+      }
+      setTyping(input.line.length > 0)
+    }
+  })
+
+const session = (mode: Mode, screen: Screen, timing: Timing) =>
+  Effect.gen(function*() {
+    const agent = yield* AiAgent.AiAgent
+    const toolset = yield* travelToolset(timing)
+    yield* agent.addToolset(toolset)
+    yield* agent.events.pipe(
+      Stream.runForEach((event) => Effect.sync(() => showAgent(screen, event))),
+      Effect.forkScoped({ startImmediately: true })
+    )
+    yield* toolset.events.pipe(
+      Stream.runForEach((event) => Effect.sync(() => screen.call(event))),
+      Effect.forkScoped({ startImmediately: true })
+    )
+    if (mode._tag === "Interactive") return yield* chat(agent, screen)
+    screen.note(`Playing ${mode.source}: ${mode.steps.length} steps`)
+    yield* playScript(mode.steps, agent, toolset, screen)
+    const chatNow = yield* agent.chat
+    const calls = chatNow.items.filter((item) => item._tag === "FunctionCall" && !isSynthetic(item.callId)).length
+    screen.note(`End of the script: ${chatNow.items.length} chat items, ${calls} tool calls.`)
+  })
+
+// --- running it -----------------------------------------------------------------------------------
+
+export interface DemoOptions {
+  /** Shown in the banner: which model plays the agent. */
+  readonly modelName: string
+  /** Command-line arguments (default: the process's). */
+  readonly argv?: ReadonlyArray<string> | undefined
+  /** Real time between the booking's steps (default 2 s each). */
+  readonly timing?: Timing | undefined
+}
+
+/**
+ * Runs the demo on a model layer: interactive on a terminal, or a script (`--script <file>`, or
+ * the built-in one when no terminal is attached). Resolves when the conversation is over.
+ */
+export const runDemo = async <E>(
+  model: Layer.Layer<LanguageModel.LanguageModel, E>,
+  options: DemoOptions
+): Promise<void> => {
+  const { values } = parseArgs({
+    args: [...(options.argv ?? process.argv.slice(2))],
+    options: { script: { type: "string" } }
+  })
+  const mode: Mode = values.script !== undefined
+    ? { _tag: "Script", steps: parseScript(readFileSync(values.script, "utf8")), source: values.script }
+    : process.stdin.isTTY
+    ? { _tag: "Interactive" }
+    : { _tag: "Script", steps: parseScript(builtInScript), source: "the built-in script (no terminal attached)" }
+
+  const out = process.stdout
+  const live = out.isTTY === true
+  const screen = new Screen({
+    out,
+    live,
+    color: live && process.env.NO_COLOR === undefined,
+    timestamps: mode._tag === "Script"
+  })
+  screen.note(`Travel agent demo: ${options.modelName}`)
+
+  const logger = Logger.make((log) =>
+    screen.log(log.logLevel, logText(log.message, log.cause.reasons.length === 0 ? "" : Cause.pretty(log.cause)))
+  )
+  // the logger goes under the agent too: its turns run in fibers it starts when it is built
+  const agent = AiAgent.layer({ instructions }).pipe(Layer.provide(model), Layer.provideMerge(Logger.layer([logger])))
+  const exit = await Effect.runPromiseExit(
+    session(mode, screen, options.timing ?? { search: "2 seconds", book: "2 seconds" }).pipe(
+      Effect.scoped,
+      Effect.provide(agent)
+    )
+  )
+  screen.close(mode._tag === "Interactive" ? "Bye!" : undefined)
+  if (Exit.isFailure(exit)) throw new Error(Cause.pretty(exit.cause))
+}
+
+/** Whether this file is the program being run (not imported). */
+export const isMain = (url: string): boolean => {
+  const entry = process.argv[1]
+  if (entry === undefined) return false
+  try {
+    return url === pathToFileURL(realpathSync(entry)).href
+  } catch {
+    return false
+  }
+}
+
+if (isMain(import.meta.url)) {
+  runDemo(ScriptedModel.layer(travelModel), { modelName: "scripted model (offline)" }).then(
+    () => process.exit(0),
+    (error: unknown) => {
+      console.error(error instanceof Error ? error.message : error)
+      process.exit(1)
+    }
+  )
+}

@@ -1,0 +1,241 @@
+/**
+ * The travel agent's terminal: a transcript, and under it a live status line per background call
+ * (spinner, tool, latest update, elapsed time) kept just above the input prompt.
+ *
+ * On a terminal (`live`), the status lines are redrawn ten times a second while a call runs, and
+ * every transcript line is printed above them; the line being typed is kept as it is. Without a
+ * terminal (a pipe, CI), there is no live area: each update is printed as a line instead.
+ */
+import * as readline from "node:readline"
+import { inspect } from "node:util"
+import type { ToolsetEvent } from "effect-async-toolset"
+
+export interface ScreenOptions {
+  readonly out: NodeJS.WriteStream
+  /** Redraw status lines in place (needs a terminal). */
+  readonly live: boolean
+  readonly color: boolean
+  /** Prefix each transcript line with the seconds since the start. */
+  readonly timestamps: boolean
+}
+
+interface Running {
+  readonly callId: string
+  readonly name: string
+  readonly arguments: string
+  readonly startedAt: number
+  message: string
+  updates: number
+}
+
+const spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"]
+
+const ansi = /\u001b\[[0-9;]*m/g
+const width = (s: string) => s.replace(ansi, "").length
+
+/** `{"to":"Tokyo"}` → `to: Tokyo`. */
+export const showArguments = (json: string): string => {
+  try {
+    const value: unknown = JSON.parse(json)
+    if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+      return Object.entries(value).map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join(", ")
+    }
+  } catch {
+    // shown as it is
+  }
+  return json
+}
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)}s`
+
+export class Screen {
+  private readonly started = Date.now()
+  private readonly running = new Map<string, Running>()
+  private input: readline.Interface | undefined
+  private footer = 0 // status lines drawn above the prompt
+  private frame = 0
+  private timer: ReturnType<typeof setInterval> | undefined
+  private closed = false
+
+  private readonly options: ScreenOptions
+
+  constructor(options: ScreenOptions) {
+    this.options = options
+  }
+
+  private style(code: string, text: string) {
+    return this.options.color ? `\u001b[${code}m${text}\u001b[0m` : text
+  }
+
+  /** Keeps the line being typed at the bottom, under the status lines. */
+  attach(input: readline.Interface) {
+    this.input = input
+    if (this.options.live) this.draw()
+    else input.prompt() // output is not a terminal: no redrawing, just one prompt
+  }
+
+  // --- the transcript ------------------------------------------------------------------------------
+
+  private print(line: string) {
+    if (this.closed) return
+    const stamp = this.options.timestamps
+      ? this.style("2", `[${seconds(Date.now() - this.started).padStart(5)}] `)
+      : ""
+    this.clear()
+    this.options.out.write(`${stamp}${line}\n`)
+    this.draw()
+  }
+
+  user(text: string) {
+    this.print(`${this.style("1", "you:")} ${text}`)
+  }
+
+  agent(text: string) {
+    this.print(`${this.style("1;36", "agent:")} ${this.style("36", text)}`)
+  }
+
+  tool(text: string) {
+    this.print(this.style("2", `  ${text}`))
+  }
+
+  note(text: string) {
+    this.print(this.style("2;3", text))
+  }
+
+  log(level: string, text: string) {
+    this.print(this.style(level === "Error" || level === "Fatal" ? "31" : "33", `[${level.toLowerCase()}] ${text}`))
+  }
+
+  /**
+   * After Enter, readline has echoed the line and moved to a new one: erase the echo (and the
+   * status lines above it); the agent's event prints the line as part of the transcript.
+   */
+  entered(line: string) {
+    if (!this.options.live || this.input === undefined || this.closed) return
+    const columns = this.options.out.columns || 80
+    const rows = Math.max(1, Math.ceil(width(this.input.getPrompt() + line) / columns))
+    readline.moveCursor(this.options.out, 0, -(this.footer + rows))
+    readline.cursorTo(this.options.out, 0)
+    readline.clearScreenDown(this.options.out)
+    this.footer = 0
+    this.draw()
+  }
+
+  // --- the background calls ------------------------------------------------------------------------
+
+  call(event: ToolsetEvent.ToolsetEvent) {
+    switch (event._tag) {
+      case "CallStarted":
+        this.running.set(event.callId, {
+          callId: event.callId,
+          name: event.name,
+          arguments: event.arguments,
+          startedAt: event.at,
+          message: "starting",
+          updates: 0
+        })
+        break
+      case "CallUpdated": {
+        const call = this.running.get(event.callId)
+        if (call !== undefined) {
+          call.message = event.message
+          call.updates++
+        }
+        // the first update is the call's output: the agent tells it; later ones go in the transcript
+        // when there is no live status line to show them
+        if (!this.options.live && event.step > 0) this.tool(`… ${event.name} ${event.callId}: ${event.message}`)
+        break
+      }
+      case "CallEnded": {
+        const call = this.running.get(event.callId)
+        this.running.delete(event.callId)
+        // a quick call that never updated was not in the background: its result is the answer
+        if (event.outcome !== "done" || (call?.updates ?? 0) > 0) {
+          const mark = event.outcome === "done" ? "✓" : "✗"
+          this.tool(`${mark} ${event.name} ${event.callId} ${event.outcome} after ${seconds(event.duration)}`)
+        }
+        break
+      }
+      default:
+        return
+    }
+    this.tick()
+  }
+
+  private statusLines(): Array<string> {
+    const columns = this.options.out.columns || 80
+    const now = Date.now()
+    const frame = spinner[this.frame % spinner.length]!
+    return [...this.running.values()].map((call) => {
+      const line = `${frame} ${call.name}(${showArguments(call.arguments)}) · ${call.message} · ${
+        seconds(now - call.startedAt)
+      }`
+      return this.style("33", line.length > columns - 1 ? `${line.slice(0, columns - 2)}…` : line)
+    })
+  }
+
+  /** Runs the spinner while calls run. */
+  private tick() {
+    if (!this.options.live) return
+    if (this.running.size > 0 && this.timer === undefined) {
+      this.timer = setInterval(() => {
+        this.frame++
+        this.redraw()
+      }, 100)
+    } else if (this.running.size === 0 && this.timer !== undefined) {
+      clearInterval(this.timer)
+      this.timer = undefined
+    }
+    this.redraw()
+  }
+
+  private redraw() {
+    if (this.closed) return
+    this.clear()
+    this.draw()
+  }
+
+  /** Erases the status lines and the input line; the cursor ends where they began. */
+  private clear() {
+    if (!this.options.live) return
+    const inputRows = this.input === undefined ? 0 : this.input.getCursorPos().rows
+    readline.moveCursor(this.options.out, 0, -(this.footer + inputRows))
+    readline.cursorTo(this.options.out, 0)
+    readline.clearScreenDown(this.options.out)
+    this.footer = 0
+  }
+
+  /** Draws the status lines, then the prompt with what is being typed. */
+  private draw() {
+    if (!this.options.live || this.closed) return
+    const lines = this.statusLines()
+    for (const line of lines) this.options.out.write(`${line}\n`)
+    this.footer = lines.length
+    if (this.input === undefined) return
+    // readline redraws the input by first moving up as many rows as the cursor was down in it at
+    // its last redraw (`prevRows`, not in its typings; after a fast paste it lags behind the
+    // cursor): step down that many rows first, so a wrapped input does not eat the lines above
+    const prevRows = (this.input as unknown as { readonly prevRows?: number }).prevRows ??
+      this.input.getCursorPos().rows
+    this.options.out.write("\n".repeat(prevRows))
+    this.input.prompt(true)
+  }
+
+  /** Stops redrawing; what is on screen stays. */
+  close(farewell?: string) {
+    if (this.closed) return
+    if (this.running.size > 0) this.note(`(${this.running.size} background call(s) still running were stopped)`)
+    if (farewell !== undefined) this.note(farewell)
+    this.clear()
+    this.closed = true
+    if (this.timer !== undefined) clearInterval(this.timer)
+    this.timer = undefined
+  }
+}
+
+/** A log line's text: its messages, and the cause if there is one. */
+export const logText = (message: unknown, cause: string): string => {
+  const parts = Array.isArray(message) ? message : [message]
+  const text = parts.map((m) => typeof m === "string" ? m : inspect(m, { depth: 4, breakLength: Infinity })).join(" ")
+  return cause === "" ? text : `${text}\n${cause}`
+}
