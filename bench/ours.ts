@@ -12,6 +12,9 @@ import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool 
 import { TestSession } from "effect-async-toolset/testing"
 import { collect, expect } from "./harness.ts"
 
+/** `BENCH_SPANS=0` measures ours without the span per call (`spanPerCall: false`); the default keeps it. */
+const spanPerCall = process.env["BENCH_SPANS"] !== "0"
+
 const Parameters = Schema.Struct({ query: Schema.String })
 const argumentsText = JSON.stringify({ query: "flights" })
 
@@ -69,7 +72,7 @@ const launch = (toolset: AsyncToolset.AsyncToolset, calls: ReadonlyArray<ChatCon
 export const w1 = (calls: number): Promise<number> =>
   withSession({}, (controls) =>
     Effect.gen(function*() {
-      const toolset = yield* AsyncToolset.make({ id: "bench", tools: [lookup] })
+      const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [lookup] })
       const functionCalls = yield* makeCalls(calls, "lookup")
       let pending = 0
       const t0 = performance.now()
@@ -89,7 +92,7 @@ export const w1 = (calls: number): Promise<number> =>
 export const w2 = (n: number): Promise<number> =>
   withSession({}, () =>
     Effect.gen(function*() {
-      const toolset = yield* AsyncToolset.make({ id: "bench", tools: [blocked(Effect.never)] })
+      const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [blocked(Effect.never)] })
       const calls = yield* makeCalls(n, "wait")
       const t0 = performance.now()
       const outputs = yield* launch(toolset, calls)
@@ -103,7 +106,7 @@ export const w2 = (n: number): Promise<number> =>
 export const w3 = (n: number): Promise<{ readonly heap: number; readonly rss: number }> =>
   withSession({}, () =>
     Effect.gen(function*() {
-      const toolset = yield* AsyncToolset.make({ id: "bench", tools: [blocked(Effect.never)] })
+      const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [blocked(Effect.never)] })
       collect()
       const before = process.memoryUsage()
       // The calls are made after the baseline: what the toolset keeps of them counts.
@@ -139,7 +142,7 @@ export const w4 = (history: number, updates: number): Promise<number> =>
             (i) => ChatContext.message(i % 2 === 0 ? "user" : "assistant", `message ${i}`)
           )
           yield* controls.insert(items)
-          const toolset = yield* AsyncToolset.make({ id: "bench", tools: [stream] })
+          const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [stream] })
           const [call] = yield* makeCalls(1, "stream")
           expect(AsyncToolset.isPending(yield* toolset.execute(call!)), "ours W4: the call runs in the background")
           const t0 = performance.now()
@@ -173,7 +176,7 @@ export const w5 = (n: number): Promise<{ readonly ms: number; readonly replies: 
       },
       (controls) =>
         Effect.gen(function*() {
-          const toolset = yield* AsyncToolset.make({ id: "bench", tools: [blocked(gate.await)] })
+          const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [blocked(gate.await)] })
           const outputs = yield* launch(toolset, yield* makeCalls(n, "wait"))
           expect(outputs.every(AsyncToolset.isPending), "ours W5: every call returned at its first update")
           yield* controls.setBusy
@@ -195,7 +198,7 @@ export const w5 = (n: number): Promise<{ readonly ms: number; readonly replies: 
 export const w6 = (n: number): Promise<number> =>
   withSession({}, () =>
     Effect.gen(function*() {
-      const toolset = yield* AsyncToolset.make({ id: "bench", tools: [blocked(Effect.never)] })
+      const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [blocked(Effect.never)] })
       const calls = yield* makeCalls(n, "wait")
       yield* launch(toolset, calls)
       let cancelled = 0
