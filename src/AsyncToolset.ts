@@ -368,6 +368,9 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   // queued are let go, so `awaitIdle` completes. They are in the chat already.
   const parent = yield* Scope.Scope
   const scope = yield* Scope.fork(parent, "sequential")
+  // Shut down last, so subscribers see the calls that close interrupts end.
+  const pubsub = yield* PubSub.unbounded<ToolsetEvent>()
+  yield* Scope.addFinalizer(scope, PubSub.shutdown(pubsub))
   const queue = yield* Queue.unbounded<Pending>()
   yield* Scope.addFinalizer(
     scope,
@@ -381,8 +384,6 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       ))
   )
   const callsScope = yield* Scope.fork(scope, "parallel")
-  const pubsub = yield* PubSub.unbounded<ToolsetEvent>()
-  yield* Scope.addFinalizer(scope, PubSub.shutdown(pubsub))
   const emit = (event: ToolsetEvent) => {
     PubSub.publishUnsafe(pubsub, event)
   }
@@ -401,7 +402,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     functionCallOutput({ callId, name, output: text, isError, extra })
 
   const describeRunning = (calls: Iterable<Call>) =>
-    Array.from(calls, (c) => `- call_id ${c.call.callId}, arguments ${c.call.arguments}`).join("\n")
+    Array.from(calls, (c) => `- call_id ${clip(c.call.callId)}, arguments ${clip(c.call.arguments)}`).join("\n")
 
   const cancelledOutput = (c: Call) =>
     output(
@@ -416,7 +417,9 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
    * dropped (E2), except the toolset's own word that the call timed out (`force`).
    */
   const deliver = (c: Call, suffix: string, out: FunctionTool.Output, force = false) =>
-    Effect.gen(function*() {
+    // Uninterruptible but for the insertion itself: the count of items owed a reply must move with
+    // the queue, whatever interrupts the caller and when.
+    Effect.uninterruptible(Effect.gen(function*() {
       if ((c.state !== "running" && !force) || closed) return
       const callId = `${c.call.callId}${suffix}`
       const items: ReadonlyArray<ChatItem> = [
@@ -449,7 +452,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       )
       yield* Queue.offer(queue, { callId, items, call: c, force, inserted })
       emit({ _tag: "ReplyScheduled", toolsetId: id, callId, at: clock.currentTimeMillisUnsafe() })
-    })
+    }))
 
   const encodeUpdate = (c: Call, message: unknown): string => {
     if (typeof message === "string") {
@@ -525,7 +528,21 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         // The services the handler needs are in the context set above.
         restore(Effect.suspend(() => c.tool.tool.handler(args) as Effect.Effect<unknown, unknown>)).pipe(
           Effect.exit,
-          Effect.flatMap((exit) => finish(c, exit))
+          Effect.flatMap((exit) =>
+          finish(c, exit).pipe(
+            // Encoding the outcome must not pass for a cancellation: the model gets the generic error.
+            Effect.catchCause((cause) =>
+              Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause) : Effect.gen(function*() {
+                yield* Effect.logError("could not deliver the tool's outcome", cause)
+                c.outcome = "error"
+                const fallback = FunctionTool.internalError(c.call.name)
+                if (!Deferred.isDoneUnsafe(c.first)) {
+                  yield* Deferred.succeed(c.first, yield* output(c.call.callId, c.call.name, fallback.output, true))
+                }
+              })
+            )
+          )
+        )
         )
       )
     })
@@ -566,7 +583,10 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     })
 
   const start = (call: FunctionCall, p: Prepared, key: string, args: unknown, confirmed: boolean) =>
-    Effect.gen(function*() {
+    // From admission to the observer nothing may interrupt: a call registered but never started (or
+    // started but never observed) would stay in the registry for good. Only the waits are interruptible.
+    Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
       const startedAt = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
       const first = yield* Deferred.make<FunctionCallOutput>()
       const c: Call = {
@@ -618,12 +638,11 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       // Replaced calls stop before their successor starts, so two bookings never overlap. The
       // successor may be cancelled meanwhile, or its caller may give up: then it never runs.
       if (admission.replaced.length > 0) {
-        yield* waitUntil(() => c.state !== "running" || admission.replaced.every((r) => r.state === "done")).pipe(
-          Effect.onInterrupt(() => Effect.sync(() => forget(c)))
-        )
+        yield* restore(waitUntil(() => c.state !== "running" || admission.replaced.every((r) => r.state === "done")))
+          .pipe(Effect.onInterrupt(() => Effect.sync(() => forget(c))))
         if (c.state !== "running") {
           forget(c)
-          return yield* Deferred.await(first)
+          return yield* restore(Deferred.await(first))
         }
       }
 
@@ -665,11 +684,11 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
         })
         notify()
       })
-      const out = yield* Deferred.await(first)
+      const out = yield* restore(Deferred.await(first))
       // The caller has the output now: do not keep it for as long as the call runs.
       c.first = handedOff
       return out
-    })
+    }))
 
   /**
    * A timeout answers the model at expiry, even if the tool is in an uninterruptible region: the
@@ -806,7 +825,14 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       }
       const pendingCallIds = callIds.join(", ")
       const instructions = Prompts.render(covered ? prompts.replyMaybeCovered : prompts.replyAtTail, { pendingCallIds })
-      yield* session.generateReply({ instructions, toolChoice: "none" }).pipe(
+      // A retry waits for the session to be inactive again: the first attempt may have failed
+      // because the agent got busy.
+      let attempt = 0
+      yield* Effect.suspend(() =>
+        attempt++ === 0
+          ? session.generateReply({ instructions, toolChoice: "none" })
+          : Effect.andThen(session.awaitInactive, session.generateReply({ instructions, toolChoice: "none" }))
+      ).pipe(
         Effect.retry(sessionRetry),
         // Bounds the request and its retries. A timed-out request is not retried: the session may
         // still make that reply (an agent queues it), and a second request would repeat it.

@@ -403,7 +403,10 @@ export const encodeSuccess = (tool: Any, value: unknown): Result.Result<Option.O
     if (typeof e === "string") return Result.succeed(Option.some(e))
     if (e === undefined) return Result.succeed(Option.none())
     try {
-      return Result.succeed(Option.some(JSON.stringify(e)))
+      const json: string | undefined = JSON.stringify(e)
+      return json === undefined
+        ? Result.fail(new Error(`the result (${typeof e}) has no JSON form`))
+        : Result.succeed(Option.some(json))
     } catch (error) {
       return Result.fail(error)
     }
