@@ -385,8 +385,10 @@ export const make = Effect.fnUntraced(function*(
    */
   const runningNotes = Effect.fnUntraced(function*(madeThisTurn: ReadonlySet<string>) {
     const notes: Array<ChatItem> = []
+    const running = new Set<string>()
     for (const toolset of toolsets.values()) {
       for (const task of yield* toolset.runningTasks) {
+        running.add(task.callId)
         if (task.status !== "running" || !firstUpdates.has(task.callId) || madeThisTurn.has(task.callId)) continue
         const callId = `${task.callId}_running`
         const createdAt = now()
@@ -403,6 +405,8 @@ export const make = Effect.fnUntraced(function*(
         )
       }
     }
+    // Calls that ended need no note again: forget them, so the set stays as small as what runs.
+    for (const callId of firstUpdates) if (!running.has(callId)) firstUpdates.delete(callId)
     return notes
   })
 
