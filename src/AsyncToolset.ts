@@ -526,7 +526,8 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       }))
       return Effect.uninterruptibleMask((restore) =>
         // The services the handler needs are in the context set above.
-        restore(Effect.suspend(() => c.tool.tool.handler(args) as Effect.Effect<unknown, unknown>)).pipe(
+        // Its own scope: what the tool acquires is released when the call ends, not when the toolset closes.
+        restore(Effect.scoped(Effect.suspend(() => c.tool.tool.handler(args) as Effect.Effect<unknown, unknown>))).pipe(
           Effect.exit,
           Effect.flatMap((exit) =>
           finish(c, exit).pipe(

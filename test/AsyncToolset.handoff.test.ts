@@ -75,6 +75,27 @@ describe("AsyncToolset hand-off", () => {
         const session = yield* TestSession.TestSession
         assert.strictEqual(pairOf(yield* session.chat, "c1_final").output.output, "3 results")
       }).pipe(Effect.provide(TestSession.layer)))
+    it.effect("a tool that needs a Scope gets one per call, closed when the call ends, not when the toolset closes", () =>
+      Effect.gen(function*() {
+        const released: Array<string> = []
+        const withConnection = FunctionTool.make("with_connection", { description: "Holds a connection" }, () =>
+          Effect.gen(function*() {
+            const { callId } = yield* AsyncRunContext.functionCall
+            yield* Effect.acquireRelease(Effect.void, () => Effect.sync(() => released.push(callId)))
+            yield* AsyncRunContext.update("connected")
+            yield* Effect.sleep("1 second")
+            return "done"
+          }))
+        const toolset = yield* AsyncToolset.make({ id: "db", tools: [withConnection], onDuplicateCall: "allow" })
+
+        yield* toolset.execute(yield* call("c1", "with_connection"))
+        yield* toolset.execute(yield* call("c2", "with_connection"))
+        assert.deepStrictEqual(released, [])
+        yield* TestClock.adjust("1 second")
+        yield* toolset.awaitIdle
+
+        assert.deepStrictEqual(released.toSorted(), ["c1", "c2"]) // the toolset is still open
+      }).pipe(Effect.provide(TestSession.layer)))
   })
 
   describe("B2 the first update completes the call", () => {
