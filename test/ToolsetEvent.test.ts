@@ -94,8 +94,9 @@ describe("ToolsetEvent", () => {
         "scheduled bad_update_1",
         "scheduled bad_final",
         "ended bad error",
-        "scheduled late_final",
+        // the timeout stops the call at once; its notice reaches the chat after
         "ended late timed-out",
+        "scheduled late_final",
         "delivered ok_update_1 ok_final bad_update_1 bad_final late_final"
       ])
     }).pipe(Effect.provide(TestSession.layer)))
