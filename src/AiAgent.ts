@@ -260,10 +260,12 @@ export const make = Effect.fnUntraced(function*(
   const items: Array<ChatItem> = []
   let snapshot: ChatContext | undefined // the last ChatContext handed out, until the chat changes
   const firstUpdates = new Set<string>() // call ids whose output in the chat is a first update
+  const callIds = new Set<string>() // the call ids of the chat's function calls
   const added = (batch: ReadonlyArray<ChatItem>) => {
     snapshot = undefined
     for (const item of batch) {
-      if (item._tag === "FunctionCallOutput" && isPending(item)) firstUpdates.add(item.callId)
+      if (item._tag === "FunctionCall") callIds.add(item.callId)
+      else if (item._tag === "FunctionCallOutput" && isPending(item)) firstUpdates.add(item.callId)
     }
     // Subscribers may run at once, inside `emit`: the whole batch is in the chat by then.
     const at = now()
@@ -470,10 +472,19 @@ export const make = Effect.fnUntraced(function*(
           })
           break
         }
+        // Provider call ids must stay unique in the chat: a model that repeats one (or sends none)
+        // gets its call stored under a fresh id, which its output answers.
+        const taken = new Set<string>()
+        const uniqueId = (id: string) => {
+          let unique = id === "" ? "call_1" : id
+          for (let k = 2; callIds.has(unique) || taken.has(unique); k++) unique = `${id === "" ? "call" : id}_${k}`
+          taken.add(unique)
+          return unique
+        }
         yield* Effect.forEach(calls, (part) => {
           const call = new FunctionCall({
             id: newId("fc"),
-            callId: part.id,
+            callId: uniqueId(part.id),
             name: part.name,
             arguments: argumentsText(part.params),
             createdAt: askedAt

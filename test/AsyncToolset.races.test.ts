@@ -1,7 +1,7 @@
 /**
- * Interleavings the rule tests do not reach: the engine's own fibers are made to yield at almost
- * every step (`MaxOpsBeforeYield` 3), and an interruption or a cancel is sent at each of those steps
- * in turn. Whatever the step, nothing stays registered and `awaitIdle` completes.
+ * Interleavings the rule tests do not reach: the engine's own fibers are made to yield every few
+ * steps (`MaxOpsBeforeYield` 3 to 64), and an interruption or a cancel is sent at each of those
+ * steps in turn. Whatever the step, nothing stays registered and `awaitIdle` completes.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer, References } from "effect"
@@ -38,16 +38,19 @@ const chatty = FunctionTool.make("chatty", { description: "Talks a lot, never en
     return yield* Effect.never
   }))
 
+/** Scheduler yield settings the step-by-step races run under. */
+const yieldSettings = [3, 5, 16, 64] as const
+
 describe("AsyncToolset races", () => {
-  for (const timeout of [undefined, "1 second"] as const) {
-    it.effect(`a caller interrupted at any step of execute leaves no call registered (timeout ${timeout ?? "none"})`, () =>
+  for (const maxOps of yieldSettings) for (const timeout of [undefined, "1 second"] as const) {
+    it.effect(`a caller interrupted at any step of execute leaves no call registered (timeout ${timeout ?? "none"}, MaxOpsBeforeYield ${maxOps})`, () =>
       Effect.gen(function*() {
         for (let step = 0; step < 60; step++) {
           const leftover = yield* Effect.gen(function*() {
             const toolset = yield* AsyncToolset.make({ id: "t", tools: [quick(timeout)] })
             const call = yield* ChatContext.functionCall({ callId: "c1", name: "quick" })
             const caller = yield* Effect.forkChild(
-              toolset.execute(call).pipe(Effect.provideService(References.MaxOpsBeforeYield, 3)),
+              toolset.execute(call).pipe(Effect.provideService(References.MaxOpsBeforeYield, maxOps)),
               { startImmediately: true }
             )
             for (let i = 0; i < step; i++) yield* Effect.yieldNow
@@ -62,14 +65,14 @@ describe("AsyncToolset races", () => {
       }))
   }
 
-  it.effect("a cancel at any step of a chatty call lets awaitIdle complete", () =>
+  for (const maxOps of yieldSettings) it.effect(`a cancel at any step of a chatty call lets awaitIdle complete (MaxOpsBeforeYield ${maxOps})`, () =>
     Effect.gen(function*() {
       for (let step = 0; step < 150; step++) {
         const { cancelled, idle } = yield* Effect.gen(function*() {
           const toolset = yield* AsyncToolset.make({ id: "t", tools: [chatty] })
           const call = yield* ChatContext.functionCall({ callId: "c1", name: "chatty" })
           yield* Effect.forkChild(
-            toolset.execute(call).pipe(Effect.provideService(References.MaxOpsBeforeYield, 3)),
+            toolset.execute(call).pipe(Effect.provideService(References.MaxOpsBeforeYield, maxOps)),
             { startImmediately: true }
           )
           for (let i = 0; i < step; i++) yield* Effect.yieldNow

@@ -116,19 +116,11 @@ export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinat
     (coordinator) => release(coordinator, owner)
   )
 
-/**
- * The toolset leaves: its items still queued are let go (reported), its count drops to zero.
- * The last toolset's release stops the fiber.
- */
+/** The toolset leaves; the last toolset's release stops the fiber. */
 const release = (coordinator: Coordinator, owner: Owner): Effect.Effect<void> =>
   Effect.suspend(() => {
-    closeOwner(owner)
-    const mine = (item: Item) => item.owner === owner
-    const left = [...coordinator.queue.filter(mine), ...coordinator.batch.filter(mine)]
-    coordinator.queue = coordinator.queue.filter((item) => !mine(item))
-    owner.pending = 0
+    const left = closeOwner(coordinator, owner)
     coordinator.owners.delete(owner)
-    owner.settled()
     const report = letGo(owner, left)
     if (coordinator.owners.size > 0) return report
     coordinator.closed = true
@@ -138,7 +130,7 @@ const release = (coordinator: Coordinator, owner: Owner): Effect.Effect<void> =>
   })
 
 /** Says which items a closing toolset lets go: those not in the chat, and those owed a reply. */
-const letGo = (owner: Owner, items: ReadonlyArray<Item>): Effect.Effect<void> => {
+export const letGo = (owner: Owner, items: ReadonlyArray<Item>): Effect.Effect<void> => {
   const lost = items.filter((item) => !item.inserted && !item.dropped()).map((item) => item.callId)
   const unanswered = items.filter((item) => item.inserted).map((item) => item.callId)
   if (lost.length === 0 && unanswered.length === 0) return Effect.void
@@ -152,11 +144,22 @@ const letGo = (owner: Owner, items: ReadonlyArray<Item>): Effect.Effect<void> =>
 
 // --- what toolsets call ------------------------------------------------------------------------
 
-/** The toolset is closing: nothing of it is inserted or answered from now on. */
-export const closeOwner = (owner: Owner): void => {
-  if (owner.closed) return
+/**
+ * The toolset is closing: nothing of it is inserted or answered from now on. Its items still
+ * queued or in the batch are taken back and returned, for `letGo` to report; its count drops to
+ * zero. A second call returns nothing.
+ */
+export const closeOwner = (coordinator: Coordinator, owner: Owner): ReadonlyArray<Item> => {
+  if (owner.closed) return []
   owner.closed = true
+  const mine = (item: Item) => item.owner === owner
+  const left = [...coordinator.queue.filter(mine), ...coordinator.batch.filter(mine)]
+  coordinator.queue = coordinator.queue.filter((item) => !mine(item))
+  coordinator.batch = coordinator.batch.filter((item) => !mine(item))
+  owner.pending = 0
+  owner.settled()
   Deferred.doneUnsafe(owner.closing, Exit.void)
+  return left
 }
 
 /**
@@ -245,6 +248,9 @@ const take = (coordinator: Coordinator): ReadonlyArray<Item> => {
   return taken
 }
 
+/** An item whose insertion failed, to be retried (unless its toolset closed: then it is let go). */
+const awaitsInsertion = (item: Item): boolean => !item.inserted && !item.owner.closed
+
 const callIdsOf = (items: ReadonlyArray<Item>): string => items.map((item) => item.callId).join(", ")
 
 /** One reply: everything pending once the session is idle. Never fails. */
@@ -272,7 +278,7 @@ const prepare = (coordinator: Coordinator): Effect.Effect<void, PortFault> =>
   take(coordinator)
   return Effect.flatMap(fault(session.awaitInactive), () => {
     take(coordinator)
-    if (coordinator.batch.some((item) => !item.inserted)) {
+    if (coordinator.batch.some(awaitsInsertion)) {
       // Inserting suspends: wait for the session to be inactive again afterwards.
       return Effect.andThen(retryInsertions(coordinator), prepare(coordinator))
     }
@@ -304,7 +310,7 @@ const readChat = (coordinator: Coordinator): Effect.Effect<ReadonlyArray<ChatIte
 const gate = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefined): Effect.Effect<void, PortFault> =>
   Effect.flatMap(faults(coordinator)(coordinator.session.awaitInactive), () => {
     const late = take(coordinator)
-    if (late.some((item) => !item.inserted)) return prepare(coordinator)
+    if (late.some(awaitsInsertion)) return prepare(coordinator)
     const ready = coordinator.batch.filter((item) => item.inserted && !item.owner.closed)
     if (ready.length === 0) return Effect.void
     // Items taken after the chat was read are newer than anything in it.
@@ -371,11 +377,10 @@ const giveUp = (coordinator: Coordinator, ready: ReadonlyArray<Item>, cause: Cau
  * still fails is reported and not answered.
  */
 const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
-  Effect.forEach(coordinator.batch.filter((item) => !item.inserted), (item) => {
-    if (item.owner.closed) return Effect.void
+  Effect.forEach(coordinator.batch.filter(awaitsInsertion), (item) => {
     if (item.dropped()) {
-      unbatch(coordinator, item)
       return Effect.logDebug(`${item.callId} is not inserted: its call was cancelled before the insertion worked`)
+        .pipe(Effect.andThen(Effect.sync(() => unbatch(coordinator, item))))
     }
     const attempt = Effect.suspend(() => {
       const now = coordinator.clock.currentTimeMillisUnsafe()
@@ -397,11 +402,14 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
           return Effect.void
         }
         if (coordinator.closed) return Effect.interrupt
-        unbatch(coordinator, item)
+        // Logged before the count drops: a toolset waiting to be idle may close at once.
         return Effect.logError(
           `could not insert ${item.callId} into the chat; no reply is requested for it`,
           portCause(exit.cause)
-        ).pipe(Effect.annotateLogs({ toolset: item.owner.id }))
+        ).pipe(
+          Effect.annotateLogs({ toolset: item.owner.id }),
+          Effect.andThen(Effect.sync(() => unbatch(coordinator, item)))
+        )
       })
     )
   }, { discard: true })

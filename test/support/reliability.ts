@@ -11,8 +11,11 @@ import { TestSession } from "effect-async-toolset/testing"
 
 // --- a session that fails on demand ---------------------------------------------------------------
 
-/** What one attempt of a session operation does: work, fail (a `SessionError`), die, or never return. */
-export type Fault = "ok" | "fail" | "die" | "hang"
+/**
+ * What one attempt of a session operation does: work, fail (a `SessionError`), die, end with an
+ * interrupt cause (as an adapter closing an activity does), or never return.
+ */
+export type Fault = "ok" | "fail" | "die" | "interrupt" | "hang"
 
 /**
  * Decides each attempt of each session operation. `attempt` counts from 1, per operation. An
@@ -46,6 +49,8 @@ const inject = <A>(operation: AgentSession.SessionError["operation"] | "awaitIna
         : Effect.fail(new AgentSession.SessionError({ operation, message: injected(operation, "fail") }))
     case "die":
       return Effect.die(new Error(injected(operation, "die")))
+    case "interrupt":
+      return Effect.interrupt
     case "hang":
       return Effect.never
   }
@@ -84,7 +89,7 @@ export const faultySession = (plan: FaultPlan, options: TestSession.Options = {}
           Effect.suspend(() => {
             const fault = plan.awaitInactive?.(attempts.awaitInactive.length + 1) ?? "ok"
             attempts.awaitInactive.push(fault)
-            return inject("awaitInactive", fault, Effect.void).pipe(Effect.orDie)
+            return fault === "interrupt" ? Effect.interrupt : inject("awaitInactive", fault, Effect.void).pipe(Effect.orDie)
           })),
         generateReply: (request) =>
           Effect.suspend(() => {
