@@ -28,7 +28,7 @@ import { AiAgent } from "effect-async-toolset"
 import type { AsyncToolset } from "effect-async-toolset"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { instructions, travelModel } from "./travel/model.ts"
-import { logText, Screen, showArguments } from "./travel/terminal.ts"
+import { logText, Screen } from "./travel/terminal.ts"
 import { travelToolset } from "./travel/tools.ts"
 import type { Timing } from "./travel/tools.ts"
 
@@ -77,14 +77,21 @@ const isSynthetic = (callId: string) => /_(update_\d+|final)$/.test(callId)
 
 /** Prints what the agent says and the calls the model makes, as they happen. */
 const showAgent = (screen: Screen, event: AiAgent.Event) => {
-  if (event._tag === "TurnEnded" && event.outcome === "failed") screen.note("(the model failed; the turn was dropped)")
-  if (event._tag !== "ItemAdded") return
-  const item = event.item
-  if (item._tag === "ChatMessage") {
-    if (item.role === "user") screen.user(item.content)
-    if (item.role === "assistant") screen.agent(item.content)
-  } else if (item._tag === "FunctionCall" && !isSynthetic(item.callId)) {
-    screen.tool(`→ ${item.name}(${showArguments(item.arguments)})  ${item.callId}`)
+  switch (event._tag) {
+    case "TurnStarted":
+      return screen.turn(true)
+    case "TurnEnded":
+      if (event.outcome === "failed") screen.note("(the model failed; the turn was dropped)")
+      return screen.turn(false)
+    case "ItemAdded": {
+      const item = event.item
+      if (item._tag === "ChatMessage") {
+        if (item.role === "user") screen.user(item.content)
+        if (item.role === "assistant") screen.agent(item.content)
+      } else if (item._tag === "FunctionCall" && !isSynthetic(item.callId)) {
+        screen.toolCall(item.name, item.arguments, item.callId)
+      }
+    }
   }
 }
 

@@ -33,6 +33,19 @@ const spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", 
 const ansi = /\u001b\[[0-9;]*m/g
 const width = (s: string) => s.replace(ansi, "").length
 
+/** The string values of a call's JSON arguments (`{"call_id":"call_9_1"}` → `["call_9_1"]`). */
+const stringsOf = (json: string): Array<string> => {
+  try {
+    const value: unknown = JSON.parse(json)
+    if (typeof value === "object" && value !== null) {
+      return Object.values(value).filter((v): v is string => typeof v === "string")
+    }
+  } catch {
+    // no arguments to read
+  }
+  return []
+}
+
 /** `{"to":"Tokyo"}` → `to: Tokyo`. */
 export const showArguments = (json: string): string => {
   try {
@@ -54,6 +67,11 @@ export class Screen {
   private input: readline.Interface | undefined
   private footer = 0 // status lines drawn above the prompt
   private frame = 0
+  private turnRunning = false
+  /** "cancelled" lines held back until the call that cancelled them is printed (see `call`). */
+  private readonly held = new Map<string, string>()
+  /** Call ids named by a tool call printed in this turn: their "cancelled" line needs no wait. */
+  private readonly named = new Set<string>()
   private timer: ReturnType<typeof setInterval> | undefined
   private closed = false
 
@@ -96,6 +114,38 @@ export class Screen {
 
   tool(text: string) {
     this.print(this.style("2", `  ${text}`))
+  }
+
+  /**
+   * A tool call the model made, once it is in the chat. The agent adds a call to the chat with its
+   * output, after it ran: a `cancel_task` call has cancelled its target by then, and that call's
+   * "cancelled" line, held back by `call`, is printed now, after the call that caused it.
+   */
+  toolCall(name: string, args: string, callId: string) {
+    this.tool(`→ ${name}(${showArguments(args)})  ${callId}`)
+    for (const target of stringsOf(args)) {
+      const line = this.held.get(target)
+      if (line === undefined) {
+        this.named.add(target)
+      } else {
+        this.held.delete(target)
+        this.tool(line)
+      }
+    }
+  }
+
+  /** A turn of the agent started or ended: what it held back is printed at its end, at the latest. */
+  turn(running: boolean) {
+    this.turnRunning = running
+    if (running) return
+    this.named.clear()
+    this.releaseHeld()
+  }
+
+  private releaseHeld() {
+    const lines = [...this.held.values()]
+    this.held.clear()
+    for (const line of lines) this.tool(line)
   }
 
   note(text: string) {
@@ -152,7 +202,14 @@ export class Screen {
         // a quick call that never updated was not in the background: its result is the answer
         if (event.outcome !== "done" || (call?.updates ?? 0) > 0) {
           const mark = event.outcome === "done" ? "✓" : "✗"
-          this.tool(`${mark} ${event.name} ${event.callId} ${event.outcome} after ${seconds(event.duration)}`)
+          const line = `${mark} ${event.name} ${event.callId} ${event.outcome} after ${seconds(event.duration)}`
+          // Cancelled during a turn: by one of the model's calls in it, most likely, which is not in
+          // the chat yet (see `toolCall`). Its line waits for that call, or for the turn's end.
+          if (event.outcome === "cancelled" && this.turnRunning && !this.named.has(event.callId)) {
+            this.held.set(event.callId, line)
+          } else {
+            this.tool(line)
+          }
         }
         break
       }
@@ -224,6 +281,7 @@ export class Screen {
   /** Stops redrawing; what is on screen stays. */
   close(farewell?: string) {
     if (this.closed) return
+    this.releaseHeld()
     if (this.running.size > 0) this.note(`(${this.running.size} background call(s) still running were stopped)`)
     if (farewell !== undefined) this.note(farewell)
     this.clear()
