@@ -94,6 +94,30 @@ describe("demo: the screen", () => {
     ])
     screen.close()
   })
+
+  it("erases the status line as the terminal re-wrapped it when it got narrower, and redraws it at once", () => {
+    const out = new FakeTerminal(100)
+    const screen = screenOn(out, true)
+    screen.call(started("call_1_1", `{"to":"a city with a rather long name"}`))
+    const drawn = lines(out).at(-1)!
+    assert.include(drawn, "book_flight(to: a city with a rather long name)")
+    const w = drawn.length
+    assert.isAbove(w, 40) // one row at 100 columns; two at 40 once the terminal re-wraps it
+
+    out.written = ""
+    out.columns = 40
+    out.emit("resize")
+    // node:readline's cursor moves, as written: up n rows, column 1, erase to the end of the screen
+    assert.isTrue(
+      out.written.startsWith(`\u001b[${Math.ceil(w / 40)}A\u001b[1G\u001b[0J`),
+      `erased from the first row the old line takes now: ${JSON.stringify(out.written)}`
+    )
+    const redrawn = lines(out).filter((line) => line.includes("book_flight"))
+    assert.strictEqual(redrawn.length, 1)
+    assert.isAtMost(redrawn[0]!.replace(/^.*\u001b\[0J/, "").length, 39, "redrawn to fit the new width")
+    screen.close()
+    assert.strictEqual(out.listenerCount("resize"), 0, "close stops listening")
+  })
 })
 
 const root = fileURLToPath(new URL("..", import.meta.url))

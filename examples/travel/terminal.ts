@@ -3,8 +3,9 @@
  * (spinner, tool, latest update, elapsed time) kept just above the input prompt.
  *
  * On a terminal (`live`), the status lines are redrawn ten times a second while a call runs, and
- * every transcript line is printed above them; the line being typed is kept as it is. Without a
- * terminal (a pipe, CI), there is no live area: each update is printed as a line instead.
+ * every transcript line is printed above them; the line being typed is kept as it is. When the
+ * terminal is resized they are erased and drawn again at the new width. Without a terminal (a pipe,
+ * CI), there is no live area: each update is printed as a line instead.
  */
 import * as readline from "node:readline"
 import { inspect } from "node:util"
@@ -65,13 +66,14 @@ export class Screen {
   private readonly started = Date.now()
   private readonly running = new Map<string, Running>()
   private input: readline.Interface | undefined
-  private footer = 0 // status lines drawn above the prompt
+  private footer: ReadonlyArray<number> = [] // the widths of the status lines drawn above the prompt
   private frame = 0
   private turnRunning = false
   /** "cancelled" lines held back until the call that cancelled them is printed (see `call`). */
   private readonly held = new Map<string, string>()
   /** Call ids named by a tool call printed in this turn: their "cancelled" line needs no wait. */
   private readonly named = new Set<string>()
+  private readonly onResize = () => this.redraw()
   private timer: ReturnType<typeof setInterval> | undefined
   private closed = false
 
@@ -79,6 +81,8 @@ export class Screen {
 
   constructor(options: ScreenOptions) {
     this.options = options
+    // readline redraws the line being typed on a resize; this redraws the status lines above it
+    if (options.live) options.out.on("resize", this.onResize)
   }
 
   private style(code: string, text: string) {
@@ -162,12 +166,11 @@ export class Screen {
    */
   entered(line: string) {
     if (!this.options.live || this.input === undefined || this.closed) return
-    const columns = this.options.out.columns || 80
-    const rows = Math.max(1, Math.ceil(width(this.input.getPrompt() + line) / columns))
-    readline.moveCursor(this.options.out, 0, -(this.footer + rows))
+    const rows = this.rows(width(this.input.getPrompt() + line))
+    readline.moveCursor(this.options.out, 0, -(this.footerRows() + rows))
     readline.cursorTo(this.options.out, 0)
     readline.clearScreenDown(this.options.out)
-    this.footer = 0
+    this.footer = []
     this.draw()
   }
 
@@ -252,14 +255,30 @@ export class Screen {
     this.draw()
   }
 
+  /** Rows a line of `w` visible characters takes at the terminal's width now. */
+  private rows(w: number) {
+    return Math.max(1, Math.ceil(w / (this.options.out.columns || 80)))
+  }
+
+  /**
+   * Rows the status lines take now. Each was drawn narrower than the terminal, so one row each,
+   * unless the terminal got narrower since: then most terminals (tmux, VTE, iTerm2, xterm.js,
+   * Windows Terminal) re-wrap it over several rows, and all of them must be erased, or the part
+   * left above stays on screen as a stale status line. (A terminal that does not re-wrap, like
+   * xterm, loses a transcript line or two above instead.)
+   */
+  private footerRows() {
+    return this.footer.reduce((n, w) => n + this.rows(w), 0)
+  }
+
   /** Erases the status lines and the input line; the cursor ends where they began. */
   private clear() {
     if (!this.options.live) return
     const inputRows = this.input === undefined ? 0 : this.input.getCursorPos().rows
-    readline.moveCursor(this.options.out, 0, -(this.footer + inputRows))
+    readline.moveCursor(this.options.out, 0, -(this.footerRows() + inputRows))
     readline.cursorTo(this.options.out, 0)
     readline.clearScreenDown(this.options.out)
-    this.footer = 0
+    this.footer = []
   }
 
   /** Draws the status lines, then the prompt with what is being typed. */
@@ -267,7 +286,7 @@ export class Screen {
     if (!this.options.live || this.closed) return
     const lines = this.statusLines()
     for (const line of lines) this.options.out.write(`${line}\n`)
-    this.footer = lines.length
+    this.footer = lines.map(width)
     if (this.input === undefined) return
     // readline redraws the input by first moving up as many rows as the cursor was down in it at
     // its last redraw (`prevRows`, not in its typings; after a fast paste it lags behind the
@@ -282,6 +301,7 @@ export class Screen {
   close(farewell?: string) {
     if (this.closed) return
     this.releaseHeld()
+    if (this.options.live) this.options.out.off("resize", this.onResize)
     if (this.running.size > 0) this.note(`(${this.running.size} background call(s) still running were stopped)`)
     if (farewell !== undefined) this.note(farewell)
     this.clear()
