@@ -137,6 +137,25 @@ const runScript = (name: string, script: string, ...args: Array<string>) =>
   })
 
 describe("demo: a scripted run", () => {
+  it("shows a failed turn in one line, goes on, and exits with code 1", async () => {
+    const { code, stdout } = await runScript("fail.txt", "Hello!\nSimulate a model error, please.\nThanks!\n")
+    const errors = stdout.split("\n").filter((line) => line.includes("[error]"))
+    assert.strictEqual(errors.length, 1, stdout)
+    assert.include(errors[0], "the turn failed")
+    assert.include(errors[0], "AiError: ScriptedModel.generateText: 503 Service Unavailable")
+    assert.notInclude(stdout, "    at ", "no stack trace")
+    assert.include(stdout, "agent: You're welcome!", "the conversation went on")
+    assert.include(stdout, "1 turn failed")
+    assert.strictEqual(code, 1)
+  }, 60_000)
+
+  it("with --debug, prints the full cause after the one line", async () => {
+    const { code, stdout } = await runScript("fail-debug.txt", "Simulate a model error\n", "--debug")
+    assert.include(stdout, "[debug] full cause:")
+    assert.include(stdout, "    at ", "the stack trace")
+    assert.strictEqual(code, 1)
+  }, 60_000)
+
   it("exits with code 0 when every turn answered, and prints a cancellation after the call that caused it", async () => {
     const { code, stdout } = await runScript(
       "cancel.txt",

@@ -9,6 +9,7 @@
  */
 import * as readline from "node:readline"
 import { inspect } from "node:util"
+import { Cause } from "effect"
 import type { ToolsetEvent } from "effect-async-toolset"
 
 export interface ScreenOptions {
@@ -311,9 +312,32 @@ export class Screen {
   }
 }
 
-/** A log line's text: its messages, and the cause if there is one. */
+/** A log line's text: its messages, and the cause (one line) if there is one. */
 export const logText = (message: unknown, cause: string): string => {
   const parts = Array.isArray(message) ? message : [message]
   const text = parts.map((m) => typeof m === "string" ? m : inspect(m, { depth: 4, breakLength: Infinity })).join(" ")
-  return cause === "" ? text : `${text}\n${cause}`
+  return cause === "" ? text : `${text}: ${cause}`
+}
+
+const firstLine = (text: string, max = 240): string => {
+  const line = text.split("\n", 1)[0]!.trim()
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line
+}
+
+/**
+ * A cause in one line: its error's tag (or name) and message, e.g. `AiError: ScriptedModel.generateText:
+ * rate limited`; a defect's name and message; "interrupted". No stack trace.
+ */
+export const causeLine = (cause: Cause.Cause<unknown>): string => {
+  if (Cause.hasInterruptsOnly(cause)) return "interrupted"
+  const error = Cause.squash(cause)
+  const more = cause.reasons.filter((r) => !Cause.isInterruptReason(r)).length - 1
+  const tail = more > 0 ? ` (and ${more} more)` : ""
+  if (typeof error === "object" && error !== null) {
+    const { _tag, name, message } = error as { _tag?: unknown; name?: unknown; message?: unknown }
+    const label = typeof _tag === "string" ? _tag : typeof name === "string" ? name : "Error"
+    if (typeof message === "string" && message !== "") return `${label}: ${firstLine(message)}${tail}`
+    return `${label}: ${firstLine(inspect(error, { depth: 2, breakLength: Infinity }))}${tail}`
+  }
+  return `${firstLine(typeof error === "string" ? error : inspect(error))}${tail}`
 }
