@@ -8,7 +8,7 @@
 import * as floor from "./floor.ts"
 import { config } from "./harness.ts"
 import * as ours from "./ours.ts"
-import * as peer from "./peer.ts"
+import * as peer from "./peer/peer.ts"
 
 const [mode, side, size] = process.argv.slice(2)
 const n = Number(size)

@@ -14,7 +14,7 @@ import * as floor from "./floor.ts"
 import { collect, config, median } from "./harness.ts"
 import type { Side } from "./harness.ts"
 import * as ours from "./ours.ts"
-import * as peer from "./peer.ts"
+import * as peer from "./peer/peer.ts"
 
 const log = (line: string) => process.stderr.write(`${line}\n`)
 const started = performance.now()

@@ -238,7 +238,7 @@ if (isMain(import.meta.url)) {
     baseUrl
   }).pipe(Layer.provide(FetchHttpClient.layer))
   runDemo(openAi, { modelName: `${model} at ${baseUrl ?? "api.openai.com"}` }).then(
-    () => process.exit(0),
+    (result) => process.exit(result.exitCode),
     (error: unknown) => {
       console.error(error instanceof Error ? error.message : error)
       process.exit(1)

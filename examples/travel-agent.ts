@@ -6,6 +6,11 @@
  *   npm start                                        chat (on a terminal); Ctrl+C or "exit" to quit
  *   npm start -- --script examples/travel-script.txt play a conversation from a file, print the transcript
  *   npm start < /dev/null                            no terminal: play the built-in conversation, exit
+ *   npm start -- --debug                             also print the full cause of every logged error
+ *
+ * A scripted run (a script file, or the built-in one) exits with code 1 if a turn of the agent
+ * failed (the model failed), 0 otherwise. A logged error is one line: its message and the error's
+ * tag and message; with `--debug` the full cause follows it, and the engine's debug logs show.
  *
  * The model is the test kit's `ScriptedModel` playing a few rules (examples/travel/model.ts): it
  * runs offline and the same every time. `runDemo` takes any `LanguageModel` layer instead:
@@ -22,13 +27,13 @@ import { readFileSync, realpathSync } from "node:fs"
 import * as readline from "node:readline"
 import { pathToFileURL } from "node:url"
 import { parseArgs } from "node:util"
-import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, Stream } from "effect"
+import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, References, Stream } from "effect"
 import type { LanguageModel } from "effect/ai"
 import { AiAgent } from "effect-async-toolset"
 import type { AsyncToolset } from "effect-async-toolset"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { instructions, travelModel } from "./travel/model.ts"
-import { logText, Screen, showArguments } from "./travel/terminal.ts"
+import { causeLine, logText, Screen } from "./travel/terminal.ts"
 import { travelToolset } from "./travel/tools.ts"
 import type { Timing } from "./travel/tools.ts"
 
@@ -75,16 +80,31 @@ type Mode =
 
 const isSynthetic = (callId: string) => /_(update_\d+|final)$/.test(callId)
 
-/** Prints what the agent says and the calls the model makes, as they happen. */
-const showAgent = (screen: Screen, event: AiAgent.Event) => {
-  if (event._tag === "TurnEnded" && event.outcome === "failed") screen.note("(the model failed; the turn was dropped)")
-  if (event._tag !== "ItemAdded") return
-  const item = event.item
-  if (item._tag === "ChatMessage") {
-    if (item.role === "user") screen.user(item.content)
-    if (item.role === "assistant") screen.agent(item.content)
-  } else if (item._tag === "FunctionCall" && !isSynthetic(item.callId)) {
-    screen.tool(`→ ${item.name}(${showArguments(item.arguments)})  ${item.callId}`)
+/** What the session counts as it goes. */
+interface Tally {
+  failedTurns: number
+}
+
+/**
+ * Prints what the agent says and the calls the model makes, as they happen, and counts the turns
+ * that failed (the agent logged why: one line, see the logger in `runDemo`).
+ */
+const showAgent = (screen: Screen, tally: Tally, event: AiAgent.Event) => {
+  switch (event._tag) {
+    case "TurnStarted":
+      return screen.turn(true)
+    case "TurnEnded":
+      if (event.outcome === "failed") tally.failedTurns++
+      return screen.turn(false)
+    case "ItemAdded": {
+      const item = event.item
+      if (item._tag === "ChatMessage") {
+        if (item.role === "user") screen.user(item.content)
+        if (item.role === "assistant") screen.agent(item.content)
+      } else if (item._tag === "FunctionCall" && !isSynthetic(item.callId)) {
+        screen.toolCall(item.name, item.arguments, item.callId)
+      }
+    }
   }
 }
 
@@ -188,13 +208,13 @@ const chat = (agent: AiAgent.AiAgent["Service"], screen: Screen) =>
     }
   })
 
-const session = (mode: Mode, screen: Screen, timing: Timing) =>
+const session = (mode: Mode, screen: Screen, timing: Timing, tally: Tally) =>
   Effect.gen(function*() {
     const agent = yield* AiAgent.AiAgent
     const toolset = yield* travelToolset(timing)
     yield* agent.addToolset(toolset)
     yield* agent.events.pipe(
-      Stream.runForEach((event) => Effect.sync(() => showAgent(screen, event))),
+      Stream.runForEach((event) => Effect.sync(() => showAgent(screen, tally, event))),
       Effect.forkScoped({ startImmediately: true })
     )
     yield* toolset.events.pipe(
@@ -204,9 +224,14 @@ const session = (mode: Mode, screen: Screen, timing: Timing) =>
     if (mode._tag === "Interactive") return yield* chat(agent, screen)
     screen.note(`Playing ${mode.source}: ${mode.steps.length} steps`)
     yield* playScript(mode.steps, agent, toolset, screen)
+    // Every turn has ended by now, and its TurnEnded event has reached `showAgent`: the event was
+    // published before the turn counted as over, and the subscriber was woken first.
     const chatNow = yield* agent.chat
     const calls = chatNow.items.filter((item) => item._tag === "FunctionCall" && !isSynthetic(item.callId)).length
-    screen.note(`End of the script: ${chatNow.items.length} chat items, ${calls} tool calls.`)
+    const failed = tally.failedTurns === 0
+      ? ""
+      : `; ${tally.failedTurns} ${tally.failedTurns === 1 ? "turn" : "turns"} failed`
+    screen.note(`End of the script: ${chatNow.items.length} chat items, ${calls} tool calls${failed}.`)
   })
 
 // --- running it -----------------------------------------------------------------------------------
@@ -220,6 +245,13 @@ export interface DemoOptions {
   readonly timing?: Timing | undefined
 }
 
+export interface DemoResult {
+  /** Turns of the agent that failed (the model failed). */
+  readonly failedTurns: number
+  /** What the process should exit with: 1 for a scripted run in which a turn failed, else 0. */
+  readonly exitCode: 0 | 1
+}
+
 /**
  * Runs the demo on a model layer: interactive on a terminal, or a script (`--script <file>`, or
  * the built-in one when no terminal is attached). Resolves when the conversation is over.
@@ -227,11 +259,12 @@ export interface DemoOptions {
 export const runDemo = async <E>(
   model: Layer.Layer<LanguageModel.LanguageModel, E>,
   options: DemoOptions
-): Promise<void> => {
+): Promise<DemoResult> => {
   const { values } = parseArgs({
     args: [...(options.argv ?? process.argv.slice(2))],
-    options: { script: { type: "string" } }
+    options: { script: { type: "string" }, debug: { type: "boolean" } }
   })
+  const debug = values.debug === true
   const mode: Mode = values.script !== undefined
     ? { _tag: "Script", steps: parseScript(readFileSync(values.script, "utf8")), source: values.script }
     : process.stdin.isTTY
@@ -248,19 +281,29 @@ export const runDemo = async <E>(
   })
   screen.note(`Travel agent demo: ${options.modelName}`)
 
-  const logger = Logger.make((log) =>
-    screen.log(log.logLevel, logText(log.message, log.cause.reasons.length === 0 ? "" : Cause.pretty(log.cause)))
+  // A logged error is one line in the transcript (a stack trace there tells the user nothing); the
+  // full cause is for debugging: printed only with --debug, as a debug line after it.
+  const logger = Logger.make((log) => {
+    const failed = log.cause.reasons.length > 0
+    screen.log(log.logLevel, logText(log.message, failed ? causeLine(log.cause) : ""))
+    if (failed && debug) screen.log("Debug", `full cause:\n${Cause.pretty(log.cause)}`)
+  })
+  const logging = Layer.mergeAll(
+    Logger.layer([logger]),
+    Layer.succeed(References.MinimumLogLevel, debug ? "Debug" : "Info")
   )
   // the logger goes under the agent too: its turns run in fibers it starts when it is built
-  const agent = AiAgent.layer({ instructions }).pipe(Layer.provide(model), Layer.provideMerge(Logger.layer([logger])))
+  const agent = AiAgent.layer({ instructions }).pipe(Layer.provide(model), Layer.provideMerge(logging))
+  const tally: Tally = { failedTurns: 0 }
   const exit = await Effect.runPromiseExit(
-    session(mode, screen, options.timing ?? { search: "2 seconds", book: "2 seconds" }).pipe(
+    session(mode, screen, options.timing ?? { search: "2 seconds", book: "2 seconds" }, tally).pipe(
       Effect.scoped,
       Effect.provide(agent)
     )
   )
   screen.close(mode._tag === "Interactive" ? "Bye!" : undefined)
   if (Exit.isFailure(exit)) throw new Error(Cause.pretty(exit.cause))
+  return { failedTurns: tally.failedTurns, exitCode: mode._tag === "Script" && tally.failedTurns > 0 ? 1 : 0 }
 }
 
 /** Whether this file is the program being run (not imported). */
@@ -276,7 +319,7 @@ export const isMain = (url: string): boolean => {
 
 if (isMain(import.meta.url)) {
   runDemo(ScriptedModel.layer(travelModel), { modelName: "scripted model (offline)" }).then(
-    () => process.exit(0),
+    (result) => process.exit(result.exitCode),
     (error: unknown) => {
       console.error(error instanceof Error ? error.message : error)
       process.exit(1)

@@ -10,10 +10,13 @@
  *   the prompt (the agent's "still running" notes), or after asking `get_running_tasks_<id>`.
  * - Reply turns (tool choice "none", instructions naming call ids): one sentence per call named,
  *   from its newest result in the prompt; nothing for what it already told the user.
+ * - "simulate a model error": the model fails, as a provider does when it is down (to see how the
+ *   demo shows a failed turn; a scripted run with one exits with code 1).
  * - Anything else: a plain answer.
  */
-import type { Prompt } from "effect/ai"
-import type { ScriptedModel } from "effect-async-toolset/testing"
+import { Effect } from "effect"
+import type { AiError, Prompt } from "effect/ai"
+import { ScriptedModel } from "effect-async-toolset/testing"
 
 export const instructions = "You are a friendly travel agent. You book flights (book_flight), tell the weather " +
   "(check_weather), and check on or cancel bookings in progress. A booking takes a while and runs in the " +
@@ -205,10 +208,15 @@ const pick = (said: string, running: ReadonlyArray<Running>): Running | Readonly
 
 // --- the script -----------------------------------------------------------------------------------
 
-export const travelModel = (request: ScriptedModel.Request): ScriptedModel.Reply => {
+export const travelModel = (
+  request: ScriptedModel.Request
+): ScriptedModel.Reply | Effect.Effect<ScriptedModel.Reply, AiError.AiError> => {
   if (request.toolChoice === "none") return reply(request)
 
   const said = request.lastUserText
+  if (/\bsimulate an? (model )?(error|failure)\b/i.test(said)) {
+    return Effect.fail(ScriptedModel.error("503 Service Unavailable (a simulated outage: the user asked for one)"))
+  }
   // what the tools answered in this turn so far (the agent's "still running" notes are not answers)
   const results = request.resultsSinceUser.filter((r) => !r.id.endsWith("_running"))
   const listTool = request.toolNames.find((name) => name.startsWith("get_running_tasks_"))

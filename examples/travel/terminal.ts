@@ -3,11 +3,13 @@
  * (spinner, tool, latest update, elapsed time) kept just above the input prompt.
  *
  * On a terminal (`live`), the status lines are redrawn ten times a second while a call runs, and
- * every transcript line is printed above them; the line being typed is kept as it is. Without a
- * terminal (a pipe, CI), there is no live area: each update is printed as a line instead.
+ * every transcript line is printed above them; the line being typed is kept as it is. When the
+ * terminal is resized they are erased and drawn again at the new width. Without a terminal (a pipe,
+ * CI), there is no live area: each update is printed as a line instead.
  */
 import * as readline from "node:readline"
 import { inspect } from "node:util"
+import { Cause } from "effect"
 import type { ToolsetEvent } from "effect-async-toolset"
 
 export interface ScreenOptions {
@@ -33,6 +35,19 @@ const spinner = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", 
 const ansi = /\u001b\[[0-9;]*m/g
 const width = (s: string) => s.replace(ansi, "").length
 
+/** The string values of a call's JSON arguments (`{"call_id":"call_9_1"}` → `["call_9_1"]`). */
+const stringsOf = (json: string): Array<string> => {
+  try {
+    const value: unknown = JSON.parse(json)
+    if (typeof value === "object" && value !== null) {
+      return Object.values(value).filter((v): v is string => typeof v === "string")
+    }
+  } catch {
+    // no arguments to read
+  }
+  return []
+}
+
 /** `{"to":"Tokyo"}` → `to: Tokyo`. */
 export const showArguments = (json: string): string => {
   try {
@@ -52,8 +67,14 @@ export class Screen {
   private readonly started = Date.now()
   private readonly running = new Map<string, Running>()
   private input: readline.Interface | undefined
-  private footer = 0 // status lines drawn above the prompt
+  private footer: ReadonlyArray<number> = [] // the widths of the status lines drawn above the prompt
   private frame = 0
+  private turnRunning = false
+  /** "cancelled" lines held back until the call that cancelled them is printed (see `call`). */
+  private readonly held = new Map<string, string>()
+  /** Call ids named by a tool call printed in this turn: their "cancelled" line needs no wait. */
+  private readonly named = new Set<string>()
+  private readonly onResize = () => this.redraw()
   private timer: ReturnType<typeof setInterval> | undefined
   private closed = false
 
@@ -61,6 +82,8 @@ export class Screen {
 
   constructor(options: ScreenOptions) {
     this.options = options
+    // readline redraws the line being typed on a resize; this redraws the status lines above it
+    if (options.live) options.out.on("resize", this.onResize)
   }
 
   private style(code: string, text: string) {
@@ -98,6 +121,38 @@ export class Screen {
     this.print(this.style("2", `  ${text}`))
   }
 
+  /**
+   * A tool call the model made, once it is in the chat. The agent adds a call to the chat with its
+   * output, after it ran: a `cancel_task` call has cancelled its target by then, and that call's
+   * "cancelled" line, held back by `call`, is printed now, after the call that caused it.
+   */
+  toolCall(name: string, args: string, callId: string) {
+    this.tool(`→ ${name}(${showArguments(args)})  ${callId}`)
+    for (const target of stringsOf(args)) {
+      const line = this.held.get(target)
+      if (line === undefined) {
+        this.named.add(target)
+      } else {
+        this.held.delete(target)
+        this.tool(line)
+      }
+    }
+  }
+
+  /** A turn of the agent started or ended: what it held back is printed at its end, at the latest. */
+  turn(running: boolean) {
+    this.turnRunning = running
+    if (running) return
+    this.named.clear()
+    this.releaseHeld()
+  }
+
+  private releaseHeld() {
+    const lines = [...this.held.values()]
+    this.held.clear()
+    for (const line of lines) this.tool(line)
+  }
+
   note(text: string) {
     this.print(this.style("2;3", text))
   }
@@ -112,12 +167,11 @@ export class Screen {
    */
   entered(line: string) {
     if (!this.options.live || this.input === undefined || this.closed) return
-    const columns = this.options.out.columns || 80
-    const rows = Math.max(1, Math.ceil(width(this.input.getPrompt() + line) / columns))
-    readline.moveCursor(this.options.out, 0, -(this.footer + rows))
+    const rows = this.rows(width(this.input.getPrompt() + line))
+    readline.moveCursor(this.options.out, 0, -(this.footerRows() + rows))
     readline.cursorTo(this.options.out, 0)
     readline.clearScreenDown(this.options.out)
-    this.footer = 0
+    this.footer = []
     this.draw()
   }
 
@@ -152,7 +206,14 @@ export class Screen {
         // a quick call that never updated was not in the background: its result is the answer
         if (event.outcome !== "done" || (call?.updates ?? 0) > 0) {
           const mark = event.outcome === "done" ? "✓" : "✗"
-          this.tool(`${mark} ${event.name} ${event.callId} ${event.outcome} after ${seconds(event.duration)}`)
+          const line = `${mark} ${event.name} ${event.callId} ${event.outcome} after ${seconds(event.duration)}`
+          // Cancelled during a turn: by one of the model's calls in it, most likely, which is not in
+          // the chat yet (see `toolCall`). Its line waits for that call, or for the turn's end.
+          if (event.outcome === "cancelled" && this.turnRunning && !this.named.has(event.callId)) {
+            this.held.set(event.callId, line)
+          } else {
+            this.tool(line)
+          }
         }
         break
       }
@@ -195,14 +256,30 @@ export class Screen {
     this.draw()
   }
 
+  /** Rows a line of `w` visible characters takes at the terminal's width now. */
+  private rows(w: number) {
+    return Math.max(1, Math.ceil(w / (this.options.out.columns || 80)))
+  }
+
+  /**
+   * Rows the status lines take now. Each was drawn narrower than the terminal, so one row each,
+   * unless the terminal got narrower since: then most terminals (tmux, VTE, iTerm2, xterm.js,
+   * Windows Terminal) re-wrap it over several rows, and all of them must be erased, or the part
+   * left above stays on screen as a stale status line. (A terminal that does not re-wrap, like
+   * xterm, loses a transcript line or two above instead.)
+   */
+  private footerRows() {
+    return this.footer.reduce((n, w) => n + this.rows(w), 0)
+  }
+
   /** Erases the status lines and the input line; the cursor ends where they began. */
   private clear() {
     if (!this.options.live) return
     const inputRows = this.input === undefined ? 0 : this.input.getCursorPos().rows
-    readline.moveCursor(this.options.out, 0, -(this.footer + inputRows))
+    readline.moveCursor(this.options.out, 0, -(this.footerRows() + inputRows))
     readline.cursorTo(this.options.out, 0)
     readline.clearScreenDown(this.options.out)
-    this.footer = 0
+    this.footer = []
   }
 
   /** Draws the status lines, then the prompt with what is being typed. */
@@ -210,7 +287,7 @@ export class Screen {
     if (!this.options.live || this.closed) return
     const lines = this.statusLines()
     for (const line of lines) this.options.out.write(`${line}\n`)
-    this.footer = lines.length
+    this.footer = lines.map(width)
     if (this.input === undefined) return
     // readline redraws the input by first moving up as many rows as the cursor was down in it at
     // its last redraw (`prevRows`, not in its typings; after a fast paste it lags behind the
@@ -224,6 +301,8 @@ export class Screen {
   /** Stops redrawing; what is on screen stays. */
   close(farewell?: string) {
     if (this.closed) return
+    this.releaseHeld()
+    if (this.options.live) this.options.out.off("resize", this.onResize)
     if (this.running.size > 0) this.note(`(${this.running.size} background call(s) still running were stopped)`)
     if (farewell !== undefined) this.note(farewell)
     this.clear()
@@ -233,9 +312,32 @@ export class Screen {
   }
 }
 
-/** A log line's text: its messages, and the cause if there is one. */
+/** A log line's text: its messages, and the cause (one line) if there is one. */
 export const logText = (message: unknown, cause: string): string => {
   const parts = Array.isArray(message) ? message : [message]
   const text = parts.map((m) => typeof m === "string" ? m : inspect(m, { depth: 4, breakLength: Infinity })).join(" ")
-  return cause === "" ? text : `${text}\n${cause}`
+  return cause === "" ? text : `${text}: ${cause}`
+}
+
+const firstLine = (text: string, max = 240): string => {
+  const line = text.split("\n", 1)[0]!.trim()
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line
+}
+
+/**
+ * A cause in one line: its error's tag (or name) and message, e.g. `AiError: ScriptedModel.generateText:
+ * rate limited`; a defect's name and message; "interrupted". No stack trace.
+ */
+export const causeLine = (cause: Cause.Cause<unknown>): string => {
+  if (Cause.hasInterruptsOnly(cause)) return "interrupted"
+  const error = Cause.squash(cause)
+  const more = cause.reasons.filter((r) => !Cause.isInterruptReason(r)).length - 1
+  const tail = more > 0 ? ` (and ${more} more)` : ""
+  if (typeof error === "object" && error !== null) {
+    const { _tag, name, message } = error as { _tag?: unknown; name?: unknown; message?: unknown }
+    const label = typeof _tag === "string" ? _tag : typeof name === "string" ? name : "Error"
+    if (typeof message === "string" && message !== "") return `${label}: ${firstLine(message)}${tail}`
+    return `${label}: ${firstLine(inspect(error, { depth: 2, breakLength: Infinity }))}${tail}`
+  }
+  return `${firstLine(typeof error === "string" ? error : inspect(error))}${tail}`
 }

@@ -8,10 +8,14 @@
  * what the peer's pipeline does before its executor (JSON parse and zod validation of the
  * arguments, a `RunContext`), then the executor. All calls share one `SpeechHandle` (one agent
  * turn), which keeps the peer's memory per call at its lowest.
+ *
+ * The peer is installed in this folder (its own package.json and lock file; `npm run bench` runs
+ * `npm ci` here when it is missing), not with the library: see "The peer as a dependency" in
+ * bench/RESULTS.md.
  */
 import { initializeLogger, llm, voice } from "@livekit/agents"
 import { z } from "zod"
-import { collect, expect, tick } from "./harness.ts"
+import { collect, expect, tick } from "../harness.ts"
 
 // The peer logs through pino and refuses to run before its logger is set up (its tests do the same).
 initializeLogger({ pretty: false, level: "silent" })

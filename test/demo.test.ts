@@ -1,0 +1,172 @@
+/**
+ * The terminal demo (examples/travel-agent.ts): how it shows what happens. The screen is driven
+ * with events directly; the scripted runs are the demo itself, in a child process, as
+ * `npm start -- --script <file>` runs it.
+ */
+import { execFile } from "node:child_process"
+import { EventEmitter } from "node:events"
+import { mkdtempSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { assert, describe, it } from "@effect/vitest"
+import type { ToolsetEvent } from "effect-async-toolset"
+import { Screen } from "../examples/travel/terminal.ts"
+
+/** Enough of a terminal for the screen: its width, what is written to it, `resize` events. */
+class FakeTerminal extends EventEmitter {
+  columns: number
+  readonly isTTY = true
+  written = ""
+  constructor(columns: number) {
+    super()
+    this.columns = columns
+  }
+  write(chunk: string, callback?: () => void): boolean {
+    this.written += chunk
+    callback?.()
+    return true
+  }
+}
+
+const screenOn = (out: FakeTerminal, live: boolean) =>
+  new Screen({ out: out as unknown as NodeJS.WriteStream, live, color: false, timestamps: false })
+
+const started = (callId: string, args = `{"to":"Paris"}`): ToolsetEvent.ToolsetEvent => ({
+  _tag: "CallStarted",
+  toolsetId: "travel",
+  callId,
+  name: "book_flight",
+  arguments: args,
+  at: Date.now()
+})
+
+const cancelled = (callId: string): ToolsetEvent.ToolsetEvent => ({
+  _tag: "CallEnded",
+  toolsetId: "travel",
+  callId,
+  name: "book_flight",
+  outcome: "cancelled",
+  duration: 1200,
+  at: Date.now()
+})
+
+const lines = (out: FakeTerminal) => out.written.split("\n").filter((line) => line !== "")
+
+describe("demo: the screen", () => {
+  it("prints a call's 'cancelled' line after the cancel_task call that cancelled it", () => {
+    // The agent puts a call into the chat with its output, after it ran: the toolset reports the
+    // cancelled call first. The screen holds that line until the cancel call is printed.
+    const out = new FakeTerminal(80)
+    const screen = screenOn(out, false)
+    screen.turn(true)
+    screen.call(started("call_9_1"))
+    screen.call(cancelled("call_9_1"))
+    assert.deepStrictEqual(lines(out), [])
+    screen.toolCall("cancel_task_travel", `{"call_id":"call_9_1"}`, "call_15_1")
+    screen.agent("Done: I cancelled your flight to Paris.")
+    screen.turn(false)
+    assert.deepStrictEqual(lines(out), [
+      "  → cancel_task_travel(call_id: call_9_1)  call_15_1",
+      "  ✗ book_flight call_9_1 cancelled after 1.2s",
+      "agent: Done: I cancelled your flight to Paris."
+    ])
+    screen.close()
+  })
+
+  it("prints the 'cancelled' line at once when the cancel call came first, or outside a turn; at the turn's end at the latest", () => {
+    const out = new FakeTerminal(80)
+    const screen = screenOn(out, false)
+    screen.turn(true)
+    screen.call(started("call_1_1"))
+    screen.toolCall("cancel_task_travel", `{"call_id":"call_1_1"}`, "call_2_1")
+    screen.call(cancelled("call_1_1")) // the cancel call is printed already
+    screen.call(started("call_3_1"))
+    screen.call(cancelled("call_3_1")) // no call in this turn names it: printed when the turn ends
+    screen.turn(false)
+    screen.call(started("call_4_1"))
+    screen.call(cancelled("call_4_1")) // no turn running
+    assert.deepStrictEqual(lines(out), [
+      "  → cancel_task_travel(call_id: call_1_1)  call_2_1",
+      "  ✗ book_flight call_1_1 cancelled after 1.2s",
+      "  ✗ book_flight call_3_1 cancelled after 1.2s",
+      "  ✗ book_flight call_4_1 cancelled after 1.2s"
+    ])
+    screen.close()
+  })
+
+  it("erases the status line as the terminal re-wrapped it when it got narrower, and redraws it at once", () => {
+    const out = new FakeTerminal(100)
+    const screen = screenOn(out, true)
+    screen.call(started("call_1_1", `{"to":"a city with a rather long name"}`))
+    const drawn = lines(out).at(-1)!
+    assert.include(drawn, "book_flight(to: a city with a rather long name)")
+    const w = drawn.length
+    assert.isAbove(w, 40) // one row at 100 columns; two at 40 once the terminal re-wraps it
+
+    out.written = ""
+    out.columns = 40
+    out.emit("resize")
+    // node:readline's cursor moves, as written: up n rows, column 1, erase to the end of the screen
+    assert.isTrue(
+      out.written.startsWith(`\u001b[${Math.ceil(w / 40)}A\u001b[1G\u001b[0J`),
+      `erased from the first row the old line takes now: ${JSON.stringify(out.written)}`
+    )
+    const redrawn = lines(out).filter((line) => line.includes("book_flight"))
+    assert.strictEqual(redrawn.length, 1)
+    assert.isAtMost(redrawn[0]!.replace(/^.*\u001b\[0J/, "").length, 39, "redrawn to fit the new width")
+    screen.close()
+    assert.strictEqual(out.listenerCount("resize"), 0, "close stops listening")
+  })
+})
+
+const root = fileURLToPath(new URL("..", import.meta.url))
+const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
+
+/** Runs `examples/travel-agent.ts --script <file>` as `npm start` does; its exit code and output. */
+const runScript = (name: string, script: string, ...args: Array<string>) =>
+  new Promise<{ readonly code: number | null; readonly stdout: string }>((resolve) => {
+    const file = join(dir, name)
+    writeFileSync(file, script)
+    execFile(
+      process.execPath,
+      ["--conditions=effect-async-toolset-source", "--import", "tsx", "examples/travel-agent.ts", "--script", file, ...args],
+      { cwd: root, env: { ...process.env, NO_COLOR: "1" } },
+      (error, stdout) => resolve({ code: error === null ? 0 : (error.code as number | null), stdout })
+    )
+  })
+
+describe("demo: a scripted run", () => {
+  it("shows a failed turn in one line, goes on, and exits with code 1", async () => {
+    const { code, stdout } = await runScript("fail.txt", "Hello!\nSimulate a model error, please.\nThanks!\n")
+    const errors = stdout.split("\n").filter((line) => line.includes("[error]"))
+    assert.strictEqual(errors.length, 1, stdout)
+    assert.include(errors[0], "the turn failed")
+    assert.include(errors[0], "AiError: ScriptedModel.generateText: 503 Service Unavailable")
+    assert.notInclude(stdout, "    at ", "no stack trace")
+    assert.include(stdout, "agent: You're welcome!", "the conversation went on")
+    assert.include(stdout, "1 turn failed")
+    assert.strictEqual(code, 1)
+  }, 60_000)
+
+  it("with --debug, prints the full cause after the one line", async () => {
+    const { code, stdout } = await runScript("fail-debug.txt", "Simulate a model error\n", "--debug")
+    assert.include(stdout, "[debug] full cause:")
+    assert.include(stdout, "    at ", "the stack trace")
+    assert.strictEqual(code, 1)
+  }, 60_000)
+
+  it("exits with code 0 when every turn answered, and prints a cancellation after the call that caused it", async () => {
+    const { code, stdout } = await runScript(
+      "cancel.txt",
+      "Book a flight to Paris.\nBook a flight to Lisbon as well.\nCancel the Paris flight.\n"
+    )
+    const transcript = stdout.split("\n")
+    const cancelCall = transcript.findIndex((line) => line.includes("→ cancel_task_travel(call_id: call_1_1)"))
+    const cancelledLine = transcript.findIndex((line) => line.includes("✗ book_flight call_1_1 cancelled"))
+    assert.isAbove(cancelCall, -1, stdout)
+    assert.isAbove(cancelledLine, cancelCall, stdout)
+    assert.notInclude(stdout, "[error]")
+    assert.strictEqual(code, 0)
+  }, 60_000)
+})
