@@ -106,14 +106,19 @@ export interface ConfigOptions extends Omit<Options, "model" | "apiKey" | "baseU
 }
 
 /**
- * What this module puts in an error's `metadata` under {@link metadataKey}: the server's own
- * words, for the reasons whose message leaves them out (a rate limit, an exhausted quota).
+ * What this module puts in an error's `metadata` under {@link metadataKey}: the server's own words
+ * (also for the reasons whose message leaves them out: a rate limit, an exhausted quota), and its
+ * error code, type, parameter and request id when it sent them.
  *
  * @since 0.1.0
  * @category models
  */
-export interface ErrorMetadata {
-  readonly [key: string]: Schema.MutableJson
+export type ErrorMetadata = {
+  readonly message: string
+  readonly code?: string | number
+  readonly type?: string
+  readonly param?: string
+  readonly requestId?: string
 }
 
 /**
@@ -225,27 +230,16 @@ const requestBody = Effect.fnUntraced(function*(provider: Provider, options: Lan
     yield* Effect.logWarning("tool results without their call in the prompt were left out", { callIds: orphans })
   }
   const tools = Request.toFunctions(options.tools, provider.strictTools)
-  let responseFormat: { readonly response_format: unknown } | undefined
-  if (options.responseFormat.type === "json") {
-    const { objectName, schema } = options.responseFormat
-    const converted = Result.try(() => OpenAiStructuredOutput.toCodecOpenAI(schema))
-    if (Result.isFailure(converted)) {
-      const description = converted.failure instanceof Error ? converted.failure.message : String(converted.failure)
-      return yield* fail(method, new AiError.UnsupportedSchemaError({ description }))
-    }
-    responseFormat = {
-      response_format: {
-        type: "json_schema",
-        json_schema: { name: objectName, schema: converted.success.jsonSchema, strict: true }
-      }
-    }
+  const format = Request.toResponseFormat(options.responseFormat)
+  if (Result.isFailure(format)) {
+    return yield* fail(method, new AiError.UnsupportedSchemaError({ description: format.failure }))
   }
   return {
     ...provider.body,
     model: provider.model,
     messages,
     ...(tools.length === 0 ? {} : { tools, tool_choice: Request.toToolChoice(options.toolChoice) }),
-    ...responseFormat,
+    ...(format.success === undefined ? {} : { response_format: format.success }),
     ...(method === "streamText"
       ? { stream: true, ...(provider.streamUsage ? { stream_options: { include_usage: true } } : {}) }
       : {})
@@ -345,15 +339,14 @@ const statusReason = (
     },
     body: Reply.excerpt(text, 2000)
   }
-  const metadata = {
-    [metadataKey]: {
-      message,
-      ...(server?.code === undefined ? {} : { code: server.code }),
-      ...(server?.type === undefined ? {} : { type: server.type }),
-      ...(server?.param === undefined ? {} : { param: server.param }),
-      ...(requestId === undefined ? {} : { requestId })
-    }
+  const details: ErrorMetadata = {
+    message,
+    ...(server?.code === undefined ? {} : { code: server.code }),
+    ...(server?.type === undefined ? {} : { type: server.type }),
+    ...(server?.param === undefined ? {} : { param: server.param }),
+    ...(requestId === undefined ? {} : { requestId })
   }
+  const metadata = { [metadataKey]: details }
   const code = String(server?.code ?? "")
   if (status === 429) {
     if (code === "insufficient_quota" || server?.type === "insufficient_quota") {
@@ -453,7 +446,7 @@ const generateText = (provider: Provider) => (options: LanguageModel.ProviderOpt
     }
     const parts = Reply.completionParts(json, yield* idSource)
     if (Result.isFailure(parts)) {
-      return yield* fail("generateText", new AiError.InvalidResponseError({ description: parts.failure }))
+      return yield* fail("generateText", new AiError.InvalidResponseError({ description: scrub(provider, parts.failure) }))
     }
     annotate(options, provider, parts.success)
     return parts.success
@@ -470,7 +463,7 @@ const streamText = (provider: Provider) => (options: LanguageModel.ProviderOptio
       const text = yield* readText(provider, response, "streamText")
       const parts = Reply.completionParts(Reply.parseJson(text), newId)
       if (Result.isFailure(parts)) {
-        return yield* fail("streamText", new AiError.InvalidResponseError({ description: parts.failure }))
+        return yield* fail("streamText", new AiError.InvalidResponseError({ description: scrub(provider, parts.failure) }))
       }
       annotate(options, provider, parts.success)
       return Stream.fromIterable(parts.success.flatMap(asStreamParts))
@@ -543,13 +536,12 @@ const streamErrorReason = (
   const description = scrub(provider, failure.description)
   if (failure.error === undefined) return new AiError.InvalidResponseError({ description })
   const { code, type } = failure.error
-  const metadata = {
-    [metadataKey]: {
-      message: description,
-      ...(code === undefined ? {} : { code }),
-      ...(type === undefined ? {} : { type })
-    }
+  const details: ErrorMetadata = {
+    message: description,
+    ...(code === undefined ? {} : { code }),
+    ...(type === undefined ? {} : { type })
   }
+  const metadata = { [metadataKey]: details }
   if (code === 429 || code === "rate_limit_exceeded") return new AiError.RateLimitError({ metadata })
   if (typeof code === "number" && code >= 500) return new AiError.InternalProviderError({ description, metadata })
   return new AiError.UnknownError({ description, metadata })

@@ -11,7 +11,7 @@
  */
 import { Result } from "effect"
 import type { JsonSchema } from "effect"
-import { Prompt, Tool } from "effect/ai"
+import { OpenAiStructuredOutput, Prompt, Tool } from "effect/ai"
 import type { LanguageModel } from "effect/ai"
 import { Base64 } from "effect/encoding"
 
@@ -47,6 +47,12 @@ export interface FunctionDefinition {
     readonly parameters: JsonSchema.JsonSchema
     readonly strict?: true
   }
+}
+
+/** A `response_format` asking for JSON that follows a schema. */
+export interface ResponseFormat {
+  readonly type: "json_schema"
+  readonly json_schema: { readonly name: string; readonly schema: JsonSchema.JsonSchema; readonly strict: true }
 }
 
 /** What `tool_choice` takes. */
@@ -234,6 +240,27 @@ export const toToolChoice = (choice: LanguageModel.ToolChoice<string>): ToolChoi
   if (typeof choice === "string") return choice
   if ("tool" in choice) return { type: "function", function: { name: choice.tool } }
   return choice.mode ?? "auto"
+}
+
+/**
+ * The `response_format` of a `generateObject` request: the schema in Structured Outputs form (the
+ * same transformer decodes the answer), or none for text. Fails for a schema with no such form.
+ */
+export const toResponseFormat = (
+  format: LanguageModel.ProviderOptions["responseFormat"]
+): Result.Result<ResponseFormat | undefined, string> => {
+  if (format.type === "text") return Result.succeed(undefined)
+  return Result.try({
+    try: () => ({
+      type: "json_schema" as const,
+      json_schema: {
+        name: format.objectName,
+        schema: OpenAiStructuredOutput.toCodecOpenAI(format.schema).jsonSchema,
+        strict: true as const
+      }
+    }),
+    catch: (error) => error instanceof Error ? error.message : String(error)
+  })
 }
 
 // Structured Outputs accept a subset of JSON Schema; anything else makes a strict tool a 400.
