@@ -335,6 +335,7 @@ describe("OpenAiCompat", () => {
 
         yield* ask({ type: "file", mediaType: "image/png", data: new Uint8Array([1, 2, 3]) })
         yield* ask({ type: "file", mediaType: "application/pdf", fileName: "a.pdf", data: "JVBERi0=" })
+        yield* ask({ type: "file", mediaType: "image/jpeg", data: new URL("https://example.com/cat.jpg") })
         const video = aiError(yield* Effect.exit(ask({ type: "file", mediaType: "video/mp4", data: "AAAA" })))
 
         assert.deepStrictEqual(server.requests[0]!.body.messages[0]!.content, [
@@ -345,9 +346,13 @@ describe("OpenAiCompat", () => {
           type: "file",
           file: { filename: "a.pdf", file_data: "data:application/pdf;base64,JVBERi0=" }
         })
+        assert.deepStrictEqual((server.requests[2]!.body.messages[0]!.content as ReadonlyArray<unknown>)[1], {
+          type: "image_url",
+          image_url: { url: "https://example.com/cat.jpg" }
+        })
         assert.strictEqual(video.reason._tag, "InvalidUserInputError")
         assert.include(video.message, "video/mp4")
-        assert.strictEqual(server.requests.length, 2)
+        assert.strictEqual(server.requests.length, 3)
       }))
 
     it.live("generateObject sends a strict json_schema response format and decodes the answer", () =>
@@ -364,6 +369,19 @@ describe("OpenAiCompat", () => {
         assert.strictEqual(format.type, "json_schema")
         assert.strictEqual(format.json_schema.name, "weather")
         assert.strictEqual(format.json_schema.strict, true)
+      }))
+
+    it.live("generateObject with a schema that has no Structured Outputs form (a union at the root) fails before any request", () =>
+      Effect.gen(function*() {
+        const server = yield* OpenAiServer.make([OpenAiServer.text(`{"city":"Paris"}`)])
+        const model = yield* modelOn(server)
+
+        const Place = Schema.Union([Schema.Struct({ city: Schema.String }), Schema.Struct({ country: Schema.String })])
+
+        const error = aiError(yield* Effect.exit(model.generateObject({ prompt: "A place?", schema: Place })))
+
+        assert.strictEqual(error.reason._tag, "UnsupportedSchemaError")
+        assert.strictEqual(server.requests.length, 0)
       }))
 
     it.live("arguments that are not JSON: passed on as text with deferred validation, a clear AiError through a toolkit", () =>

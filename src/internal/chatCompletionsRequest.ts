@@ -183,27 +183,33 @@ const userContent = (
   return Result.succeed(out)
 }
 
+type FileData = Prompt.FilePart["data"]
+
+/** Data given by URL (checked without the `URL` global, which not every runtime's types declare). */
+const isUrl = (data: FileData): data is Exclude<FileData, string | Uint8Array> =>
+  typeof data !== "string" && !(data instanceof Uint8Array)
+
 const filePart = (part: Prompt.FilePart): Result.Result<ContentPart, string> => {
   const { data, mediaType } = part
   if (mediaType.startsWith("image/")) {
-    return Result.succeed({ type: "image_url", image_url: { url: data instanceof URL ? data.href : dataUrl(mediaType, data) } })
+    return Result.succeed({ type: "image_url", image_url: { url: isUrl(data) ? data.href : dataUrl(mediaType, data) } })
   }
   const audio = mediaType === "audio/wav" || mediaType === "audio/x-wav"
     ? "wav"
     : mediaType === "audio/mpeg" || mediaType === "audio/mp3"
     ? "mp3"
     : undefined
-  if (audio !== undefined && !(data instanceof URL)) {
+  if (audio !== undefined && !isUrl(data)) {
     return Result.succeed({ type: "input_audio", input_audio: { data: base64(data), format: audio } })
   }
-  if (mediaType === "application/pdf" && !(data instanceof URL)) {
+  if (mediaType === "application/pdf" && !isUrl(data)) {
     return Result.succeed({
       type: "file",
       file: { filename: part.fileName ?? "document.pdf", file_data: dataUrl(mediaType, data) }
     })
   }
   return Result.fail(
-    `a ${mediaType} file${data instanceof URL ? " given by URL" : ""} cannot be sent to a Chat Completions server ` +
+    `a ${mediaType} file${isUrl(data) ? " given by URL" : ""} cannot be sent to a Chat Completions server ` +
       "(it takes images, wav or mp3 audio, and PDF documents)"
   )
 }
