@@ -258,7 +258,10 @@ const attempt = <A>(
 ): Effect.Effect<A, AiError.AiError> => {
   let request = HttpClientRequest.post(provider.url).pipe(
     HttpClientRequest.setHeaders(Object.fromEntries(
-      Object.entries(provider.headers).map(([name, value]) => [name, Redacted.isRedacted(value) ? Redacted.value(value) : value])
+      Object.entries(provider.headers).map(([name, value]) => [
+        name,
+        Redacted.isRedacted(value) ? Redacted.value(value) : value
+      ])
     )),
     HttpClientRequest.accept(method === "streamText" ? "text/event-stream" : "application/json"),
     HttpClientRequest.bodyJsonUnsafe(body)
@@ -270,7 +273,10 @@ const attempt = <A>(
       response.status >= 200 && response.status < 300
         ? read(response)
         : Effect.flatMap(readText(provider, response, method), (text) =>
-          Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.fail(fail(method, statusReason(provider, response, text, now)))))
+          Effect.flatMap(
+            Clock.currentTimeMillis,
+            (now) => Effect.fail(fail(method, statusReason(provider, response, text, now)))
+          ))
     ),
     Effect.timeoutOrElse({ duration: provider.timeout, orElse: () => Effect.fail(fail(method, timeoutReason(provider))) })
   )
@@ -391,7 +397,10 @@ const honourRetryAfter = (
   Schedule.fromStep(Effect.map(Schedule.toStep(schedule), (step) => (now: number, error: AiError.AiError) => {
     const wait = retryAfter(error, now)
     return step(now, error).pipe(
-      Effect.map(([output, delay]): [unknown, Duration.Duration] => [output, wait === undefined ? delay : Duration.max(delay, wait)]),
+      Effect.map(([output, delay]): [unknown, Duration.Duration] => [
+        output,
+        wait === undefined ? delay : Duration.max(delay, wait)
+      ]),
       Effect.tap(([, delay]) => Effect.logDebug(`retrying in ${Duration.format(delay)}`, { error: error.reason.message }))
     )
   }))
@@ -416,7 +425,11 @@ const idSource = Effect.gen(function*() {
   return (): string => `${base}_${++n}`
 })
 
-const annotate = (options: LanguageModel.ProviderOptions, provider: Provider, parts: ReadonlyArray<Response.StreamPartEncoded | Response.PartEncoded>) => {
+const annotate = (
+  options: LanguageModel.ProviderOptions,
+  provider: Provider,
+  parts: ReadonlyArray<Response.StreamPartEncoded | Response.PartEncoded>
+) => {
   const metadata = parts.find((part) => part.type === "response-metadata")
   const finish = parts.find((part) => part.type === "finish")
   Telemetry.addGenAIAnnotations(options.span, {
@@ -431,27 +444,38 @@ const annotate = (options: LanguageModel.ProviderOptions, provider: Provider, pa
   })
 }
 
+const invalidResponse = (provider: Provider, method: Method, description: string) =>
+  fail(method, new AiError.InvalidResponseError({ description: scrub(provider, description) }))
+
+/** The parts of a whole completion, from the body's text. */
+const completion = (provider: Provider, method: Method, text: string, newId: Reply.NewId) => {
+  const json = Reply.parseJson(text)
+  if (json === undefined) {
+    return Effect.fail(invalidResponse(provider, method, `the answer is not JSON: ${Reply.excerpt(text)}`))
+  }
+  const error = Reply.serverError(json)
+  if (error !== undefined && !(typeof json === "object" && json !== null && "choices" in json)) {
+    // A proxy may answer 200 with an error body.
+    const description = scrub(provider, error.message ?? Reply.excerpt(text))
+    return Effect.fail(fail(method, new AiError.UnknownError({ description })))
+  }
+  const parts = Reply.completionParts(json, newId)
+  return Result.isSuccess(parts)
+    ? Effect.succeed(parts.success)
+    : Effect.fail(invalidResponse(provider, method, parts.failure))
+}
+
 const generateText = (provider: Provider) => (options: LanguageModel.ProviderOptions) =>
   Effect.gen(function*() {
     const body = yield* requestBody(provider, options, "generateText")
-    const text = yield* withRetries(provider, attempt(provider, body, "generateText", (r) => readText(provider, r, "generateText")))
-    const json = Reply.parseJson(text)
-    if (json === undefined) {
-      return yield* fail("generateText", new AiError.InvalidResponseError({ description: `the answer is not JSON: ${Reply.excerpt(scrub(provider, text))}` }))
-    }
-    const error = Reply.serverError(json)
-    if (error !== undefined && !(typeof json === "object" && json !== null && "choices" in json)) {
-      // A proxy may answer 200 with an error body.
-      return yield* fail("generateText", new AiError.UnknownError({ description: scrub(provider, error.message ?? Reply.excerpt(text)) }))
-    }
-    const parts = Reply.completionParts(json, yield* idSource)
-    if (Result.isFailure(parts)) {
-      return yield* fail("generateText", new AiError.InvalidResponseError({ description: scrub(provider, parts.failure) }))
-    }
-    annotate(options, provider, parts.success)
-    return parts.success
+    const text = yield* withRetries(
+      provider,
+      attempt(provider, body, "generateText", (response) => readText(provider, response, "generateText"))
+    )
+    const parts = yield* completion(provider, "generateText", text, yield* idSource)
+    annotate(options, provider, parts)
+    return parts
   })
-
 
 const streamText = (provider: Provider) => (options: LanguageModel.ProviderOptions) =>
   Stream.unwrap(Effect.gen(function*() {
@@ -460,13 +484,9 @@ const streamText = (provider: Provider) => (options: LanguageModel.ProviderOptio
     const newId = yield* idSource
     // A server that answers a stream request with one JSON body is read as such.
     if ((response.headers["content-type"] ?? "").includes("application/json")) {
-      const text = yield* readText(provider, response, "streamText")
-      const parts = Reply.completionParts(Reply.parseJson(text), newId)
-      if (Result.isFailure(parts)) {
-        return yield* fail("streamText", new AiError.InvalidResponseError({ description: scrub(provider, parts.failure) }))
-      }
-      annotate(options, provider, parts.success)
-      return Stream.fromIterable(parts.success.flatMap(asStreamParts))
+      const parts = yield* completion(provider, "streamText", yield* readText(provider, response, "streamText"), newId)
+      annotate(options, provider, parts)
+      return Stream.fromIterable(parts.flatMap(asStreamParts))
     }
     return answerStream(provider, options, response, newId)
   }))
@@ -484,7 +504,7 @@ const answerStream = (
     const closing = Effect.suspend(() => {
       const parts = Reply.onEnd(state, newId)
       if (Result.isFailure(parts)) {
-        return Effect.fail(fail("streamText", new AiError.InvalidResponseError({ description: parts.failure })))
+        return Effect.fail(invalidResponse(provider, "streamText", parts.failure))
       }
       annotate(options, provider, metadata === undefined ? parts.success : [metadata, ...parts.success])
       return Effect.succeed(parts.success)
@@ -524,7 +544,7 @@ const events = (
         const ready = Stream.fromIterable(pending.splice(0))
         return error === undefined
           ? ready
-          : Stream.concat(ready, Stream.fail(fail("streamText", new AiError.InvalidResponseError({ description: error.message }))))
+          : Stream.concat(ready, Stream.fail(invalidResponse(provider, "streamText", error.message)))
       })
     )
   })

@@ -137,7 +137,8 @@ export const toMessages = (prompt: Prompt.Prompt): Result.Result<Messages, strin
         for (const call of calls) {
           const result = takeResult(call.id, at)
           if (result === undefined) unanswered.push(call.id)
-          messages.push({ role: "tool", tool_call_id: call.id, content: result === undefined ? missingResult : resultText(result) })
+          const content = result === undefined ? missingResult : resultText(result)
+          messages.push({ role: "tool", tool_call_id: call.id, content })
         }
         break
       }
