@@ -44,6 +44,8 @@ import * as Request from "./internal/chatCompletionsRequest.ts"
 import * as Reply from "./internal/chatCompletionsResponse.ts"
 
 /**
+ * The options of {@link layer} and {@link make}: the server, the model, and how requests go.
+ *
  * @since 0.1.0
  * @category models
  */

@@ -748,6 +748,25 @@ describe("OpenAiCompat", () => {
         assert.include(streamError.message, "request timeout")
         assert.strictEqual((yield* model.generateText({ prompt: "Hi" })).text, "ok")
       }))
+
+    it.live("a stream that goes silent mid-way times out after what it said; the next request works", () =>
+      Effect.gen(function*() {
+        const server = yield* OpenAiServer.make([
+          { _tag: "Sse", events: [OpenAiServer.chunk({ content: "Let me think" })], end: "hang" },
+          OpenAiServer.text("ok")
+        ])
+        const model = yield* modelOn(server, { timeout: "100 millis" })
+        const said: Array<string> = []
+
+        const exit = yield* Effect.exit(Stream.runForEach(model.streamText({ prompt: "Hi" }), (part) =>
+          Effect.sync(() => {
+            if (part.type === "text-delta") said.push(part.delta)
+          })))
+
+        assert.deepStrictEqual(said, ["Let me think"])
+        assert.include(aiError(exit).message, "request timeout")
+        assert.strictEqual((yield* model.generateText({ prompt: "Hi" })).text, "ok")
+      }))
   })
 
   describe("retries", () => {

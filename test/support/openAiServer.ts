@@ -39,8 +39,11 @@ export type Reply =
     readonly events: ReadonlyArray<unknown>
     /** Send `data: [DONE]` at the end (default true). */
     readonly done?: boolean
-    /** `end` (default) closes the response; `cut` destroys the connection mid-response. */
-    readonly end?: "end" | "cut"
+    /**
+     * `end` (default) closes the response; `cut` destroys the connection mid-response; `hang`
+     * keeps it open and sends nothing more.
+     */
+    readonly end?: "end" | "cut" | "hang"
   }
   | { readonly _tag: "Hang" }
 
@@ -167,6 +170,7 @@ const send = (res: ServerResponse, reply: Reply) => {
       for (const event of reply.events) {
         res.write(`data: ${typeof event === "string" ? event : JSON.stringify(event)}\n\n`)
       }
+      if (reply.end === "hang") return
       if (reply.end === "cut") {
         // Let the written events go out, then drop the connection without ending the response.
         return setTimeout(() => res.destroy(), 20)
