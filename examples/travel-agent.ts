@@ -14,7 +14,7 @@
  *
  * The model is the test kit's `ScriptedModel` playing a few rules (examples/travel/model.ts): it
  * runs offline and the same every time. `runDemo` takes any `LanguageModel` layer instead:
- * examples/openai.ts runs this same demo on an OpenAI-compatible API.
+ * examples/openai.ts runs this same demo on an OpenAI-compatible API (effect-async-toolset/openai-compat).
  *
  * A script file has one user message per line, and these commands:
  *   wait <seconds>   the user says nothing for that long (background calls go on)

@@ -28,7 +28,7 @@
  *   const turn = yield* agent.send("What is the weather in Paris?")
  *   console.log(turn.text)
  * }).pipe(Effect.scoped, Effect.provide(AiAgent.layer({ instructions: "You are a helpful assistant." })))
- * // then provide any LanguageModel layer (examples/openai.ts has an OpenAI-compatible one)
+ * // then provide any LanguageModel layer (effect-async-toolset/openai-compat has an OpenAI-compatible one)
  * ```
  *
  * @since 0.1.0

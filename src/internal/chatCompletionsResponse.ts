@@ -1,0 +1,399 @@
+/**
+ * What a Chat Completions server answers, as effect/ai response parts: a whole completion, or the
+ * chunks of a streamed one assembled as they come (text and reasoning deltas, tool-call argument
+ * deltas by index), with finish reasons and usage mapped. Also the error body servers send.
+ *
+ * The wire schemas are lenient on purpose: the servers that speak this protocol differ in what
+ * they leave out (`null` or absent, no `index` on a tool-call delta, no `id`), and a field we do not
+ * read is never a reason to reject an answer.
+ */
+import { Result, Schema } from "effect"
+import type { Response } from "effect/ai"
+
+// --- the wire ---------------------------------------------------------------------------------
+
+const optionalNullable = <S extends Schema.Top>(schema: S) => Schema.optional(Schema.NullOr(schema))
+
+const Usage = Schema.Struct({
+  prompt_tokens: optionalNullable(Schema.Number),
+  completion_tokens: optionalNullable(Schema.Number),
+  prompt_tokens_details: optionalNullable(Schema.Struct({ cached_tokens: optionalNullable(Schema.Number) })),
+  completion_tokens_details: optionalNullable(Schema.Struct({ reasoning_tokens: optionalNullable(Schema.Number) }))
+})
+type Usage = typeof Usage.Type
+
+const Completion = Schema.Struct({
+  id: optionalNullable(Schema.String),
+  model: optionalNullable(Schema.String),
+  created: optionalNullable(Schema.Number),
+  choices: Schema.Array(Schema.Struct({
+    message: Schema.Struct({
+      content: optionalNullable(Schema.String),
+      refusal: optionalNullable(Schema.String),
+      // vLLM and DeepSeek call it `reasoning_content`, Ollama and OpenRouter `reasoning`
+      reasoning_content: optionalNullable(Schema.String),
+      reasoning: optionalNullable(Schema.String),
+      tool_calls: optionalNullable(Schema.Array(Schema.Struct({
+        id: optionalNullable(Schema.String),
+        function: Schema.Struct({ name: Schema.String, arguments: optionalNullable(Schema.Unknown) })
+      })))
+    }),
+    finish_reason: optionalNullable(Schema.String)
+  })),
+  usage: optionalNullable(Usage)
+})
+
+const Chunk = Schema.Struct({
+  id: optionalNullable(Schema.String),
+  model: optionalNullable(Schema.String),
+  created: optionalNullable(Schema.Number),
+  choices: optionalNullable(Schema.Array(Schema.Struct({
+    delta: optionalNullable(Schema.Struct({
+      content: optionalNullable(Schema.String),
+      refusal: optionalNullable(Schema.String),
+      reasoning_content: optionalNullable(Schema.String),
+      reasoning: optionalNullable(Schema.String),
+      tool_calls: optionalNullable(Schema.Array(Schema.Struct({
+        index: optionalNullable(Schema.Number),
+        id: optionalNullable(Schema.String),
+        function: optionalNullable(Schema.Struct({
+          name: optionalNullable(Schema.String),
+          arguments: optionalNullable(Schema.String)
+        }))
+      })))
+    })),
+    finish_reason: optionalNullable(Schema.String)
+  }))),
+  usage: optionalNullable(Usage)
+})
+type Chunk = typeof Chunk.Type
+
+/** An error as the server described it: `{ error: { message, type, param, code } }` and kin. */
+export interface ServerError {
+  readonly message: string | undefined
+  readonly type: string | undefined
+  readonly code: string | number | undefined
+  readonly param: string | undefined
+}
+
+// --- errors -----------------------------------------------------------------------------------
+
+const isRecord = (u: unknown): u is { readonly [key: string]: unknown } =>
+  typeof u === "object" && u !== null && !Array.isArray(u)
+
+const stringOf = (u: unknown): string | undefined => typeof u === "string" && u !== "" ? u : undefined
+
+/**
+ * The error a body describes, if it describes one. Reads OpenAI's `{ error: { message, ... } }`,
+ * `{ error: "text" }`, and the `{ message }` / `{ detail }` bodies of vLLM and other servers.
+ */
+export const serverError = (body: unknown): ServerError | undefined => {
+  if (!isRecord(body)) return undefined
+  const error = body.error
+  if (typeof error === "string") return { message: error, type: undefined, code: undefined, param: undefined }
+  const source = isRecord(error) ? error : body.object === "error" || body.error === undefined ? body : undefined
+  if (source === undefined) return undefined
+  const detail = source.detail
+  const message = stringOf(source.message) ??
+    stringOf(detail) ??
+    (Array.isArray(detail) ? JSON.stringify(detail) : undefined)
+  const code = typeof source.code === "string" || typeof source.code === "number" ? source.code : undefined
+  if (message === undefined && code === undefined) return undefined
+  return { message, type: stringOf(source.type), code, param: stringOf(source.param) }
+}
+
+/** JSON text as a value, or `undefined` if it is not JSON. */
+export const parseJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
+}
+
+/** The start of a text, for error messages: enough to recognise it, never a whole body. */
+export const excerpt = (text: string, max = 300): string =>
+  text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text
+
+// --- shared mappings ----------------------------------------------------------------------------
+
+/**
+ * The finish reason. Some servers (Ollama) end a tool-calling answer with "stop", and some send no
+ * reason at all: an answer with tool calls finishes with "tool-calls" then, which is what a caller
+ * looping on tool calls checks.
+ */
+export const finishReason = (raw: string | null | undefined, hasToolCalls: boolean): Response.FinishReason => {
+  switch (raw) {
+    case "stop":
+      return hasToolCalls ? "tool-calls" : "stop"
+    case "length":
+      return "length"
+    case "tool_calls":
+    case "function_call":
+      return "tool-calls"
+    case "content_filter":
+      return "content-filter"
+    case null:
+    case undefined:
+      return hasToolCalls ? "tool-calls" : "unknown"
+    default:
+      return "other"
+  }
+}
+
+const count = (n: number | null | undefined): number | undefined =>
+  typeof n === "number" && Number.isInteger(n) && n >= 0 ? n : undefined
+
+/** Token counts as effect/ai's `Usage`: cached prompt tokens and reasoning tokens split out. */
+export const usage = (wire: Usage | null | undefined): typeof Response.Usage.Encoded => {
+  const input = count(wire?.prompt_tokens)
+  const cached = count(wire?.prompt_tokens_details?.cached_tokens)
+  const output = count(wire?.completion_tokens)
+  const reasoning = count(wire?.completion_tokens_details?.reasoning_tokens)
+  return {
+    inputTokens: {
+      ...(input === undefined ? {} : { total: input }),
+      ...(cached === undefined ? {} : { cacheRead: cached }),
+      ...(input === undefined || cached === undefined ? {} : { uncached: Math.max(0, input - cached) })
+    },
+    outputTokens: {
+      ...(output === undefined ? {} : { total: output }),
+      ...(reasoning === undefined ? {} : { reasoning }),
+      ...(output === undefined || reasoning === undefined ? {} : { text: Math.max(0, output - reasoning) })
+    }
+  }
+}
+
+const metadataPart = (
+  wire: {
+    readonly id?: string | null | undefined
+    readonly model?: string | null | undefined
+    readonly created?: number | null | undefined
+  }
+): Response.ResponseMetadataPartEncoded => ({
+  type: "response-metadata",
+  ...(wire.id == null ? {} : { id: wire.id }),
+  ...(wire.model == null ? {} : { modelId: wire.model }),
+  ...(typeof wire.created === "number" && Number.isFinite(wire.created)
+    ? { timestamp: new Date(wire.created * 1000).toISOString() }
+    : {})
+})
+
+/**
+ * A tool call's arguments as a value. Empty text is no arguments; text that is not JSON is passed
+ * on as is, so the caller can tell the model its arguments were unusable (and effect/ai's toolkit
+ * reports it as invalid parameters) instead of the whole answer being lost.
+ */
+export const parseArguments = (raw: unknown): unknown => {
+  if (typeof raw !== "string") return raw ?? {}
+  if (raw.trim() === "") return {}
+  try {
+    return JSON.parse(raw)
+  } catch {
+    return raw
+  }
+}
+
+// --- a whole completion -----------------------------------------------------------------------
+
+/** A tool call whose id the server left out: the caller gives it one. */
+export type NewId = () => string
+
+/**
+ * The parts of a completion body. Fails with a description when the body is not a completion
+ * (missing or mistyped fields, no choice).
+ */
+export const completionParts = (body: unknown, newId: NewId): Result.Result<Array<Response.PartEncoded>, string> => {
+  const decoded = Schema.decodeUnknownResult(Completion)(body)
+  if (Result.isFailure(decoded)) return Result.fail(`the completion has not the expected shape: ${decoded.failure.message}`)
+  const completion = decoded.success
+  const choice = completion.choices[0]
+  if (choice === undefined) return Result.fail("the completion has no choices")
+  const { message } = choice
+  const parts: Array<Response.PartEncoded> = [metadataPart(completion)]
+  const reasoning = message.reasoning_content ?? message.reasoning
+  if (reasoning != null && reasoning !== "") parts.push({ type: "reasoning", text: reasoning })
+  const text = message.content ?? message.refusal
+  if (text != null && text !== "") parts.push({ type: "text", text })
+  const calls = message.tool_calls ?? []
+  for (const call of calls) {
+    parts.push({
+      type: "tool-call",
+      id: call.id == null || call.id === "" ? newId() : call.id,
+      name: call.function.name,
+      params: parseArguments(call.function.arguments),
+      providerExecuted: false
+    })
+  }
+  parts.push({
+    type: "finish",
+    reason: finishReason(choice.finish_reason, calls.length > 0),
+    usage: usage(completion.usage)
+  })
+  return Result.succeed(parts)
+}
+
+// --- a streamed completion --------------------------------------------------------------------
+
+interface CallState {
+  id: string
+  name: string
+  arguments: string
+  /** `tool-params-start` was emitted (it needs the id and the name). */
+  started: boolean
+}
+
+/** What a streamed answer has said so far. One per response; the functions below update it. */
+export interface StreamState {
+  metadataSent: boolean
+  textOpen: boolean
+  reasoningOpen: boolean
+  /** Tool calls by their `index` in the deltas. */
+  readonly calls: Map<number, CallState>
+  lastIndex: number | undefined
+  finishReason: string | undefined
+  usage: Usage | undefined
+  /** `data: [DONE]` arrived. */
+  done: boolean
+}
+
+export const makeStreamState = (): StreamState => ({
+  metadataSent: false,
+  textOpen: false,
+  reasoningOpen: false,
+  calls: new Map(),
+  lastIndex: undefined,
+  finishReason: undefined,
+  usage: undefined,
+  done: false
+})
+
+const textId = "text"
+const reasoningId = "reasoning"
+
+/**
+ * The parts one `data:` payload adds. Fails with a description when it is not JSON, not a chunk,
+ * or an error the server reports in the stream (as OpenRouter and vLLM do).
+ */
+export const onData = (
+  state: StreamState,
+  data: string
+): Result.Result<Array<Response.StreamPartEncoded>, { readonly description: string; readonly error?: ServerError }> => {
+  if (data.trim() === "[DONE]") {
+    state.done = true
+    return Result.succeed([])
+  }
+  if (state.done) return Result.succeed([]) // nothing counts after [DONE]
+  const json = parseJson(data)
+  if (json === undefined) return Result.fail({ description: `a stream event is not JSON: ${excerpt(data)}` })
+  if (isRecord(json) && json.error !== undefined) {
+    const error = serverError(json)
+    return Result.fail({
+      description: error?.message ?? `the server reported an error: ${excerpt(data)}`,
+      ...(error === undefined ? {} : { error })
+    })
+  }
+  const decoded = Schema.decodeUnknownResult(Chunk)(json)
+  if (Result.isFailure(decoded)) {
+    return Result.fail({ description: `a stream event has not the expected shape: ${decoded.failure.message}` })
+  }
+  return Result.succeed(onChunk(state, decoded.success))
+}
+
+const onChunk = (state: StreamState, chunk: Chunk): Array<Response.StreamPartEncoded> => {
+  const parts: Array<Response.StreamPartEncoded> = []
+  if (!state.metadataSent && (chunk.id != null || chunk.model != null)) {
+    state.metadataSent = true
+    parts.push(metadataPart(chunk))
+  }
+  if (chunk.usage != null) state.usage = chunk.usage
+  const choice = chunk.choices?.[0]
+  if (choice == null) return parts
+  const delta = choice.delta
+  const reasoning = delta?.reasoning_content ?? delta?.reasoning
+  if (reasoning != null && reasoning !== "") {
+    if (!state.reasoningOpen) {
+      state.reasoningOpen = true
+      parts.push({ type: "reasoning-start", id: reasoningId })
+    }
+    parts.push({ type: "reasoning-delta", id: reasoningId, delta: reasoning })
+  }
+  const text = delta?.content ?? delta?.refusal
+  if (text != null && text !== "") {
+    closeReasoning(state, parts)
+    if (!state.textOpen) {
+      state.textOpen = true
+      parts.push({ type: "text-start", id: textId })
+    }
+    parts.push({ type: "text-delta", id: textId, delta: text })
+  }
+  for (const call of delta?.tool_calls ?? []) onToolCallDelta(state, call, parts)
+  if (choice.finish_reason != null) state.finishReason = choice.finish_reason
+  return parts
+}
+
+type ToolCallDelta = NonNullable<NonNullable<NonNullable<Chunk["choices"]>[number]["delta"]>["tool_calls"]>[number]
+
+const onToolCallDelta = (state: StreamState, delta: ToolCallDelta, parts: Array<Response.StreamPartEncoded>) => {
+  // Without an index (some servers send each call whole), a new id is a new call.
+  const index = delta.index ?? (
+    state.lastIndex === undefined ||
+      (delta.id != null && delta.id !== "" && delta.id !== state.calls.get(state.lastIndex)?.id)
+      ? state.calls.size
+      : state.lastIndex
+  )
+  state.lastIndex = index
+  let call = state.calls.get(index)
+  if (call === undefined) {
+    call = { id: "", name: "", arguments: "", started: false }
+    state.calls.set(index, call)
+  }
+  if (call.id === "" && delta.id != null) call.id = delta.id
+  if (call.name === "" && delta.function?.name != null) call.name = delta.function.name
+  const args = delta.function?.arguments ?? ""
+  if (!call.started && call.id !== "" && call.name !== "") {
+    call.started = true
+    parts.push({ type: "tool-params-start", id: call.id, name: call.name, providerExecuted: false })
+    if (call.arguments !== "") parts.push({ type: "tool-params-delta", id: call.id, delta: call.arguments })
+  }
+  call.arguments += args
+  if (call.started && args !== "") parts.push({ type: "tool-params-delta", id: call.id, delta: args })
+}
+
+const closeReasoning = (state: StreamState, parts: Array<Response.StreamPartEncoded>) => {
+  if (!state.reasoningOpen) return
+  state.reasoningOpen = false
+  parts.push({ type: "reasoning-end", id: reasoningId })
+}
+
+/**
+ * The parts that close the answer once the body has ended: open text and reasoning end, each tool
+ * call is emitted whole, then the finish part. Fails when the answer is incomplete: the body ended
+ * with neither `[DONE]` nor a finish reason (the connection was cut), or a tool call has no name.
+ */
+export const onEnd = (state: StreamState, newId: NewId): Result.Result<Array<Response.StreamPartEncoded>, string> => {
+  if (!state.done && state.finishReason === undefined) {
+    return Result.fail("the stream ended before the answer was complete (no finish reason and no [DONE])")
+  }
+  const parts: Array<Response.StreamPartEncoded> = []
+  closeReasoning(state, parts)
+  if (state.textOpen) {
+    state.textOpen = false
+    parts.push({ type: "text-end", id: textId })
+  }
+  const calls = [...state.calls.entries()].sort(([a], [b]) => a - b).map(([, call]) => call)
+  for (const call of calls) {
+    if (call.name === "") return Result.fail("the stream has a tool call without a function name")
+    if (call.id === "") call.id = newId()
+    if (!call.started) {
+      parts.push({ type: "tool-params-start", id: call.id, name: call.name, providerExecuted: false })
+      if (call.arguments !== "") parts.push({ type: "tool-params-delta", id: call.id, delta: call.arguments })
+    }
+    parts.push(
+      { type: "tool-params-end", id: call.id },
+      { type: "tool-call", id: call.id, name: call.name, params: parseArguments(call.arguments), providerExecuted: false }
+    )
+  }
+  parts.push({ type: "finish", reason: finishReason(state.finishReason, calls.length > 0), usage: usage(state.usage) })
+  return Result.succeed(parts)
+}

@@ -1,0 +1,70 @@
+/**
+ * The booking story on the OpenAI-compatible provider: `AiAgent` with a background tool, the model
+ * played by the stand-in server on 127.0.0.1, which checks every request as OpenAI does. The
+ * agent's prompts (the call, its first update, the later `_update_<n>` / `_final` pairs, the reply
+ * instructions) all reach the server in a shape it accepts.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer, Redacted } from "effect"
+import { FetchHttpClient } from "effect/http"
+import { AiAgent, AsyncToolset } from "effect-async-toolset"
+import { OpenAiCompat } from "effect-async-toolset/openai-compat"
+import { bookFlight, transcript } from "../support/agent.ts"
+import * as OpenAiServer from "../support/openAiServer.ts"
+
+/** The model's side, as rules over what the server received. */
+const model = (request: OpenAiServer.Received): OpenAiServer.Reply => {
+  const { messages, tool_choice } = request.body
+  if (tool_choice === "none") {
+    const final = messages.find((m) => m.role === "tool" && m.tool_call_id?.endsWith("_final"))
+    if (final === undefined) return OpenAiServer.text("") // an update only: nothing worth saying
+    const { confirmation } = JSON.parse(String(final.content)) as { readonly confirmation: string }
+    return OpenAiServer.text(`All set! Your confirmation number is ${confirmation}.`)
+  }
+  if (messages.at(-1)?.role === "tool") return OpenAiServer.text("On it: I am looking up flights to Tokyo.")
+  return OpenAiServer.toolCalls([{ id: "call_abc", name: "book_flight", arguments: `{"to":"Tokyo"}` }])
+}
+
+describe("scenario: the agent on an OpenAI-compatible server", () => {
+  it.live("a turn with a background tool call, then the follow-up reply, every request accepted by the server", () =>
+    Effect.gen(function*() {
+      const server = yield* OpenAiServer.make(model)
+      const provider = OpenAiCompat.layer({
+        baseUrl: server.baseUrl,
+        apiKey: Redacted.make(server.apiKey),
+        model: "test-model"
+      }).pipe(Layer.provide(FetchHttpClient.layer))
+
+      yield* Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight({ search: "20 millis", book: "20 millis" })] })
+        yield* agent.addToolset(toolset)
+
+        const turn = yield* agent.send("Book me a flight to Tokyo")
+        assert.strictEqual(turn.text, "On it: I am looking up flights to Tokyo.")
+
+        yield* toolset.awaitIdle // the booking ended and the agent told the user
+        const lines = transcript(yield* agent.chat)
+        assert.strictEqual(lines[0], "user: Book me a flight to Tokyo")
+        assert.strictEqual(lines[1], `call call_abc book_flight {"to":"Tokyo"}`)
+        assert.include(lines[2], "Looking up flights to Tokyo")
+        assert.strictEqual(lines.at(-1), "assistant: All set! Your confirmation number is FL-847293.")
+      }).pipe(Effect.provide(AiAgent.layer({ instructions: "You book flights." }).pipe(Layer.provide(provider))))
+
+      assert.deepStrictEqual(server.rejected, [])
+      const [first, second] = server.requests
+      assert.deepStrictEqual(first!.body.messages.map((m) => m.role), ["system", "user"])
+      assert.strictEqual(first!.body.tool_choice, "auto")
+      const tools = first!.body.tools!.map((tool) => [tool.function.name, tool.function.strict])
+      assert.deepInclude(tools, ["book_flight", true])
+      assert.deepStrictEqual(second!.body.messages.map((m) => m.role), ["system", "user", "assistant", "tool"])
+      // the follow-up: the final result right after its own call, then the reply instructions
+      const last = server.requests.at(-1)!.body
+      assert.strictEqual(last.tool_choice, "none")
+      const at = last.messages.findIndex((m) => m.tool_calls?.some((call) => call.id === "call_abc_final"))
+      assert.isAbove(at, 0)
+      assert.strictEqual(last.messages[at + 1]!.tool_call_id, "call_abc_final")
+      assert.include(String(last.messages[at + 1]!.content), "FL-847293")
+      assert.strictEqual(last.messages.at(-1)!.role, "system")
+    }))
+})
