@@ -218,7 +218,7 @@ const scenario = (
     // returned it to the toolset (the call ended "done" or "error"); a call interrupted first (by
     // close, say) never handed it over.
     const outcomes = new Map<string, string>()
-    yield* toolset.events.pipe(
+    const listener = yield* toolset.events.pipe(
       Stream.runForEach((e) => Effect.sync(() => e._tag === "CallEnded" && outcomes.set(e.callId, e.outcome))),
       Effect.provideService(References.PreventSchedulerYield, true),
       Effect.forkChild({ startImmediately: true })
@@ -432,6 +432,7 @@ const scenario = (
     // no fiber outlives close
     if (closing === undefined) yield* whileClockRuns(Scope.close(scope, Exit.void), { what: "close" })
     for (const m of made) yield* Fiber.await(m.fiber)
+    yield* Fiber.await(listener) // the event stream ends as the toolset closes
     assert.strictEqual(fibers.active, 0, "no fiber outlives close")
   })).pipe(Effect.provide(faulty.layer), Effect.provide(logs.layer))
 }
