@@ -6,7 +6,7 @@
  * calls, no duplicate check: what is left is the cost of the primitives our engine is built from.
  */
 import { Deferred, Effect, Exit, Fiber, Latch, Queue, Scope } from "effect"
-import { collect, expect } from "./harness.ts"
+import { begin, collect, end, expect } from "./harness.ts"
 
 interface Result {
   readonly text: string
@@ -86,7 +86,7 @@ const run = <A>(program: Effect.Effect<A, never, Scope.Scope>): Promise<A> => Ef
 export const w1 = (calls: number): Promise<number> =>
   run(Effect.gen(function*() {
     const floor = yield* makeFloor()
-    const t0 = performance.now()
+    const t0 = begin()
     for (let i = 0; i < calls; i++) {
       const delivered = yield* Deferred.make<void>()
       const { first } = yield* start(floor, (first) =>
@@ -97,7 +97,7 @@ export const w1 = (calls: number): Promise<number> =>
       yield* Deferred.await(first)
       yield* Deferred.await(delivered)
     }
-    const ms = performance.now() - t0
+    const ms = end(t0)
     expect(floor.replies() === calls, `floor W1: ${floor.replies()} replies for ${calls} results`)
     return calls / (ms / 1000)
   }))
@@ -106,9 +106,9 @@ export const w1 = (calls: number): Promise<number> =>
 export const w2 = (n: number): Promise<number> =>
   run(Effect.gen(function*() {
     const floor = yield* makeFloor()
-    const t0 = performance.now()
+    const t0 = begin()
     const fibers = yield* launch(floor, n, Effect.never)
-    const ms = performance.now() - t0
+    const ms = end(t0)
     expect(fibers.length === n, "floor W2: every call started")
     return ms
   }))
@@ -138,12 +138,12 @@ export const w4 = (history: number, updates: number): Promise<number> =>
         while (true) yield* deliver(floor, yield* Queue.take(messages))
       }))
     yield* Deferred.await(first)
-    const t0 = performance.now()
+    const t0 = begin()
     for (let i = 0; i < updates; i++) {
       yield* Queue.offer(messages, `progress ${i}`)
       yield* Queue.take(replied)
     }
-    const us = ((performance.now() - t0) * 1000) / updates
+    const us = (end(t0) * 1000) / updates
     expect(floor.chat.length === history + updates, "floor W4: every update is in the chat")
     return us
   }))
@@ -160,12 +160,12 @@ export const w5 = (n: number): Promise<{ readonly ms: number; readonly replies: 
     const gate = yield* Latch.make(false)
     const fibers = yield* launch(floor, n, gate.await)
     yield* floor.idle.close
-    const t0 = performance.now()
+    const t0 = begin()
     yield* gate.open
     yield* Fiber.awaitAll(fibers) // every result is in the chat and queued
     yield* floor.idle.open
     yield* Deferred.await(allReplied)
-    const ms = performance.now() - t0
+    const ms = end(t0)
     expect(floor.chat.length === n, "floor W5: every result is in the chat")
     return { ms, replies: floor.replies() }
   }))
@@ -176,14 +176,14 @@ export const w6 = (n: number): Promise<number> =>
     const floor = yield* makeFloor()
     const fibers = yield* launch(floor, n, Effect.never)
     const registry = new Map<string, Fiber.Fiber<void>>(fibers.map((fiber, i) => [`call_${i}`, fiber]))
-    const t0 = performance.now()
+    const t0 = begin()
     for (let i = 0; i < n; i++) {
       const id = `call_${i}`
       registry.get(id)?.interruptUnsafe()
       registry.delete(id)
     }
     yield* Fiber.awaitAll(fibers)
-    const ms = performance.now() - t0
+    const ms = end(t0)
     expect(registry.size === 0, "floor W6: nothing left running")
     return ms
   }))

@@ -74,3 +74,34 @@ export const tick = (): Promise<void> => new Promise((resolve) => setImmediate(r
 export const expect = (condition: boolean, message: string): void => {
   if (!condition) throw new Error(`bench check failed: ${message}`)
 }
+
+/** What a measured section reports to, besides the clock (the counters of `counters.ts`). */
+export interface Probe {
+  readonly start: () => void
+  readonly stop: () => void
+}
+
+let probe: Probe | undefined
+
+/** Runs `f` with `p` told when each measured section starts and stops. */
+export const probed = async <A>(p: Probe, f: () => Promise<A>): Promise<A> => {
+  probe = p
+  try {
+    return await f()
+  } finally {
+    probe = undefined
+  }
+}
+
+/** Starts a measured section (the part a workload times); returns the time it started. */
+export const begin = (): number => {
+  probe?.start()
+  return performance.now()
+}
+
+/** Ends the measured section started at `t0`; returns its milliseconds. */
+export const end = (t0: number): number => {
+  const ms = performance.now() - t0
+  probe?.stop()
+  return ms
+}

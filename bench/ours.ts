@@ -10,7 +10,7 @@ import { Deferred, Effect, Exit, Latch, Queue, Schema } from "effect"
 import type { Scope } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
-import { collect, expect } from "./harness.ts"
+import { begin, collect, end, expect } from "./harness.ts"
 
 /** `BENCH_SPANS=0` measures ours without the span per call (`spanPerCall: false`); the default keeps it. */
 const spanPerCall = process.env["BENCH_SPANS"] !== "0"
@@ -75,13 +75,13 @@ export const w1 = (calls: number): Promise<number> =>
       const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [lookup] })
       const functionCalls = yield* makeCalls(calls, "lookup")
       let pending = 0
-      const t0 = performance.now()
+      const t0 = begin()
       for (const call of functionCalls) {
         const output = yield* toolset.execute(call)
         if (AsyncToolset.isPending(output)) pending++
         yield* toolset.awaitIdle
       }
-      const ms = performance.now() - t0
+      const ms = end(t0)
       expect(pending === calls, `ours W1: ${pending} of ${calls} calls returned at their first update`)
       const replies = (yield* controls.replies).length
       expect(replies === calls, `ours W1: ${replies} replies for ${calls} finals`)
@@ -94,9 +94,9 @@ export const w2 = (n: number): Promise<number> =>
     Effect.gen(function*() {
       const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [blocked(Effect.never)] })
       const calls = yield* makeCalls(n, "wait")
-      const t0 = performance.now()
+      const t0 = begin()
       const outputs = yield* launch(toolset, calls)
-      const ms = performance.now() - t0
+      const ms = end(t0)
       expect(outputs.every(AsyncToolset.isPending), "ours W2: every call returned at its first update")
       expect((yield* toolset.runningTasks).length === n, "ours W2: every call is running")
       return ms
@@ -145,12 +145,12 @@ export const w4 = (history: number, updates: number): Promise<number> =>
           const toolset = yield* AsyncToolset.make({ id: "bench", spanPerCall, tools: [stream] })
           const [call] = yield* makeCalls(1, "stream")
           expect(AsyncToolset.isPending(yield* toolset.execute(call!)), "ours W4: the call runs in the background")
-          const t0 = performance.now()
+          const t0 = begin()
           for (let i = 0; i < updates; i++) {
             yield* Queue.offer(messages, `progress ${i}`)
             yield* Queue.take(replied)
           }
-          const us = ((performance.now() - t0) * 1000) / updates
+          const us = (end(t0) * 1000) / updates
           const chat = yield* controls.chat
           expect(chat.items.length === history + 2 * updates, `ours W4: ${chat.items.length} chat items`)
           return us
@@ -180,12 +180,12 @@ export const w5 = (n: number): Promise<{ readonly ms: number; readonly replies: 
           const outputs = yield* launch(toolset, yield* makeCalls(n, "wait"))
           expect(outputs.every(AsyncToolset.isPending), "ours W5: every call returned at its first update")
           yield* controls.setBusy
-          const t0 = performance.now()
+          const t0 = begin()
           yield* gate.open
           yield* Deferred.await(allInserted)
           yield* controls.setIdle
           yield* toolset.awaitIdle
-          const ms = performance.now() - t0
+          const ms = end(t0)
           const replies = yield* controls.replies
           expect(replies.every((r) => !r.whileBusy), "ours W5: no reply while busy")
           expect((yield* controls.chat).items.length === 2 * n, "ours W5: every final is in the chat")
@@ -202,12 +202,12 @@ export const w6 = (n: number): Promise<number> =>
       const calls = yield* makeCalls(n, "wait")
       yield* launch(toolset, calls)
       let cancelled = 0
-      const t0 = performance.now()
+      const t0 = begin()
       for (const call of calls) {
         if ((yield* toolset.cancel(call.callId)) === "cancelled") cancelled++
       }
       yield* toolset.drain // returns once every cancelled fiber has really stopped
-      const ms = performance.now() - t0
+      const ms = end(t0)
       expect(cancelled === n, `ours W6: ${cancelled} of ${n} cancelled`)
       expect((yield* toolset.runningTasks).length === 0, "ours W6: nothing left running")
       return ms

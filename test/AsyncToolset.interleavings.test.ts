@@ -5,14 +5,23 @@
  * ids, two toolsets on one session, and what the events say about all this.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber, Layer, References, Schema, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Fiber, Layer, References, Schema, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import { AgentSession, AiAgent, AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import type { ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { agentLayer, transcript } from "./support/agent.ts"
 import { chatCallIds, execute, promptly, settle, stillWaiting, thenLetToolsEnd } from "./support/lifetime.ts"
-import { captureLogs, chatProblems, faultySession, injected, namedCallIds, whileClockRuns } from "./support/reliability.ts"
+import {
+  captureLogs,
+  chatProblems,
+  faultySession,
+  injected,
+  makeFiberCounter,
+  modelCall,
+  namedCallIds,
+  whileClockRuns
+} from "./support/reliability.ts"
 
 /**
  * Scheduler settings the races run under: a yield after almost every step, up to the default
@@ -590,4 +599,27 @@ describe("AsyncToolset interleavings", () => {
         assert.deepStrictEqual(events.flatMap((e) => e._tag === "CallUpdated" ? [e.step] : []), [0])
       }).pipe(Effect.provide(TestSession.layer)))
   })
+})
+
+describe("many calls at once", () => {
+  const blocked = FunctionTool.make("wait", { description: "Blocks after it starts", onDuplicateCall: "allow" }, () =>
+    Effect.andThen(AsyncRunContext.update("started"), Effect.never))
+
+  for (const how of ["close", "drain"] as const) {
+    it.effect(`${how} with ten thousand calls running stops them all and leaves no fiber`, () => {
+      const fibers = makeFiberCounter()
+      return fibers.track(Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const toolset = yield* AsyncToolset.make({ id: "t", tools: [blocked] }).pipe(Scope.provide(scope))
+        const calls = yield* Effect.forEach(Array.from({ length: 10_000 }, (_, i) => `c${i}`), (id) => modelCall(id, "wait"))
+        const outputs = yield* Effect.forEach(calls, toolset.execute, { concurrency: "unbounded" })
+        assert.isTrue(outputs.every(AsyncToolset.isPending))
+        assert.strictEqual((yield* toolset.runningTasks).length, 10_000)
+        if (how === "drain") yield* toolset.drain
+        yield* Scope.close(scope, Exit.void)
+        assert.deepStrictEqual(yield* toolset.runningTasks, [])
+        assert.strictEqual(fibers.active, 0)
+      })).pipe(Effect.provide(TestSession.layer))
+    }, 60_000)
+  }
 })
