@@ -6,8 +6,8 @@
  * the line on a shared machine where timings mean little.
  *
  * How each counter is taken, over exactly the section a workload times (`begin`/`end`):
- * - steps: every turn of a fiber's run loop asks the scheduler whether to yield; the default
- *   scheduler's `shouldYield` is counted (turns under `PreventSchedulerYield` are not asked).
+ * - steps: the turns of every fiber's run loop (each run of the loop counts its turns; the count
+ *   is read as the run returns).
  * - fibers: the first `evaluate` of each fiber.
  * - setImmediate: calls of `globalThis.setImmediate` (the default scheduler's flushes).
  * - bytes: growth of V8's used heap over the section, in a second pass without the counting
@@ -23,7 +23,6 @@ import { PerformanceObserver } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import * as v8 from "node:v8"
 import { Effect } from "effect"
-import { MixedScheduler } from "effect/Scheduler"
 import * as floor from "./floor.ts"
 import { collect, probed } from "./harness.ts"
 import type { Probe } from "./harness.ts"
@@ -38,17 +37,19 @@ const live = { steps: 0, fibers: 0, setImmediate: 0 }
 
 const fiberProto = Object.getPrototypeOf(Effect.runFork(Effect.void)) as {
   evaluate: (this: object, effect: unknown) => void
+  runLoop: (this: { currentOpCount: number }, effect: unknown) => unknown
 }
 const hooks = (() => {
-  const shouldYield = MixedScheduler.prototype.shouldYield
+  const runLoop = fiberProto.runLoop
   const evaluate = fiberProto.evaluate
   const setImmediate = globalThis.setImmediate
   const started = new WeakSet<object>()
   return {
     install: () => {
-      MixedScheduler.prototype.shouldYield = function(this: MixedScheduler, fiber) {
-        live.steps++
-        return shouldYield.call(this, fiber)
+      fiberProto.runLoop = function(this: { currentOpCount: number }, effect: unknown) {
+        const result = runLoop.call(this, effect)
+        live.steps += this.currentOpCount
+        return result
       }
       fiberProto.evaluate = function(this: object, effect: unknown) {
         if (!started.has(this)) {
@@ -63,7 +64,7 @@ const hooks = (() => {
       }) as typeof setImmediate
     },
     remove: () => {
-      MixedScheduler.prototype.shouldYield = shouldYield
+      fiberProto.runLoop = runLoop
       fiberProto.evaluate = evaluate
       globalThis.setImmediate = setImmediate
     }

@@ -77,8 +77,27 @@ export const defaults: Prompts = {
  * @since 0.1.0
  * @category rendering
  */
-export const render = <Vars extends object>(template: Template<Vars>, vars: Vars): string =>
-  typeof template === "function"
-    ? template(vars)
-    : template.replace(/\{([A-Za-z0-9_]+)\}/g, (whole, name: string) =>
-      Object.hasOwn(vars, name) ? String((vars as Record<string, unknown>)[name]) : whole)
+export const render = <Vars extends object>(template: Template<Vars>, vars: Vars): string => {
+  if (typeof template === "function") return template(vars)
+  // A template is split into its literal text and placeholder names once; rendering it again
+  // (on every update, every reply) is then a concatenation.
+  const parts = compiled(template)
+  let out = parts[0]!
+  for (let i = 1; i < parts.length; i += 2) {
+    const name = parts[i]!
+    out += (Object.hasOwn(vars, name) ? String((vars as Record<string, unknown>)[name]) : `{${name}}`) + parts[i + 1]!
+  }
+  return out
+}
+
+/** Literal text and placeholder names, alternating: `["Hi ", "name", "!"]` for `"Hi {name}!"`. */
+const compiled = (template: string): ReadonlyArray<string> => {
+  let parts = cache.get(template)
+  if (parts === undefined) {
+    parts = template.split(/\{([A-Za-z0-9_]+)\}/)
+    if (cache.size >= 256) cache.delete(cache.keys().next().value!)
+    cache.set(template, parts)
+  }
+  return parts
+}
+const cache = new Map<string, ReadonlyArray<string>>()

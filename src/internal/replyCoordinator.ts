@@ -71,6 +71,8 @@ export interface Coordinator {
   readonly bases: Map<string, number>
   fiber: Fiber.Fiber<never, unknown> | undefined
   closed: boolean
+  /** The chat as read before the last idle wait of the reply being prepared. */
+  chat: ReadonlyArray<ChatItem> | undefined
 }
 
 /** How many reused call ids the coordinator remembers (the newest). */
@@ -100,7 +102,8 @@ export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinat
           owners: new Set([owner]),
           bases: new Map(),
           fiber: undefined,
-          closed: false
+          closed: false,
+          chat: undefined
         }
         coordinators.set(session, made)
         coordinator = made
@@ -210,52 +213,79 @@ class PortFault {
   }
 }
 
-/** Turns any unsuccessful port answer into a `PortFault`, unless the coordinator itself is closing. */
-const faults = (coordinator: Coordinator) => <A>(effect: Effect.Effect<A, unknown>): Effect.Effect<A, PortFault> =>
-  Effect.catchCause(effect, (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause)))
-
 /** The port's own answer inside a cause of ours, for the log. */
 const portCause = (cause: Cause.Cause<unknown>): Cause.Cause<unknown> => {
   const reason = cause.reasons.length === 1 ? cause.reasons[0]! : undefined
   return reason !== undefined && Cause.isFailReason(reason) && reason.error instanceof PortFault ? reason.error.cause : cause
 }
 
-const run = (coordinator: Coordinator): Effect.Effect<never> =>
-  Effect.forever(
-    Effect.andThen(
-      park(coordinator),
-      // Let a burst of results that arrive together join one reply.
-      Effect.andThen(Effect.yieldNow, round(coordinator))
-    ),
-    { disableYield: true }
-  )
+/**
+ * The coordinator's fiber: wait for items, let a burst of results that arrive together join, then
+ * one round. The effects are built once, here; a round reads and writes the coordinator's state.
+ */
+const run = (coordinator: Coordinator): Effect.Effect<never> => {
+  const session = coordinator.session
+  /** A port answer that is not a success is a `PortFault`, unless the coordinator itself is closing. */
+  const onPortFault = (cause: Cause.Cause<unknown>) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
+  const awaitInactive = Effect.catchCause(session.awaitInactive, onPortFault)
 
-/** Waits until an item was handed over. */
-const park = (coordinator: Coordinator): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    if (coordinator.queue.length > 0) return Effect.void
-    const parked = Deferred.makeUnsafe<void>()
-    coordinator.parked = parked
-    return Deferred.await(parked)
+  // The chat, read only to pick the wording: if the read fails, ask as if the items were the latest.
+  const readChat = Effect.matchCauseEffect(session.items, {
+    onSuccess: (chat) => {
+      coordinator.chat = chat
+      return Effect.void
+    },
+    onFailure: (cause) => {
+      coordinator.chat = undefined
+      if (coordinator.closed) return Effect.interrupt
+      return Effect.logWarning(
+        `could not read the chat; asking for the reply for ${callIdsOf(coordinator.batch)} as if they were the latest`,
+        cause
+      ).pipe(Effect.annotateLogs({ toolset: ownersOf(coordinator.batch) }))
+    }
   })
 
-/** Moves the queued items into the batch; returns them. */
-const take = (coordinator: Coordinator): ReadonlyArray<Item> => {
-  const taken = coordinator.queue
-  if (taken.length === 0) return taken
-  coordinator.queue = []
-  for (const item of taken) coordinator.batch.push(item)
-  return taken
-}
+  // After the last idle wait: decide, then request. Nothing here suspends before the request.
+  const decide = Effect.suspend((): Effect.Effect<void, PortFault> => {
+    const late = take(coordinator)
+    if (late.some(awaitsInsertion)) return prepare
+    const ready = coordinator.batch.filter(answerable)
+    if (ready.length === 0) return Effect.void
+    // Items taken after the chat was read are newer than anything in it.
+    const chat = coordinator.chat
+    coordinator.chat = undefined
+    const covered = late.length === 0 && chat !== undefined && spokeAfter(chat, ready)
+    if (covered && ready.every((item) => item.owner.policy.whenAlreadyAnswered === "skip")) {
+      skipped(coordinator, ready, "already-answered")
+      return Effect.logDebug("the agent already spoke after the pending results; no reply requested")
+    }
+    const policy = ready[ready.length - 1]!.owner.policy
+    const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
+      pendingCallIds: callIdsOf(ready)
+    })
+    return request(coordinator, ready, policy, instructions)
+  })
 
-/** An item whose insertion failed, to be retried (unless its toolset closed: then it is let go). */
-const awaitsInsertion = (item: Item): boolean => !item.inserted && !item.owner.closed
+  // The last idle wait and the reply request, with no scheduler yield between them: a user who
+  // starts speaking is never talked over.
+  const gate = Effect.provideService(Effect.andThen(awaitInactive, decide), References.PreventSchedulerYield, true)
 
-const callIdsOf = (items: ReadonlyArray<Item>): string => items.map((item) => item.callId).join(", ")
+  // Once idle: insert what failed before (inserting suspends: wait for idle again), or read the
+  // chat before the last idle wait, so nothing suspends between that wait and the request.
+  const afterIdle = Effect.suspend((): Effect.Effect<void, PortFault> => {
+    take(coordinator)
+    if (coordinator.batch.some(awaitsInsertion)) return Effect.andThen(retryInsertions(coordinator), prepare)
+    if (coordinator.batch.length === 0) return Effect.void
+    return Effect.andThen(readChat, gate)
+  })
 
-/** One reply: everything pending once the session is idle. Never fails. */
-const round = (coordinator: Coordinator): Effect.Effect<void> =>
-  prepare(coordinator).pipe(
+  const prepare: Effect.Effect<void, PortFault> = Effect.suspend(() => {
+    take(coordinator)
+    return Effect.andThen(awaitInactive, afterIdle)
+  })
+
+  // One reply: everything pending once the session is idle. Never fails.
+  const round = prepare.pipe(
     Effect.catchCause((cause) => {
       if (coordinator.closed) return Effect.interrupt
       const batch = coordinator.batch
@@ -270,65 +300,38 @@ const round = (coordinator: Coordinator): Effect.Effect<void> =>
     Effect.ensuring(Effect.sync(() => settleBatch(coordinator)))
   )
 
-/** Waits for the session to be inactive, inserts what failed before, then requests the reply. */
-const prepare = (coordinator: Coordinator): Effect.Effect<void, PortFault> =>
-  Effect.suspend(() => {
-  const session = coordinator.session
-  const fault = faults(coordinator)
-  take(coordinator)
-  return Effect.flatMap(fault(session.awaitInactive), () => {
-    take(coordinator)
-    if (coordinator.batch.some(awaitsInsertion)) {
-      // Inserting suspends: wait for the session to be inactive again afterwards.
-      return Effect.andThen(retryInsertions(coordinator), prepare(coordinator))
-    }
-    if (coordinator.batch.length === 0) return Effect.void
-    // Reading the chat only picks the wording: read it before the last idle wait, so nothing
-    // suspends between that wait and the reply request.
-    return Effect.flatMap(readChat(coordinator), (chat) => gate(coordinator, chat))
-  })
+  const park = Effect.suspend(() => {
+    if (coordinator.queue.length > 0) return Effect.void
+    const parked = Deferred.makeUnsafe<void>()
+    coordinator.parked = parked
+    return Deferred.await(parked)
   })
 
-const readChat = (coordinator: Coordinator): Effect.Effect<ReadonlyArray<ChatItem> | undefined> =>
-  coordinator.session.items.pipe(
-    faults(coordinator),
-    Effect.catch((fault) =>
-      Effect.as(
-        Effect.logWarning(
-          `could not read the chat; asking for the reply for ${callIdsOf(coordinator.batch)} as if they were the latest`,
-          fault.cause
-        ).pipe(Effect.annotateLogs({ toolset: ownersOf(coordinator.batch) })),
-        undefined
-      )
-    )
-  )
+  // The yield lets a burst of results that arrive together join one reply.
+  return Effect.forever(Effect.andThen(park, Effect.andThen(Effect.yieldNow, round)), { disableYield: true })
+}
+
+/** Moves the queued items into the batch; returns them. */
+const take = (coordinator: Coordinator): ReadonlyArray<Item> => {
+  const taken = coordinator.queue
+  if (taken.length === 0) return taken
+  coordinator.queue = []
+  for (const item of taken) coordinator.batch.push(item)
+  return taken
+}
+
+/** An item whose insertion failed, to be retried (unless its toolset closed: then it is let go). */
+const awaitsInsertion = (item: Item): boolean => !item.inserted && !item.owner.closed
+
+/** An item in the chat whose toolset is open: the reply covers it. */
+const answerable = (item: Item): boolean => item.inserted && !item.owner.closed
+
+const callIdsOf = (items: ReadonlyArray<Item>): string => items.map((item) => item.callId).join(", ")
 
 /**
- * The last idle wait and the reply request, with no scheduler yield between them (and nothing
- * that suspends): a user who starts speaking is never talked over.
- */
-const gate = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefined): Effect.Effect<void, PortFault> =>
-  Effect.flatMap(faults(coordinator)(coordinator.session.awaitInactive), () => {
-    const late = take(coordinator)
-    if (late.some(awaitsInsertion)) return prepare(coordinator)
-    const ready = coordinator.batch.filter((item) => item.inserted && !item.owner.closed)
-    if (ready.length === 0) return Effect.void
-    // Items taken after the chat was read are newer than anything in it.
-    const covered = late.length === 0 && chat !== undefined && spokeAfter(chat, ready)
-    if (covered && ready.every((item) => item.owner.policy.whenAlreadyAnswered === "skip")) {
-      skipped(coordinator, ready, "already-answered")
-      return Effect.logDebug("the agent already spoke after the pending results; no reply requested")
-    }
-    const policy = ready[ready.length - 1]!.owner.policy
-    const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
-      pendingCallIds: callIdsOf(ready)
-    })
-    return request(coordinator, ready, policy, instructions)
-  }).pipe(Effect.provideService(References.PreventSchedulerYield, true))
-
-/**
- * Asks for the reply. The first attempt runs at once; retries (each after the session is inactive
- * again) and the time bound are built only when it fails or does not answer at once.
+ * Asks for the reply. The first attempt runs at once, in a fiber of its own; retries (each after
+ * the session is inactive again) and the time bound are built only when it fails or does not
+ * answer at once.
  */
 const request = (
   coordinator: Coordinator,
@@ -340,11 +343,15 @@ const request = (
   const reply = session.generateReply({ instructions, toolChoice: "none" })
   return Effect.flatMap(Effect.forkChild(reply, { startImmediately: true }), (first) => {
     const exit = first.pollUnsafe()
-    if (exit !== undefined && Exit.isSuccess(exit)) return Effect.sync(() => delivered(coordinator, ready, instructions))
+    if (exit !== undefined && Exit.isSuccess(exit)) {
+      delivered(coordinator, ready, instructions)
+      return Effect.void
+    }
     let attempt = 0
-    const once = faults(coordinator)(Effect.suspend(() =>
-      attempt++ === 0 ? Fiber.join(first) : Effect.andThen(session.awaitInactive, reply)
-    ))
+    const once = Effect.catchCause(
+      Effect.suspend(() => attempt++ === 0 ? Fiber.join(first) : Effect.andThen(session.awaitInactive, reply)),
+      (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
+    )
     return once.pipe(
       Effect.retry(policy.sessionRetry),
       // A request that does not answer in time is not retried: the session may still make that
@@ -386,7 +393,10 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
       const now = coordinator.clock.currentTimeMillisUnsafe()
       item.items = item.items.map((i) => withCreatedAt(i, now))
       return coordinator.session.insert(item.items)
-    }).pipe(faults(coordinator), Effect.retry(item.owner.policy.sessionRetry))
+    }).pipe(
+      Effect.catchCause((cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))),
+      Effect.retry(item.owner.policy.sessionRetry)
+    )
     // A toolset that closes meanwhile takes its items back (and reports them): stop inserting.
     return Effect.raceFirst(Effect.exit(attempt), Effect.as(Deferred.await(item.owner.closing), undefined)).pipe(
       Effect.flatMap((exit) => {

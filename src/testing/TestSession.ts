@@ -119,13 +119,18 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
     insert,
     awaitInactive,
     generateReply: (request) =>
-      Effect.gen(function*() {
+      Effect.suspend(() => {
         replies.push({ ...request, whileBusy: !idle.isOpen(), chatLength: items.length })
-        if (options.onReply) yield* options.onReply(request)
-        if (options.respond) {
-          const answer = yield* options.respond(request, new ChatContext({ items: items.slice() }))
-          if (answer !== undefined && answer !== "") yield* say("assistant", answer)
-        }
+        const replied = options.onReply ? options.onReply(request) : Effect.void
+        const respond = options.respond
+        if (respond === undefined) return replied
+        return Effect.andThen(
+          replied,
+          Effect.flatMap(
+            Effect.suspend(() => respond(request, new ChatContext({ items: items.slice() }))),
+            (answer) => answer !== undefined && answer !== "" ? Effect.asVoid(say("assistant", answer)) : Effect.void
+          )
+        )
       })
   })
 
