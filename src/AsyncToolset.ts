@@ -252,10 +252,6 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     closing: Deferred.makeUnsafe<void>()
   }
 
-  // Finalizers run last-added first: calls stop (and are awaited), then the toolset leaves the
-  // coordinator, then the event stream ends (so subscribers see the calls that close ended).
-  const scope = yield* Scope.fork(yield* Scope.Scope, "sequential")
-  yield* Scope.addFinalizer(scope, PubSub.shutdown(pubsub))
   const toolset: CallRun.Toolset = {
     id,
     session,
@@ -265,7 +261,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     spanPerCall: options.spanPerCall ?? true,
     registry,
     owner,
-    coordinator: yield* Coordinator.acquire(session, owner).pipe(Scope.provide(scope)),
+    coordinator: yield* Coordinator.acquire(session, owner),
     timers: new Set(),
     emit,
     countRunning: (delta) => runningGauge.modifyUnsafe(delta, services),
@@ -273,7 +269,19 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     cancelled: (c) => CallRun.cancelledOutput(toolset, c),
     cache: CallRun.emptyCache(services)
   }
-  yield* Scope.addFinalizer(scope, Effect.suspend(() => closing(toolset)))
+  // Closing happens once, whoever asks first (`close`, or the scope the toolset was made in); every
+  // asker returns only once it is over.
+  const closed = Deferred.makeUnsafe<void>()
+  let closeStarted = false
+  const close = Effect.uninterruptibleMask((restore) => {
+    if (closeStarted) return restore(Deferred.await(closed))
+    closeStarted = true
+    return Effect.ensuring(
+      Effect.andThen(closing(toolset), PubSub.shutdown(pubsub)),
+      Effect.sync(() => Deferred.doneUnsafe(closed, Exit.void))
+    )
+  })
+  yield* Effect.addFinalizer(() => close)
   const state: State = { toolset, tools, names, maxArgumentsLength, management: managementTools(toolset, names) }
   return {
     id,
@@ -283,7 +291,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     runningTasks: Effect.sync(() => runningTasks(registry)),
     awaitIdle: waitFor(registry, () => registry.live.size === 0 && owner.pending === 0),
     drain: Effect.suspend(() => drain(toolset)),
-    close: Effect.suspend(() => Effect.andThen(Coordinator.letGo(owner, beginClose(toolset)), Scope.close(scope, Exit.void))),
+    close,
     events
   } satisfies AsyncToolset
 })
@@ -382,12 +390,10 @@ const admit = (
   const c = Lifecycle.makeCall(call, p, key, p.cancellable, toolset.clock.currentTimeMillisUnsafe())
   if (decision._tag === "Replace") {
     for (const r of decision.replaced) Lifecycle.stop(registry, r, "replaced", toolset.cancelled)
-    // Two calls of a key never run at once: the new one waits for every call of the key to stop,
-    // those still stopping from earlier cancels included (D4).
-    Lifecycle.register(registry, c, registry.byKey.get(key) ?? [])
-  } else {
-    Lifecycle.register(registry, c, [])
   }
+  // Under `replace` two calls of a key never run at once: the new one waits for every call of the
+  // key to stop, those still stopping from earlier cancels, timeouts or replacements included (D4).
+  Lifecycle.register(registry, c, p.mode === "replace" ? registry.byKey.get(key) ?? [] : [])
   Lifecycle.flush(registry)
   return c.status === "running"
     ? CallRun.launch(toolset, c, args, caller, restore)
@@ -430,10 +436,20 @@ const runningTasks = (registry: Lifecycle.Registry<Prepared>): ReadonlyArray<Run
   return tasks
 }
 
+/**
+ * Stops the cancellable calls and waits for every call to end. A call whose handler returned is
+ * not stopped (its result stands), but its delivery is cut short: its result goes to the reply
+ * coordinator, which inserts it, so a stalled session cannot hold a hand-off.
+ */
 const drain = (toolset: CallRun.Toolset): Effect.Effect<void> => {
   const { registry } = toolset
   for (const c of Array.from(registry.live)) {
-    if (c.cancellable) Lifecycle.stop(registry, c, "drained", toolset.cancelled)
+    if (c.status === "finishing") {
+      const fiber = c.fiber
+      if (fiber !== undefined) registry.wakes.push(() => fiber.interruptUnsafe())
+    } else if (c.cancellable) {
+      Lifecycle.stop(registry, c, "drained", toolset.cancelled)
+    }
   }
   Lifecycle.flush(registry)
   return waitFor(registry, () => registry.live.size === 0)
@@ -453,17 +469,23 @@ const beginClose = (toolset: CallRun.Toolset): ReadonlyArray<Coordinator.Item> =
   return left
 }
 
-/** The toolset's close: every call stopped, what it let go reported, its fibers awaited. */
-const closing = (toolset: CallRun.Toolset): Effect.Effect<void> => {
-  const left = beginClose(toolset)
-  return Effect.andThen(
-    Coordinator.letGo(toolset.owner, left),
+/**
+ * The toolset's close: every call stopped at once, what it let go reported, its fibers awaited,
+ * then it leaves the session's reply coordinator (the last toolset of the session stops it).
+ */
+const closing = (toolset: CallRun.Toolset): Effect.Effect<void> =>
+  Effect.suspend(() =>
     Effect.andThen(
-      waitFor(toolset.registry, () => toolset.registry.live.size === 0),
-      Fiber.awaitAll(Array.from(toolset.timers))
+      Coordinator.letGo(toolset.owner, beginClose(toolset)),
+      Effect.andThen(
+        Effect.andThen(
+          waitFor(toolset.registry, () => toolset.registry.live.size === 0),
+          Effect.suspend(() => Fiber.awaitAll(Array.from(toolset.timers)))
+        ),
+        Coordinator.release(toolset.coordinator, toolset.owner)
+      )
     )
   )
-}
 
 /** Completes once `ready()` holds; it is checked now and after each transition. */
 const waitFor = (registry: Lifecycle.Registry<Prepared>, ready: () => boolean): Effect.Effect<void> =>

@@ -257,7 +257,7 @@ const deliverOutcome = (toolset: Toolset, c: Call, exit: Exit.Exit<unknown, unkn
       Lifecycle.flush(toolset.registry)
       return Effect.void
     }
-    return out === undefined ? Effect.void : deliver(toolset, c, "_final", out, { force: false, interruptible: true })
+    return out === undefined ? Effect.void : deliver(toolset, c, "_final", out)
   })
 
 const lateFailure = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> =>
@@ -295,18 +295,22 @@ const startTimer = (toolset: Toolset, c: Call, timeout: Duration.Duration, conte
   timer.addObserver(() => toolset.timers.delete(timer))
 }
 
-/** A call that ran out of time: the model is told at expiry, even inside an uninterruptible region. */
+/**
+ * A call that ran out of time: the model is told at expiry, even inside an uninterruptible
+ * region. After a first update the notice is `<callId>_final`; it counts as pending before the
+ * call is stopped, so the toolset never looks idle in between.
+ */
 const timeOut = (toolset: Toolset, c: Call): Effect.Effect<void> =>
-  Effect.suspend(() => {
+  Effect.uninterruptible(Effect.suspend(() => {
     if (c.status !== "running") return Effect.void
-    const answered = c.first === undefined
     const text = timedOutText(toolset, c)
+    const notice = c.first === undefined && !toolset.owner.closed
+      ? prepareItem(toolset, c, "_final", { output: text, isError: true }, true)
+      : undefined
     Lifecycle.stop(toolset.registry, c, "timed-out", (c) => output(toolset, c.functionCall.callId, c.functionCall.name, text, true))
     Lifecycle.flush(toolset.registry)
-    return answered
-      ? deliver(toolset, c, "_final", { output: text, isError: true }, { force: true, interruptible: true })
-      : Effect.void
-  })
+    return notice === undefined ? Effect.void : insertItem(toolset, c, notice)
+  }))
 
 // --- updates and later items ---------------------------------------------------------------------
 
@@ -331,7 +335,7 @@ export const update = (toolset: Toolset, c: Call, message: unknown): Effect.Effe
     }
     const step = ++c.updates
     emitUpdated(toolset, c, step, message, text)
-    return deliver(toolset, c, `_update_${step}`, { output: text, isError: false }, { force: false, interruptible: false })
+    return deliver(toolset, c, `_update_${step}`, { output: text, isError: false })
   })
 
 const encodeUpdate = (toolset: Toolset, c: Call, message: unknown): string => {
@@ -357,7 +361,7 @@ const emitUpdated = (toolset: Toolset, c: Call, step: number, message: unknown, 
 
 /** A call's synthetic call id: its base (claimed from the session's coordinator once) and a suffix. */
 const syntheticId = (toolset: Toolset, c: Call, suffix: string): string =>
-  (c.base ??= Coordinator.claimBase(toolset.coordinator, c.functionCall.callId)) + suffix
+  (c.base ??= Coordinator.claimBase(toolset.session, c.functionCall.callId)) + suffix
 
 const lostAtClose = (toolset: Toolset, callId: string) =>
   Effect.logError(`the toolset closed before ${callId} reached the chat; it is not delivered`)
@@ -368,61 +372,70 @@ const lostAtClose = (toolset: Toolset, callId: string) =>
  * coordinator. Nothing is delivered for a stopped call (E2), except the toolset's own word that it
  * timed out (`force`). A failed insertion, whatever its cause, is the coordinator's to retry: a
  * port answer never cancels the call; only the call's own state says it is stopping (E9).
+ *
+ * The insertion is interruptible even inside a tool's uninterruptible region, so a cancel, a
+ * timeout or close is not held up by a slow session; the region still stays whole: an
+ * interrupted insertion is not an interruption of the tool (`update` returns normally, and the
+ * tool's own interruption comes when its region ends).
  */
-const deliver = (
-  toolset: Toolset,
-  c: Call,
-  suffix: string,
-  out: FunctionTool.Output,
-  options: {
-    /** The toolset's own word that the call timed out: delivered although the call was stopped. */
-    readonly force: boolean
-    /**
-     * Whether the insertion may be interrupted whatever the caller's region. A final result or a
-     * timeout notice: yes (a hanging session never keeps a call, or close, stuck). An update: only
-     * where the tool itself is interruptible (its uninterruptible regions stay whole).
-     */
-    readonly interruptible: boolean
-  }
-): Effect.Effect<void> =>
+const deliver = (toolset: Toolset, c: Call, suffix: string, out: FunctionTool.Output): Effect.Effect<void> =>
   // From the count of pending items to the hand-over nothing may interrupt: the count moves with
   // the item, whatever interrupts the caller and when. Only the insertion is interruptible.
-  Effect.uninterruptibleMask((restore) => {
-    const force = options.force
-    if (!force && c.status !== "running" && c.status !== "finishing") return Effect.void
-    const callId = syntheticId(toolset, c, suffix)
+  Effect.uninterruptible(Effect.suspend(() => {
+    if (c.status !== "running" && c.status !== "finishing") return Effect.void
+    if (toolset.owner.closed) return lostAtClose(toolset, syntheticId(toolset, c, suffix))
+    return insertItem(toolset, c, prepareItem(toolset, c, suffix, out, false))
+  }))
+
+/** The pair `<base><suffix>` of a call, stamped now; it counts as pending from here on. */
+const prepareItem = (toolset: Toolset, c: Call, suffix: string, out: FunctionTool.Output, force: boolean) => {
+  const callId = syntheticId(toolset, c, suffix)
+  const now = toolset.clock.currentTimeMillisUnsafe()
+  const { arguments: args, name } = c.functionCall
+  const item: Coordinator.Item = {
+    owner: toolset.owner,
+    callId,
+    step: suffix === "_final" ? Infinity : c.updates,
+    items: [
+      Items.functionCall(newId("fc"), callId, name, args, now),
+      Items.functionCallOutput(newId("fco"), callId, name, out.output, out.isError, now)
+    ],
+    inserted: false,
+    insertedAt: 0,
+    call: c,
+    dropped: () => Coordinator.dropped(c, force, item.step)
+  }
+  Coordinator.begin(item)
+  return item
+}
+
+/** Inserts a prepared item, then hands it over (or lets it go, or reports it lost). */
+const insertItem = (toolset: Toolset, c: Call, item: Coordinator.Item): Effect.Effect<void> =>
+  Effect.flatMap(Effect.exit(Effect.interruptible(toolset.session.insert(item.items))), (exit) => {
     const owner = toolset.owner
-    if (owner.closed) return lostAtClose(toolset, callId)
-    const now = toolset.clock.currentTimeMillisUnsafe()
-    const { arguments: args, name } = c.functionCall
-    const item: Coordinator.Item = {
-      owner,
-      callId,
-      items: [
-        Items.functionCall(newId("fc"), callId, name, args, now),
-        Items.functionCallOutput(newId("fco"), callId, name, out.output, out.isError, now)
-      ],
-      inserted: false,
-      dropped: () => !force && c.stopCause !== undefined && c.stopCause !== "closed"
-    }
-    Coordinator.begin(item)
-    const insert = toolset.session.insert(item.items)
-    return Effect.flatMap(Effect.exit(options.interruptible ? Effect.interruptible(insert) : restore(insert)), (exit) => {
-      if (Exit.isSuccess(exit)) {
-        item.inserted = true
-        toolset.emit(() => ({ _tag: "ReplyScheduled", toolsetId: toolset.id, callId, at: toolset.clock.currentTimeMillisUnsafe() }))
-        Coordinator.handOver(toolset.coordinator, item)
-        return Effect.void
-      }
-      if (owner.closed || c.stopCause !== undefined && !force) {
-        // The call is stopping: nothing of it reaches the chat (stopped by the model, that is what
-        // was asked; by the toolset closing, it is a loss to report). If its fiber was interrupted,
-        // the interruption goes on by itself as this region ends.
-        const settle = Effect.sync(() => Coordinator.settle(item))
-        return owner.closed || c.stopCause === "closed" ? Effect.andThen(lostAtClose(toolset, callId), settle) : settle
-      }
+    if (Exit.isSuccess(exit)) {
+      // In the chat: it is answered, even if its call was stopped in the same instant (the model
+      // never finds an item nobody asked it about).
+      Coordinator.inserted(toolset.coordinator, item)
+      toolset.emit(() => ({ _tag: "ReplyScheduled", toolsetId: toolset.id, callId: item.callId, at: toolset.clock.currentTimeMillisUnsafe() }))
       Coordinator.handOver(toolset.coordinator, item)
-      return Effect.logWarning("could not insert a tool result into the chat; the reply coordinator will retry", exit.cause)
-        .pipe(Effect.annotateLogs({ toolset: toolset.id, callId }))
-    })
+      return Effect.void
+    }
+    if (owner.closed || c.stopCause === "closed") {
+      // Lost because the toolset closed: say so (before the count drops: an idle waiter may close).
+      return Effect.andThen(lostAtClose(toolset, item.callId), Effect.sync(() => Coordinator.settle(item)))
+    }
+    switch (item.dropped()) {
+      case "cancelled":
+        // Its call was cancelled: nothing of it reaches the chat. If its fiber was interrupted,
+        // the interruption goes on by itself as this region ends.
+        Coordinator.settle(item)
+        return Effect.void
+      case "superseded":
+        return Effect.logError(`could not insert ${item.callId} before a later result of its call; it is dropped (the later one is in the chat)`, exit.cause)
+          .pipe(Effect.annotateLogs({ toolset: toolset.id, callId: item.callId }), Effect.andThen(Effect.sync(() => Coordinator.settle(item))))
+    }
+    Coordinator.handOver(toolset.coordinator, item)
+    return Effect.logWarning("could not insert a tool result into the chat; the reply coordinator will retry", exit.cause)
+      .pipe(Effect.annotateLogs({ toolset: toolset.id, callId: item.callId }))
   })

@@ -2,18 +2,18 @@
  * The reply coordinator of one session, shared by every toolset on it.
  *
  * A toolset inserts a call's later update or final result into the chat itself (so it is there
- * when `update` returns, rule C1) and hands the inserted items here. One fiber per session waits
+ * when `update` returns, rule C1) and hands the inserted item here. One fiber per session waits
  * until the session is inactive, takes everything pending from every toolset at once, and asks
  * for exactly one reply covering it all (C2, C3): two toolsets never cause two back-to-back
  * replies. It also retries insertions that failed (stamping the items anew, C4b), chooses the
  * wording (C4), and keeps, per toolset, the count of items not yet answered (for `awaitIdle`).
  *
- * Every answer of the session port, whatever its shape (a failure, a defect, an interrupt cause),
- * is a fault to retry or report: only the coordinator's own `closed` flag says it is stopping
- * (E9). Its fiber never dies of a port answer.
+ * Every answer of the session port, whatever its shape (a failure, a defect, an interrupt cause, a
+ * hang), is a fault to retry or report: only the coordinator's own `closed` flag says it is
+ * stopping (E9). Its fiber never dies of a port answer, and no port call it makes is unbounded
+ * but the wait for the session to be inactive.
  */
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, References, Schedule } from "effect"
-import type { Scope } from "effect"
 import type { AgentSession } from "../AgentSession.ts"
 import type { ChatItem } from "../ChatContext.ts"
 import * as Prompts from "../Prompts.ts"
@@ -27,6 +27,7 @@ export interface ReplyPolicy {
   readonly prompts: Prompts.Prompts
   readonly whenAlreadyAnswered: "ask" | "skip"
   readonly sessionRetry: Schedule.Schedule<unknown, unknown>
+  /** Bounds a reply request with its retries, and an insertion retried with its retries. */
   readonly replyTimeout: Duration.Duration
 }
 
@@ -45,15 +46,34 @@ export interface Owner {
   readonly closing: Deferred.Deferred<void>
 }
 
+/** What the coordinator needs to know of the call an item comes from. */
+export interface CallState {
+  /** Why the call was stopped, once it was (`closed`: its toolset closed). */
+  readonly stopCause: string | undefined
+  /** The step of its newest item in the chat (`Infinity` once its final result is there). */
+  lastInserted: number
+}
+
+/**
+ * Why an item whose insertion failed is not inserted any more: its call was cancelled (nothing of
+ * it reaches the chat after that, E2), or a later item of its call is in the chat already (an
+ * update put after its call's final result would tell the user old news as new).
+ */
+export type DropReason = "cancelled" | "superseded"
+
 /** A call/output pair a toolset put (or tried to put) into the chat, owed a reply. */
 export interface Item {
   readonly owner: Owner
   /** The synthetic call id (`<callId>_update_<n>`, `<callId>_final`). */
   readonly callId: string
+  /** `n` for `_update_<n>`, `Infinity` for `_final`. */
+  readonly step: number
   items: ReadonlyArray<ChatItem>
   inserted: boolean
-  /** Its call was cancelled meanwhile: a failed insertion is not retried. */
-  readonly dropped: () => boolean
+  /** Clock time at which the insertion completed. */
+  insertedAt: number
+  readonly call: CallState
+  readonly dropped: () => DropReason | undefined
 }
 
 /** The coordinator of one session. */
@@ -67,85 +87,68 @@ export interface Coordinator {
   /** Completed when the queue gets an item while the fiber waits for one. */
   parked: Deferred.Deferred<void> | undefined
   readonly owners: Set<Owner>
-  /** Synthetic id bases handed out, by original call id, newest last (rule B7). */
-  readonly bases: Map<string, number>
   fiber: Fiber.Fiber<never, unknown> | undefined
   closed: boolean
-  /** The chat as read before the last idle wait of the reply being prepared. */
-  chat: ReadonlyArray<ChatItem> | undefined
+  /** The reply decided in the round under way: what it covers and asks, with whose policy. */
+  request: Request | undefined
+  /** The round's request step suspended (on the chat read, the last idle wait, or the request). */
+  stepSuspended: boolean
+  /** The round read the chat again after a step that suspended (at most once per round). */
+  reread: boolean
 }
 
-/** How many reused call ids the coordinator remembers (the newest). */
-const maxRememberedIds = 10_000
+interface Request {
+  readonly ready: ReadonlyArray<Item>
+  readonly instructions: string
+  readonly policy: ReplyPolicy
+}
 
 const coordinators = new WeakMap<Session, Coordinator>()
 
 /**
- * The session's coordinator for as long as the current scope is open: made (and its fiber
- * started) by the first toolset of the session, closed with the last.
+ * The session's coordinator: made (and its fiber started) by the first toolset of the session,
+ * stopped by `release` of the last.
  */
-export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinator, never, Scope.Scope> =>
-  Effect.acquireRelease(
-    Effect.clockWith((clock) =>
-      Effect.suspend(() => {
-        let coordinator = coordinators.get(session)
-        if (coordinator !== undefined) {
-          coordinator.owners.add(owner)
-          return Effect.succeed(coordinator)
-        }
-        const made: Coordinator = {
-          session,
-          clock,
-          queue: [],
-          batch: [],
-          parked: undefined,
-          owners: new Set([owner]),
-          bases: new Map(),
-          fiber: undefined,
-          closed: false,
-          chat: undefined
-        }
-        coordinators.set(session, made)
-        coordinator = made
-        return Effect.map(
-          Effect.forkDetach(run(made), { startImmediately: true }),
-          (fiber) => {
-            made.fiber = fiber
-            return made
-          }
-        )
+export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinator> =>
+  Effect.clockWith((clock) =>
+    Effect.suspend(() => {
+      const coordinator = coordinators.get(session)
+      if (coordinator !== undefined) {
+        coordinator.owners.add(owner)
+        return Effect.succeed(coordinator)
+      }
+      const made: Coordinator = {
+        session,
+        clock,
+        queue: [],
+        batch: [],
+        parked: undefined,
+        owners: new Set([owner]),
+        fiber: undefined,
+        closed: false,
+        request: undefined,
+        stepSuspended: false,
+        reread: false
+      }
+      coordinators.set(session, made)
+      return Effect.map(Effect.forkDetach(run(made), { startImmediately: true }), (fiber) => {
+        made.fiber = fiber
+        return made
       })
-    ),
-    (coordinator) => release(coordinator, owner)
+    })
   )
 
-/** The toolset leaves; the last toolset's release stops the fiber. */
-const release = (coordinator: Coordinator, owner: Owner): Effect.Effect<void> =>
+/** The toolset leaves (it closed); the last toolset's release stops the fiber. */
+export const release = (coordinator: Coordinator, owner: Owner): Effect.Effect<void> =>
   Effect.suspend(() => {
-    const left = closeOwner(coordinator, owner)
+    const report = letGo(owner, closeOwner(coordinator, owner))
     coordinator.owners.delete(owner)
-    const report = letGo(owner, left)
     if (coordinator.owners.size > 0) return report
     coordinator.closed = true
     if (coordinators.get(coordinator.session) === coordinator) coordinators.delete(coordinator.session)
     const fiber = coordinator.fiber
     return fiber === undefined ? report : Effect.andThen(report, Fiber.interrupt(fiber))
   })
-
-/** Says which items a closing toolset lets go: those not in the chat, and those owed a reply. */
-export const letGo = (owner: Owner, items: ReadonlyArray<Item>): Effect.Effect<void> => {
-  const lost = items.filter((item) => !item.inserted && !item.dropped()).map((item) => item.callId)
-  const unanswered = items.filter((item) => item.inserted).map((item) => item.callId)
-  if (lost.length === 0 && unanswered.length === 0) return Effect.void
-  return Effect.andThen(
-    lost.length > 0 ? Effect.logError(`closing: ${lost.join(", ")} never reached the chat`) : Effect.void,
-    unanswered.length > 0
-      ? Effect.logInfo(`closing: no reply will be requested for ${unanswered.join(", ")} (they are in the chat)`)
-      : Effect.void
-  ).pipe(Effect.annotateLogs({ toolset: owner.id }))
-}
-
-// --- what toolsets call ------------------------------------------------------------------------
 
 /**
  * The toolset is closing: nothing of it is inserted or answered from now on. Its items still
@@ -165,23 +168,64 @@ export const closeOwner = (coordinator: Coordinator, owner: Owner): ReadonlyArra
   return left
 }
 
-/**
- * The base of a call's synthetic ids: its call id, or, when that call id already had synthetic
- * items in this session (a model reusing an ended call's id), `<callId>_run<k>`, so no two pairs
- * in the chat share a call id.
- */
-export const claimBase = (coordinator: Coordinator, callId: string): string => {
-  const bases = coordinator.bases
-  const used = bases.get(callId) ?? 0
-  bases.delete(callId)
-  bases.set(callId, used + 1)
-  if (bases.size > maxRememberedIds) bases.delete(bases.keys().next().value!)
-  return used === 0 ? callId : `${callId}_run${used + 1}`
+/** Says which items a closing toolset lets go: those not in the chat, and those owed a reply. */
+export const letGo = (owner: Owner, items: ReadonlyArray<Item>): Effect.Effect<void> => {
+  const lost = items.filter((item) => !item.inserted && item.dropped() !== "cancelled").map((item) => item.callId)
+  const unanswered = items.filter((item) => item.inserted).map((item) => item.callId)
+  if (lost.length === 0 && unanswered.length === 0) return Effect.void
+  return Effect.andThen(
+    lost.length > 0 ? Effect.logError(`closing: ${lost.join(", ")} never reached the chat`) : Effect.void,
+    unanswered.length > 0
+      ? Effect.logInfo(`closing: no reply will be requested for ${unanswered.join(", ")} (they are in the chat)`)
+      : Effect.void
+  ).pipe(Effect.annotateLogs({ toolset: owner.id }))
 }
+
+// --- synthetic call ids (B7) ---------------------------------------------------------------------
+
+/**
+ * The synthetic id bases handed out in a session, newest last: they outlive the session's
+ * coordinators (a toolset made again at an agent hand-off must not write a pair written before).
+ * At most `maxRememberedBases` are kept (the newest).
+ */
+const bases = new WeakMap<Session, Map<string, true>>()
+const maxRememberedBases = 10_000
+
+/**
+ * The base of a call's synthetic ids: its call id, or, when that was a base already (a model
+ * reusing an ended call's id, or a model id that equals a base made before), `<callId>_run<k>`
+ * with the first free `k`, so no two pairs in the chat share a call id.
+ */
+export const claimBase = (session: Session, callId: string): string => {
+  let used = bases.get(session)
+  if (used === undefined) bases.set(session, used = new Map())
+  let base = callId
+  for (let k = 2; used.has(base); k++) base = `${callId}_run${k}`
+  used.set(base, true)
+  if (used.size > maxRememberedBases) used.delete(used.keys().next().value!)
+  return base
+}
+
+// --- items ---------------------------------------------------------------------------------------
+
+/** Why an item is not to be inserted (or answered) any more, if it is not. */
+export const dropped = (call: CallState, force: boolean, step: number): DropReason | undefined =>
+  !force && call.stopCause !== undefined && call.stopCause !== "closed"
+    ? "cancelled"
+    : step < call.lastInserted
+    ? "superseded"
+    : undefined
 
 /** An item is being inserted by its toolset: it counts as pending from now on. */
 export const begin = (item: Item): void => {
   item.owner.pending++
+}
+
+/** The item's insertion completed. */
+export const inserted = (coordinator: Coordinator, item: Item): void => {
+  item.inserted = true
+  item.insertedAt = coordinator.clock.currentTimeMillisUnsafe()
+  if (item.step > item.call.lastInserted) item.call.lastInserted = item.step
 }
 
 /** The item is in the chat (or its insertion failed and is to be retried): queue it for the reply. */
@@ -195,14 +239,14 @@ export const handOver = (coordinator: Coordinator, item: Item): void => {
   }
 }
 
-/** The item will never be answered (its call was cancelled, or its toolset closed). */
+/** The item will never be answered. */
 export const settle = (item: Item): void => {
   if (item.owner.closed) return
   item.owner.pending--
   item.owner.settled()
 }
 
-// --- the fiber ---------------------------------------------------------------------------------
+// --- the fiber -----------------------------------------------------------------------------------
 
 /** A port answer that was not a success, kept whole for the log. */
 class PortFault {
@@ -219,6 +263,9 @@ const portCause = (cause: Cause.Cause<unknown>): Cause.Cause<unknown> => {
   return reason !== undefined && Cause.isFailReason(reason) && reason.error instanceof PortFault ? reason.error.cause : cause
 }
 
+/** What a round's request step ended with: the reply was asked for (or not needed), or items must be inserted first. */
+type Step = "done" | "again"
+
 /**
  * The coordinator's fiber: wait for items, let a burst of results that arrive together join, then
  * one round. The effects are built once, here; a round reads and writes the coordinator's state.
@@ -229,54 +276,43 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
   const onPortFault = (cause: Cause.Cause<unknown>) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
   const awaitInactive = Effect.catchCause(session.awaitInactive, onPortFault)
 
-  // The chat, read only to pick the wording: if the read fails, ask as if the items were the latest.
+  // Read just before the last idle wait (nothing suspends between them when the session answers
+  // at once): the chat only picks the wording; if the read fails, ask as if the items were the latest.
   const readChat = Effect.matchCauseEffect(session.items, {
-    onSuccess: (chat) => {
-      coordinator.chat = chat
-      return Effect.void
-    },
+    onSuccess: (chat): Effect.Effect<ReadonlyArray<ChatItem> | undefined> => Effect.succeed(chat),
     onFailure: (cause) => {
-      coordinator.chat = undefined
       if (coordinator.closed) return Effect.interrupt
-      return Effect.logWarning(
-        `could not read the chat; asking for the reply for ${callIdsOf(coordinator.batch)} as if they were the latest`,
-        cause
-      ).pipe(Effect.annotateLogs({ toolset: ownersOf(coordinator.batch) }))
+      const batch = coordinator.batch.filter(answerable)
+      return Effect.as(
+        Effect.logWarning(`could not read the chat; asking for the reply for ${callIdsOf(batch)} as if they were the latest`, cause)
+          .pipe(Effect.annotateLogs({ toolset: ownersOf(batch) })),
+        undefined
+      )
     }
   })
 
-  // After the last idle wait: decide, then request. Nothing here suspends before the request.
-  const decide = Effect.suspend((): Effect.Effect<void, PortFault> => {
-    const late = take(coordinator)
-    if (late.some(awaitsInsertion)) return prepare
-    const ready = coordinator.batch.filter(answerable)
-    if (ready.length === 0) return Effect.void
-    // Items taken after the chat was read are newer than anything in it.
-    const chat = coordinator.chat
-    coordinator.chat = undefined
-    const covered = late.length === 0 && chat !== undefined && spokeAfter(chat, ready)
-    if (covered && ready.every((item) => item.owner.policy.whenAlreadyAnswered === "skip")) {
-      skipped(coordinator, ready, "already-answered")
-      return Effect.logDebug("the agent already spoke after the pending results; no reply requested")
-    }
-    const policy = ready[ready.length - 1]!.owner.policy
-    const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
-      pendingCallIds: callIdsOf(ready)
-    })
-    return request(coordinator, ready, policy, instructions)
-  })
+  // The request step, in a fiber of its own so that the coordinator can bound it in time when it
+  // does not answer at once: read the chat, wait for idle one last time, decide, ask. No scheduler
+  // yield anywhere in it: a user who starts speaking is never talked over (C2).
+  const requestStep = Effect.provideService(
+    Effect.flatMap(readChat, (chat) => Effect.andThen(awaitInactive, decide(coordinator, chat))),
+    References.PreventSchedulerYield,
+    true
+  )
 
-  // The last idle wait and the reply request, with no scheduler yield between them: a user who
-  // starts speaking is never talked over.
-  const gate = Effect.provideService(Effect.andThen(awaitInactive, decide), References.PreventSchedulerYield, true)
-
-  // Once idle: insert what failed before (inserting suspends: wait for idle again), or read the
-  // chat before the last idle wait, so nothing suspends between that wait and the request.
+  // Once idle: insert what failed before (inserting suspends: wait for idle again), then the
+  // request step.
   const afterIdle = Effect.suspend((): Effect.Effect<void, PortFault> => {
     take(coordinator)
     if (coordinator.batch.some(awaitsInsertion)) return Effect.andThen(retryInsertions(coordinator), prepare)
-    if (coordinator.batch.length === 0) return Effect.void
-    return Effect.andThen(readChat, gate)
+    if (!coordinator.batch.some(answerable)) return Effect.void
+    coordinator.stepSuspended = false
+    return Effect.flatMap(Effect.forkChild(requestStep, { startImmediately: true }), (step) => {
+      const exit = step.pollUnsafe()
+      if (exit !== undefined && Exit.isSuccess(exit)) return exit.value === "again" ? prepare : Effect.void
+      coordinator.stepSuspended = true
+      return slowRequest(coordinator, step, prepare)
+    })
   })
 
   const prepare: Effect.Effect<void, PortFault> = Effect.suspend(() => {
@@ -286,17 +322,7 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
 
   // One reply: everything pending once the session is idle. Never fails.
   const round = prepare.pipe(
-    Effect.catchCause((cause) => {
-      if (coordinator.closed) return Effect.interrupt
-      const batch = coordinator.batch
-      return Effect.logError(
-        `the session failed while a reply was prepared; no reply was requested for ${callIdsOf(batch)} (they are in the chat for the next reply)`,
-        portCause(cause)
-      ).pipe(
-        Effect.andThen(Effect.sync(() => skipped(coordinator, batch.filter((item) => item.inserted), "session-failed"))),
-        Effect.annotateLogs({ toolset: ownersOf(batch) })
-      )
-    }),
+    Effect.catchCause((cause) => coordinator.closed ? Effect.interrupt : roundFailed(coordinator, portCause(cause))),
     Effect.ensuring(Effect.sync(() => settleBatch(coordinator)))
   )
 
@@ -309,6 +335,124 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
 
   // The yield lets a burst of results that arrive together join one reply.
   return Effect.forever(Effect.andThen(park, Effect.andThen(Effect.yieldNow, round)), { disableYield: true })
+}
+
+/**
+ * After the last idle wait: take what arrived meanwhile, decide whether and how to reply, and make
+ * the first request. Nothing here suspends before the request.
+ */
+const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefined) =>
+  Effect.suspend((): Effect.Effect<Step, PortFault> => {
+    const late = take(coordinator)
+    if (late.some(awaitsInsertion)) return Effect.succeed("again")
+    // The step suspended (a session that reads its chat asynchronously, or that was busy at the
+    // last idle wait): the agent may have spoken since the chat was read. Read it once more
+    // (a session busy all through an asynchronous read is the one case this cannot see).
+    if (coordinator.stepSuspended && !coordinator.reread) {
+      coordinator.reread = true
+      return Effect.succeed("again")
+    }
+    const ready = coordinator.batch.filter(answerable)
+    if (ready.length === 0) return Effect.succeed("done")
+    // Items taken after the chat was read are newer than anything in it.
+    const covered = late.length === 0 && chat !== undefined && spokeAfter(chat, ready)
+    if (covered && ready.every((item) => item.owner.policy.whenAlreadyAnswered === "skip")) {
+      skipped(coordinator, ready, "already-answered")
+      return Effect.as(Effect.logDebug("the agent already spoke after the pending results; no reply requested"), "done")
+    }
+    const policy = ready[ready.length - 1]!.owner.policy
+    const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
+      pendingCallIds: callIdsOf(ready)
+    })
+    coordinator.request = { ready, instructions, policy }
+    return Effect.matchCauseEffect(coordinator.session.generateReply({ instructions, toolChoice: "none" }), {
+      onSuccess: () => {
+        delivered(coordinator, ready, instructions)
+        return Effect.succeed("done")
+      },
+      onFailure: (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
+    })
+  })
+
+/**
+ * The request step did not answer at once (it failed, or it waits): retry a failed request (each
+ * time after the session is inactive again) and bound the whole in time. Built only then.
+ */
+const slowRequest = (
+  coordinator: Coordinator,
+  step: Fiber.Fiber<Step, PortFault>,
+  prepare: Effect.Effect<void, PortFault>
+): Effect.Effect<void, PortFault> => {
+  const session = coordinator.session
+  const policy = coordinator.request?.policy ?? newestPolicy(coordinator)
+  let attempt = 0
+  const once = Effect.suspend((): Effect.Effect<Step, PortFault> => {
+    if (attempt++ === 0) return Fiber.join(step)
+    const request = coordinator.request
+    // The step failed before it asked (reading the chat, or the last idle wait): that is the round's failure.
+    if (request === undefined) return Fiber.join(step)
+    return Effect.catchCause(
+      Effect.andThen(session.awaitInactive, session.generateReply({ instructions: request.instructions, toolChoice: "none" })),
+      (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
+    ).pipe(
+      Effect.provideService(References.PreventSchedulerYield, true),
+      Effect.andThen(Effect.sync((): Step => {
+        delivered(coordinator, request.ready, request.instructions)
+        return "done"
+      }))
+    )
+  })
+  return once.pipe(
+    Effect.retry({ schedule: policy.sessionRetry, while: () => coordinator.request !== undefined }),
+    // A request that does not answer in time is not retried: the session may still make that reply
+    // (an agent queues it), and a second request would repeat it.
+    Effect.timeoutOption(policy.replyTimeout),
+    Effect.matchCauseEffect({
+      onSuccess: (answered): Effect.Effect<void, PortFault> => {
+        if (Option.isSome(answered)) return answered.value === "again" ? prepare : Effect.void
+        step.interruptUnsafe()
+        return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(policy.replyTimeout)}`))
+      },
+      onFailure: (cause) => {
+        if (coordinator.closed) return Effect.interrupt
+        return coordinator.request === undefined ? Effect.failCause(cause) : giveUp(coordinator, portCause(cause))
+      }
+    })
+  )
+}
+
+/** The policy of the newest item in the batch (whose toolset's bounds apply to the round). */
+const newestPolicy = (coordinator: Coordinator): ReplyPolicy => coordinator.batch[coordinator.batch.length - 1]!.owner.policy
+
+/** The reply could not be requested: reported with the call ids it was for. */
+const giveUp = (coordinator: Coordinator, cause: Cause.Cause<unknown>) => {
+  const ready = coordinator.request?.ready ?? coordinator.batch.filter(answerable)
+  return Effect.logError(
+    `the reply for ${callIdsOf(ready)} could not be requested; the results are in the chat for the next reply`,
+    cause
+  ).pipe(
+    Effect.andThen(Effect.sync(() => skipped(coordinator, ready, "session-failed"))),
+    Effect.annotateLogs({ toolset: ownersOf(ready) })
+  )
+}
+
+/** The session failed before the request: what is in the chat waits for the next reply; what is not, is lost. */
+const roundFailed = (coordinator: Coordinator, cause: Cause.Cause<unknown>) => {
+  const inChat = coordinator.batch.filter(answerable)
+  const lost = coordinator.batch.filter(awaitsInsertion)
+  return Effect.andThen(
+    inChat.length === 0 ? Effect.void : Effect.logError(
+      `the session failed while a reply was prepared; no reply was requested for ${callIdsOf(inChat)} (they are in the chat for the next reply)`,
+      cause
+    ),
+    lost.length === 0 ? Effect.void : Effect.logError(
+      `the session failed while ${callIdsOf(lost)} waited to be inserted again; they never reached the chat`,
+      cause
+    )
+  ).pipe(
+    Effect.andThen(Effect.sync(() => skipped(coordinator, inChat, "session-failed"))),
+    Effect.annotateLogs({ toolset: ownersOf(coordinator.batch) })
+  )
 }
 
 /** Moves the queued items into the batch; returns them. */
@@ -329,100 +473,64 @@ const answerable = (item: Item): boolean => item.inserted && !item.owner.closed
 const callIdsOf = (items: ReadonlyArray<Item>): string => items.map((item) => item.callId).join(", ")
 
 /**
- * Asks for the reply. The first attempt runs at once, in a fiber of its own; retries (each after
- * the session is inactive again) and the time bound are built only when it fails or does not
- * answer at once.
- */
-const request = (
-  coordinator: Coordinator,
-  ready: ReadonlyArray<Item>,
-  policy: ReplyPolicy,
-  instructions: string
-): Effect.Effect<void> => {
-  const session = coordinator.session
-  const reply = session.generateReply({ instructions, toolChoice: "none" })
-  return Effect.flatMap(Effect.forkChild(reply, { startImmediately: true }), (first) => {
-    const exit = first.pollUnsafe()
-    if (exit !== undefined && Exit.isSuccess(exit)) {
-      delivered(coordinator, ready, instructions)
-      return Effect.void
-    }
-    let attempt = 0
-    const once = Effect.catchCause(
-      Effect.suspend(() => attempt++ === 0 ? Fiber.join(first) : Effect.andThen(session.awaitInactive, reply)),
-      (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
-    )
-    return once.pipe(
-      Effect.retry(policy.sessionRetry),
-      // A request that does not answer in time is not retried: the session may still make that
-      // reply (an agent queues it), and a second request would repeat it.
-      Effect.timeoutOption(policy.replyTimeout),
-      Effect.matchCauseEffect({
-        onSuccess: (answered) => {
-          if (Option.isSome(answered)) return Effect.sync(() => delivered(coordinator, ready, instructions))
-          first.interruptUnsafe()
-          return giveUp(coordinator, ready, Cause.fail(`no answer within ${Duration.format(policy.replyTimeout)}`))
-        },
-        onFailure: (cause) => coordinator.closed ? Effect.interrupt : giveUp(coordinator, ready, portCause(cause))
-      })
-    )
-  })
-}
-
-const giveUp = (coordinator: Coordinator, ready: ReadonlyArray<Item>, cause: Cause.Cause<unknown>) =>
-  Effect.logError(
-    `the reply for ${callIdsOf(ready)} could not be requested; the results are in the chat for the next reply`,
-    cause
-  ).pipe(
-    Effect.andThen(Effect.sync(() => skipped(coordinator, ready, "session-failed"))),
-    Effect.annotateLogs({ toolset: ownersOf(ready) })
-  )
-
-/**
  * Inserts the batch's items whose insertion failed, stamped now (what the agent said before they
- * reached the chat does not cover them). An item of a call cancelled meanwhile is let go; one that
- * still fails is reported and not answered.
+ * reached the chat does not cover them), each bounded in time. An item of a call cancelled
+ * meanwhile is let go, one whose call's later item is in the chat already is dropped (and said
+ * so); one that still fails is reported and not answered.
  */
 const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
   Effect.forEach(coordinator.batch.filter(awaitsInsertion), (item) => {
-    if (item.dropped()) {
-      return Effect.logDebug(`${item.callId} is not inserted: its call was cancelled before the insertion worked`)
-        .pipe(Effect.andThen(Effect.sync(() => unbatch(coordinator, item))))
-    }
-    const attempt = Effect.suspend(() => {
-      const now = coordinator.clock.currentTimeMillisUnsafe()
-      item.items = item.items.map((i) => withCreatedAt(i, now))
-      return coordinator.session.insert(item.items)
+    const owner = item.owner
+    const attempt = Effect.suspend((): Effect.Effect<"inserted" | "skipped", PortFault> => {
+      if (owner.closed || item.dropped() !== undefined) return Effect.succeed("skipped")
+      // An insertion cut short may have happened all the same: look before inserting again.
+      return Effect.flatMap(Effect.exit(coordinator.session.items), (read) => {
+        if (Exit.isSuccess(read) && contains(read.value, item.items[0]!.id)) return Effect.succeed("inserted" as const)
+        const now = coordinator.clock.currentTimeMillisUnsafe()
+        item.items = item.items.map((i) => withCreatedAt(i, now))
+        return Effect.as(
+          Effect.catchCause(coordinator.session.insert(item.items), (cause) =>
+            coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))),
+          "inserted" as const
+        )
+      })
     }).pipe(
-      Effect.catchCause((cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))),
-      Effect.retry(item.owner.policy.sessionRetry)
+      Effect.retry(owner.policy.sessionRetry),
+      Effect.timeoutOption(owner.policy.replyTimeout)
     )
     // A toolset that closes meanwhile takes its items back (and reports them): stop inserting.
-    return Effect.raceFirst(Effect.exit(attempt), Effect.as(Deferred.await(item.owner.closing), undefined)).pipe(
+    return Effect.raceFirst(Effect.exit(attempt), Effect.as(Deferred.await(owner.closing), undefined)).pipe(
       Effect.flatMap((exit) => {
-        if (exit === undefined || item.owner.closed) return Effect.void
-        if (Exit.isSuccess(exit)) {
-          item.inserted = true
-          item.owner.emit({
-            _tag: "ReplyScheduled",
-            toolsetId: item.owner.id,
-            callId: item.callId,
-            at: coordinator.clock.currentTimeMillisUnsafe()
-          })
+        if (exit === undefined || owner.closed) return Effect.void
+        if (Exit.isSuccess(exit) && Option.isSome(exit.value) && exit.value.value === "inserted") {
+          // In the chat: it is answered, even if its call was stopped meanwhile.
+          inserted(coordinator, item)
+          owner.emit({ _tag: "ReplyScheduled", toolsetId: owner.id, callId: item.callId, at: item.insertedAt })
           return Effect.void
         }
         if (coordinator.closed) return Effect.interrupt
+        const reason = item.dropped()
         // Logged before the count drops: a toolset waiting to be idle may close at once.
-        return Effect.logError(
-          `could not insert ${item.callId} into the chat; no reply is requested for it`,
-          portCause(exit.cause)
-        ).pipe(
-          Effect.annotateLogs({ toolset: item.owner.id }),
+        const log = reason === "cancelled"
+          ? Effect.logDebug(`${item.callId} is not inserted: its call was cancelled before the insertion worked`)
+          : reason === "superseded"
+          ? Effect.logError(`could not insert ${item.callId} before a later result of its call; it is dropped (the later one is in the chat)`)
+          : Exit.isSuccess(exit)
+          ? Effect.logError(`could not insert ${item.callId} into the chat in time; no reply is requested for it`)
+          : Effect.logError(`could not insert ${item.callId} into the chat; no reply is requested for it`, portCause(exit.cause))
+        return log.pipe(
+          Effect.annotateLogs({ toolset: owner.id }),
           Effect.andThen(Effect.sync(() => unbatch(coordinator, item)))
         )
       })
     )
   }, { discard: true })
+
+/** Whether the chat holds an item with this id (searched from the newest: a retried item is recent). */
+const contains = (chat: ReadonlyArray<ChatItem>, id: string): boolean => {
+  for (let i = chat.length - 1; i >= 0; i--) if (chat[i]!.id === id) return true
+  return false
+}
 
 /** The item leaves the batch unanswered. */
 const unbatch = (coordinator: Coordinator, item: Item): void => {
@@ -433,6 +541,7 @@ const unbatch = (coordinator: Coordinator, item: Item): void => {
 
 /** The reply was requested: tell each toolset, per its own items. */
 const delivered = (coordinator: Coordinator, ready: ReadonlyArray<Item>, instructions: string): void => {
+  coordinator.request = undefined
   const at = coordinator.clock.currentTimeMillisUnsafe()
   for (const [owner, callIds] of byOwner(ready)) {
     owner.emit({ _tag: "ReplyDelivered", toolsetId: owner.id, callIds, instructions, at })
@@ -454,13 +563,17 @@ const skipped = (
 const settleBatch = (coordinator: Coordinator): void => {
   const batch = coordinator.batch
   coordinator.batch = []
-  const owners = new Set<Owner>()
+  coordinator.request = undefined
+  coordinator.reread = false
+  let last: Owner | undefined
   for (const item of batch) {
     if (item.owner.closed) continue
     item.owner.pending--
-    owners.add(item.owner)
+    last = item.owner
   }
-  for (const owner of owners) owner.settled()
+  if (last === undefined) return
+  if (batch.every((item) => item.owner === last || item.owner.closed)) return last.settled()
+  for (const owner of new Set(batch.map((item) => item.owner))) if (!owner.closed) owner.settled()
 }
 
 const byOwner = (items: ReadonlyArray<Item>): Map<Owner, Array<string>> => {
@@ -477,20 +590,22 @@ const byOwner = (items: ReadonlyArray<Item>): Map<Owner, Array<string>> => {
 const ownersOf = (items: ReadonlyArray<Item>): string => Array.from(new Set(items.map((item) => item.owner.id))).join(", ")
 
 /**
- * Whether the agent spoke after the newest pending item: an assistant message stands after it in
- * the chat. Compared by position, not time, so items created in the same millisecond are ordered
- * correctly. Only the tail after our items is scanned.
+ * Whether the agent spoke after the pending items: an assistant message stands after the newest of
+ * them in the chat, and was made once they were all in it (a message made while an insertion was
+ * still under way cannot have covered it). Compared by position first, so items made in the same
+ * millisecond are ordered correctly; only the tail after our items is scanned.
  */
 const spokeAfter = (chat: ReadonlyArray<ChatItem>, pending: ReadonlyArray<Item>): boolean => {
   const ours = new Set<string>()
-  for (const p of pending) for (const item of p.items) ours.add(item.id)
+  let insertedAt = 0
+  for (const p of pending) {
+    if (p.insertedAt > insertedAt) insertedAt = p.insertedAt
+    for (const item of p.items) ours.add(item.id)
+  }
   for (let i = chat.length - 1; i >= 0; i--) {
     const item = chat[i]!
     if (ours.has(item.id)) return false
-    if (item._tag === "ChatMessage" && item.role === "assistant") return true
+    if (item._tag === "ChatMessage" && item.role === "assistant" && item.createdAt >= insertedAt) return true
   }
   return false
 }
-
-/** @internal for tests: the coordinator a session has now, if any. */
-export const current = (session: Session): Coordinator | undefined => coordinators.get(session)
