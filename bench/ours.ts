@@ -1,6 +1,6 @@
 /**
- * The workloads on this library, through its public API: `AsyncToolset.make` over the test kit's
- * in-memory session, on the real clock.
+ * The workloads on this library, through its public API: `AsyncToolset.make` over a minimal
+ * in-memory session (`session.ts`, as lean as the peer's stub), on the real clock.
  *
  * The model's `FunctionCall` items are made before the clock starts (the model made them);
  * everything from `execute` on (argument decoding, the run context, the fiber, the first output,
@@ -9,8 +9,8 @@
 import { Deferred, Effect, Exit, Latch, Queue, Schema } from "effect"
 import type { Scope } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
-import { TestSession } from "effect-async-toolset/testing"
 import { begin, collect, end, expect } from "./harness.ts"
+import * as Session from "./session.ts"
 
 /** `BENCH_SPANS=0` measures ours without the span per call (`spanPerCall: false`); the default keeps it. */
 const spanPerCall = process.env["BENCH_SPANS"] !== "0"
@@ -20,19 +20,16 @@ const argumentsText = JSON.stringify({ query: "flights" })
 
 /** Runs `body` with a fresh in-memory session as the `AgentSession`. */
 const withSessionEffect = <A>(
-  options: TestSession.Options,
-  body: (controls: TestSession.TestSession["Service"]) => Effect.Effect<A, never, AgentSession.AgentSession | Scope.Scope>
+  hooks: Session.Hooks,
+  body: (stub: Session.Stub) => Effect.Effect<A, never, AgentSession.AgentSession | Scope.Scope>
 ): Effect.Effect<A, never, Scope.Scope> =>
-  Effect.gen(function*() {
-    const { controls, session } = yield* TestSession.make(options)
-    return yield* body(controls).pipe(Effect.provideService(AgentSession.AgentSession, session))
-  })
+  Effect.flatMap(Session.make(hooks), (stub) => body(stub).pipe(Effect.provideService(AgentSession.AgentSession, stub.session)))
 
 /** The same, run to a promise; the scope (the toolset's) closes at the end, outside the timing. */
 const withSession = <A>(
-  options: TestSession.Options,
-  body: (controls: TestSession.TestSession["Service"]) => Effect.Effect<A, never, AgentSession.AgentSession | Scope.Scope>
-): Promise<A> => Effect.runPromise(Effect.scoped(withSessionEffect(options, body)))
+  hooks: Session.Hooks,
+  body: (stub: Session.Stub) => Effect.Effect<A, never, AgentSession.AgentSession | Scope.Scope>
+): Promise<A> => Effect.runPromise(Effect.scoped(withSessionEffect(hooks, body)))
 
 const makeCalls = (n: number, name: string) =>
   Effect.forEach(
@@ -83,7 +80,7 @@ export const w1 = (calls: number): Promise<number> =>
       }
       const ms = end(t0)
       expect(pending === calls, `ours W1: ${pending} of ${calls} calls returned at their first update`)
-      const replies = (yield* controls.replies).length
+      const replies = controls.replies()
       expect(replies === calls, `ours W1: ${replies} replies for ${calls} finals`)
       return calls / (ms / 1000)
     }))
@@ -134,7 +131,7 @@ export const w4 = (history: number, updates: number): Promise<number> =>
         while (true) yield* AsyncRunContext.update(yield* Queue.take(messages))
       }))
     return yield* withSessionEffect(
-      { onReply: () => Effect.asVoid(Queue.offer(replied, undefined)) },
+      { onReply: () => Queue.offerUnsafe(replied, undefined) },
       (controls) =>
         Effect.gen(function*() {
           const items = yield* Effect.forEach(
@@ -151,8 +148,8 @@ export const w4 = (history: number, updates: number): Promise<number> =>
             yield* Queue.take(replied)
           }
           const us = (end(t0) * 1000) / updates
-          const chat = yield* controls.chat
-          expect(chat.items.length === history + 2 * updates, `ours W4: ${chat.items.length} chat items`)
+          const length = controls.chatLength()
+          expect(length === history + 2 * updates, `ours W4: ${length} chat items`)
           return us
         })
     )
@@ -169,10 +166,9 @@ export const w5 = (n: number): Promise<{ readonly ms: number; readonly replies: 
     const gate = yield* Latch.make(false)
     return yield* withSessionEffect(
       {
-        onInsert: () =>
-          Effect.sync(() => {
-            if (++inserted === n) Deferred.doneUnsafe(allInserted, Exit.void)
-          })
+        onInsert: () => {
+          if (++inserted === n) Deferred.doneUnsafe(allInserted, Exit.void)
+        }
       },
       (controls) =>
         Effect.gen(function*() {
@@ -186,10 +182,9 @@ export const w5 = (n: number): Promise<{ readonly ms: number; readonly replies: 
           yield* controls.setIdle
           yield* toolset.awaitIdle
           const ms = end(t0)
-          const replies = yield* controls.replies
-          expect(replies.every((r) => !r.whileBusy), "ours W5: no reply while busy")
-          expect((yield* controls.chat).items.length === 2 * n, "ours W5: every final is in the chat")
-          return { ms, replies: replies.length }
+          expect(controls.busyReplies() === 0, "ours W5: no reply while busy")
+          expect(controls.chatLength() === 2 * n, "ours W5: every final is in the chat")
+          return { ms, replies: controls.replies() }
         })
     )
   }).pipe(Effect.scoped))

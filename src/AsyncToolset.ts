@@ -323,9 +323,10 @@ const reject = (toolset: CallRun.Toolset, call: FunctionCall, text: string): Eff
 const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOutput> =>
   // From admission until the caller waits for the first output nothing may interrupt: a call
   // admitted but never started, or started with nobody to abandon it, would stay for good.
-  Effect.uninterruptibleMask((restore) =>
-    Effect.withFiber((caller) => {
-      const { management, names, toolset } = state
+  Effect.uninterruptibleMask((restore) => {
+    // The mask's body runs on the caller's fiber: its context is what the call's fiber inherits.
+    const caller = Fiber.getCurrent()!
+    const { management, names, toolset } = state
       if (call.name === names.getRunningTasks) return restore(FunctionTool.execute(management.getRunningTasks, call))
       if (call.name === names.cancelTask) return restore(FunctionTool.execute(management.cancelTask, call))
       const p = state.tools.get(call.name)
@@ -350,8 +351,7 @@ const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOu
           return reject(toolset, call, `${call.name} was not run: a call with id ${clip(call.callId)} is already running.`)
       }
       return admit(state, call, p, args, confirmed, caller.context, restore)
-    })
-  )
+  })
 
 /**
  * The duplicate check and the registration of the new call, in one synchronous step (D5): no
@@ -368,9 +368,13 @@ const admit = (
 ): Effect.Effect<FunctionCallOutput> => {
   const { toolset } = state
   const { prompts, registry } = toolset
-  const key = p.scope === "name" ? call.name : `${call.name}\u0000${p.tool.canonicalArgs(args)}`
-  // `allow` never looks at what runs: listing the calls of a busy key would cost O(n) per call.
-  const decision = decide(p.mode, confirmed, p.mode === "allow" ? noneRunning : Lifecycle.activeOfKey(registry, key))
+  // `allow` never looks at what runs, so its calls need no duplicate key (and no index by key).
+  const key = p.mode === "allow"
+    ? undefined
+    : p.scope === "name"
+    ? call.name
+    : `${call.name}\u0000${p.tool.canonicalArgs(args)}`
+  const decision = decide(p.mode, confirmed, key === undefined ? noneRunning : Lifecycle.activeOfKey(registry, key))
   if (decision._tag === "Reject") {
     const runningCalls = describeRunning(decision.running)
     const vars = { functionName: call.name, runningCalls, cancelTool: state.names.cancelTask }
@@ -393,7 +397,7 @@ const admit = (
   }
   // Under `replace` two calls of a key never run at once: the new one waits for every call of the
   // key to stop, those still stopping from earlier cancels, timeouts or replacements included (D4).
-  Lifecycle.register(registry, c, p.mode === "replace" ? registry.byKey.get(key) ?? [] : [])
+  Lifecycle.register(registry, c, p.mode === "replace" && key !== undefined ? registry.byKey.get(key) ?? [] : [])
   Lifecycle.flush(registry)
   return c.status === "running"
     ? CallRun.launch(toolset, c, args, caller, restore)

@@ -224,14 +224,48 @@ const compileParameters = (parameters: Parameters) => {
     jsonSchema = Tool.getJsonSchemaFromSchema(Schema.toCodecJson(parameters))
   }
   const decode = Schema.decodeUnknownResult(codec)
+  const fields = new Set(Object.keys(parameters.fields))
   const encode = Schema.encodeUnknownResult(Schema.toCodecJson(parameters))
   return {
     jsonSchema,
     strict,
-    decodeArgs: (input: unknown) => decode(input, decodeOptions),
+    // Most calls are valid: decode with the parser's fast path (no generator), then check for
+    // keys the schema dropped; only a failure or a suspected extra key takes the full pass, which
+    // reports every problem.
+    decodeArgs: (input: unknown) => {
+      const fast = decode(input)
+      if (Result.isSuccess(fast) && !hasDroppedKey(input, fast.success, fields)) return fast
+      return decode(input, decodeOptions)
+    },
     canonicalArgs: (args: unknown) =>
       Result.match(encode(args), { onSuccess: canonicalJson, onFailure: () => canonicalJson(args) })
   }
+}
+
+/**
+ * Whether decoding dropped a key of the input (an extra key: the default parse options ignore
+ * them): a key present in an input object and absent from its decoded counterpart, unless it is a
+ * declared field sent as `null` (the strict codec decodes a `null` optional key as absent; below
+ * the top level, where the fields are not known here, a dropped `null` counts as suspect). Walks
+ * input and output together; a false alarm (a schema that renames keys, say) only costs the full
+ * pass.
+ */
+const hasDroppedKey = (input: unknown, output: unknown, fields?: ReadonlySet<string>): boolean => {
+  if (input === null || typeof input !== "object" || output === null || typeof output !== "object") return false
+  if (Array.isArray(input)) {
+    if (!Array.isArray(output) || output.length !== input.length) return false
+    for (let i = 0; i < input.length; i++) if (hasDroppedKey(input[i], output[i])) return true
+    return false
+  }
+  for (const key in input) {
+    const value = (input as Record<string, unknown>)[key]
+    if (!Object.hasOwn(output, key)) {
+      if (value !== null || fields === undefined || !fields.has(key)) return true
+    } else if (hasDroppedKey(value, (output as Record<string, unknown>)[key])) {
+      return true
+    }
+  }
+  return false
 }
 
 /** JSON with object keys sorted, so equal arguments give equal text. */
@@ -331,25 +365,32 @@ export const defaultMaxArgumentsDepth = 64
 /**
  * Why parsed arguments must not be decoded, if they must not: nested deeper than `maxDepth`, or an
  * own `__proto__` key, or a `constructor` holding a `prototype` (however the key was escaped in
- * the JSON text). Iterative, so a deep value cannot overflow the stack.
+ * the JSON text). Recursive, but never deeper than `maxDepth`.
  */
 const inspectJson = (
   value: unknown,
-  maxDepth: number
+  maxDepth: number,
+  depth = 1
 ): { readonly reason: "json" | "size"; readonly detail: string } | undefined => {
-  const stack: Array<readonly [unknown, number]> = [[value, 1]]
-  while (stack.length > 0) {
-    const [v, depth] = stack.pop()!
-    if (v === null || typeof v !== "object") continue
-    if (depth > maxDepth) return { reason: "size", detail: `nested more than ${maxDepth} levels deep` }
-    if (Object.hasOwn(v, "__proto__")) {
-      return { reason: "json", detail: `the key "__proto__" is not allowed: it could change an object's prototype` }
+  if (value === null || typeof value !== "object") return undefined
+  if (depth > maxDepth) return { reason: "size", detail: `nested more than ${maxDepth} levels deep` }
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const found = inspectJson(item, maxDepth, depth + 1)
+      if (found !== undefined) return found
     }
-    const ctor: unknown = (v as Record<string, unknown>)["constructor"]
-    if (Object.hasOwn(v, "constructor") && typeof ctor === "object" && ctor !== null && Object.hasOwn(ctor, "prototype")) {
-      return { reason: "json", detail: `the key "constructor.prototype" is not allowed: it could change an object's prototype` }
-    }
-    for (const item of Object.values(v)) stack.push([item, depth + 1])
+    return undefined
+  }
+  if (Object.hasOwn(value, "__proto__")) {
+    return { reason: "json", detail: `the key "__proto__" is not allowed: it could change an object's prototype` }
+  }
+  const ctor: unknown = (value as Record<string, unknown>)["constructor"]
+  if (Object.hasOwn(value, "constructor") && typeof ctor === "object" && ctor !== null && Object.hasOwn(ctor, "prototype")) {
+    return { reason: "json", detail: `the key "constructor.prototype" is not allowed: it could change an object's prototype` }
+  }
+  for (const key in value) {
+    const found = inspectJson((value as Record<string, unknown>)[key], maxDepth, depth + 1)
+    if (found !== undefined) return found
   }
   return undefined
 }

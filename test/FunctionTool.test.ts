@@ -158,6 +158,40 @@ describe("FunctionTool arguments (A1)", () => {
       assert.strictEqual(yield* Ref.get(runs), 0)
     }))
 
+  it.effect.each([
+    { where: "in a nested object", args: `{"leg":{"from":"JFK","to":"NRT","seat":"14C"}}`, path: `at ["leg"]["seat"]` },
+    { where: "in an object inside an array", args: `{"legs":[{"from":"JFK","to":"NRT"},{"from":"NRT","to":"KIX","x":1}]}`, path: `at ["legs"][1]["x"]` },
+    { where: "sent as null", args: `{"leg":{"from":"JFK","to":"NRT","seat":null}}`, path: `at ["leg"]["seat"]` },
+    { where: "sent as null at the top", args: `{"leg":{"from":"JFK","to":"NRT"},"constructor":null}`, path: `at ["constructor"]` }
+  ])("an unknown extra field $where is rejected too, naming its path", ({ args, path }) =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const Leg = Schema.Struct({ from: Schema.String, to: Schema.String })
+      const tool = FunctionTool.make("plan_trip", {
+        description: "Plan a trip",
+        parameters: Schema.Struct({ leg: Schema.optionalKey(Leg), legs: Schema.optionalKey(Schema.Array(Leg)) })
+      }, () => Effect.as(Ref.update(runs, (n) => n + 1), "planned"))
+      const out = yield* run(tool, args)
+      assert.isTrue(out.isError, out.output)
+      assert.include(out.output, "Expected no excess property")
+      assert.include(out.output, path)
+      assert.strictEqual(yield* Ref.get(runs), 0)
+    }))
+
+  it.effect("an optional key sent as null (as strict providers do) is accepted, nested or not", () =>
+    Effect.gen(function*() {
+      const tool = FunctionTool.make("plan_trip", {
+        description: "Plan a trip",
+        parameters: Schema.Struct({
+          leg: Schema.Struct({ from: Schema.String, via: Schema.optionalKey(Schema.String) }),
+          note: Schema.optionalKey(Schema.String)
+        })
+      }, (args) => Effect.succeed(JSON.stringify(args)))
+      const out = yield* run(tool, `{"leg":{"from":"JFK","via":null},"note":null}`)
+      assert.isFalse(out.isError, out.output)
+      assert.strictEqual(out.output, `{"leg":{"from":"JFK"}}`)
+    }))
+
   it.effect("an unknown extra field is rejected for a tool without parameters too", () =>
     Effect.gen(function*() {
       const runs = yield* Ref.make(0)

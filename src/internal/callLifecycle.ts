@@ -40,8 +40,11 @@ export type StopCause = "cancelled" | "replaced" | "drained" | "timed-out" | "ab
 export interface Call<Tool> {
   readonly functionCall: FunctionCall
   readonly tool: Tool
-  /** The duplicate key: calls of one key are duplicates of each other. */
-  readonly key: string
+  /**
+   * The duplicate key: calls of one key are duplicates of each other. `undefined` for a tool in
+   * `allow` mode, whose calls are never checked against each other (and so need no index).
+   */
+  readonly key: string | undefined
   readonly cancellable: boolean
   readonly startedAt: number
   status: Status
@@ -84,6 +87,8 @@ export interface Registry<Tool> {
   readonly waiters: Set<Waiter>
   /** Wake-ups owed by the transitions so far; `flush` runs them. */
   wakes: Array<() => void>
+  /** An empty array `flush` swaps in while it runs the owed ones (no array per flush). */
+  spare: Array<() => void>
   flushing: boolean
   closed: boolean
 }
@@ -95,6 +100,7 @@ export const makeRegistry = <Tool>(): Registry<Tool> => ({
   live: new Set(),
   waiters: new Set(),
   wakes: [],
+  spare: [],
   flushing: false,
   closed: false
 })
@@ -103,7 +109,7 @@ export const makeRegistry = <Tool>(): Registry<Tool> => ({
 export const makeCall = <Tool>(
   functionCall: FunctionCall,
   tool: Tool,
-  key: string,
+  key: string | undefined,
   cancellable: boolean,
   startedAt: number
 ): Call<Tool> => ({
@@ -135,11 +141,12 @@ export const flush = <Tool>(registry: Registry<Tool>): void => {
   if (registry.flushing) return
   registry.flushing = true
   try {
-    let wakes = registry.wakes
-    while (wakes.length > 0) {
-      registry.wakes = []
-      for (const wake of wakes) wake()
-      wakes = registry.wakes
+    while (registry.wakes.length > 0) {
+      const wakes = registry.wakes
+      registry.wakes = registry.spare
+      registry.spare = wakes
+      for (let i = 0; i < wakes.length; i++) wakes[i]!()
+      wakes.length = 0
     }
   } finally {
     registry.flushing = false
@@ -183,9 +190,11 @@ export const register = <Tool>(registry: Registry<Tool>, call: Call<Tool>, after
     call.gate = Deferred.makeUnsafe<void>()
   }
   registry.byId.set(call.functionCall.callId, call)
-  let calls = registry.byKey.get(call.key)
-  if (calls === undefined) registry.byKey.set(call.key, calls = new Set())
-  calls.add(call)
+  if (call.key !== undefined) {
+    let calls = registry.byKey.get(call.key)
+    if (calls === undefined) registry.byKey.set(call.key, calls = new Set())
+    calls.add(call)
+  }
   registry.live.add(call)
 }
 
@@ -359,6 +368,7 @@ const unlistId = <Tool>(registry: Registry<Tool>, call: Call<Tool>): void => {
 }
 
 const unlistKey = <Tool>(registry: Registry<Tool>, call: Call<Tool>): void => {
+  if (call.key === undefined) return
   const calls = registry.byKey.get(call.key)
   if (calls === undefined) return
   calls.delete(call)

@@ -6,7 +6,7 @@
  * lifecycle (`callLifecycle.ts`). Every state change goes through a lifecycle transition; the
  * functions here add what a change means for the model and the chat.
  */
-import { Cause, Context, Deferred, Duration, Effect, Exit, References, Scope, Tracer } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, References, Result, Scope, Tracer } from "effect"
 import type { Clock, Fiber } from "effect"
 import type { AgentSession } from "../AgentSession.ts"
 import { AsyncRunContext } from "../AsyncRunContext.ts"
@@ -21,6 +21,9 @@ import * as Coordinator from "./replyCoordinator.ts"
 
 /** The key set in a first-update output's `extra`: the call is still running in the background. */
 export const pendingKey = "asyncToolsetPending"
+
+/** The `extra` of every first-update output (one frozen object, shared). */
+const pendingExtra: Readonly<Record<string, unknown>> = Object.freeze({ [pendingKey]: true })
 
 /** A tool as a toolset runs it. */
 export interface Prepared {
@@ -137,7 +140,7 @@ export const launch = (
         captureStackTrace: false
       })
       : body,
-    { uninterruptible: true }
+    startUninterruptible
   )
   fiber.addObserver(() => ended(toolset, c))
   if (c.status !== "done") {
@@ -148,6 +151,8 @@ export const launch = (
   }
   return awaitFirst(toolset, c, first, restore)
 }
+
+const startUninterruptible = { uninterruptible: true } as const
 
 /**
  * A replacing call waits for its predecessors to stop, then starts. Replaced, cancelled or
@@ -171,7 +176,9 @@ export const awaitTurn = (
 
 /** Waits for the first output. A caller that stops waiting abandons the call: it is cancelled. */
 const awaitFirst = (toolset: Toolset, c: Call, first: Deferred.Deferred<FunctionCallOutput>, restore: Restore) =>
-  Effect.onInterrupt(restore(Deferred.await(first)), () => Effect.sync(() => abandon(toolset, c)))
+  Deferred.isDoneUnsafe(first)
+    ? Deferred.await(first) // settled while the call ran inline: nothing left to wait for
+    : Effect.onInterrupt(restore(Deferred.await(first)), () => Effect.sync(() => abandon(toolset, c)))
 
 const abandon = (toolset: Toolset, c: Call) => {
   Lifecycle.stop(toolset.registry, c, "abandoned", toolset.cancelled)
@@ -222,13 +229,16 @@ const contextOf = (
  * own scope; then, once the handler returned, the outcome.
  */
 const run = (toolset: Toolset, c: Call, args: unknown, callScope: Scope.Closeable): Effect.Effect<void> =>
-  Effect.matchCauseEffect(
-    Effect.interruptible(Effect.suspend(() => c.tool.tool.handler(args) as Effect.Effect<unknown, unknown>)),
-    {
-      onSuccess: (value) => finish(toolset, c, callScope, Exit.succeed(value)),
-      onFailure: (cause) => finish(toolset, c, callScope, Exit.failCause(cause))
-    }
-  )
+  Effect.flatMap(Effect.exit(Effect.interruptible(handle(c, args))), (exit) => finish(toolset, c, callScope, exit))
+
+/** The handler's effect; a handler that throws instead of returning one is a defect of the tool. */
+const handle = (c: Call, args: unknown): Effect.Effect<unknown, unknown> => {
+  try {
+    return c.tool.tool.handler(args) as Effect.Effect<unknown, unknown>
+  } catch (error) {
+    return Effect.die(error)
+  }
+}
 
 /**
  * The handler returned. If the call was still running, its outcome is what the model hears: as
@@ -248,17 +258,35 @@ const finish = (
   return close === undefined ? then : Effect.andThen(close, then)
 }
 
-const deliverOutcome = (toolset: Toolset, c: Call, exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> =>
-  Effect.flatMap(FunctionTool.encodeExit(c.tool.tool, c.functionCall.callId, exit), (result) => {
-    const out = result._tag === "Some" ? result.value : undefined
-    c.outcome = out?.isError === true ? "error" : "done"
-    const { callId, name } = c.functionCall
-    if (Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, out?.output ?? "", out?.isError ?? false))) {
-      Lifecycle.flush(toolset.registry)
-      return Effect.void
+const deliverOutcome = (toolset: Toolset, c: Call, exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> => {
+  // A success is encoded at once; a failure (which may be logged) or an encoding that fails
+  // takes the effectful path.
+  if (Exit.isSuccess(exit)) {
+    const encoded = FunctionTool.encodeSuccess(c.tool.tool, exit.value)
+    if (Result.isSuccess(encoded)) {
+      const text = encoded.success
+      return outcome(toolset, c, text._tag === "Some" ? { output: text.value, isError: false } : undefined)
     }
-    return out === undefined ? Effect.void : deliver(toolset, c, "_final", out)
-  })
+  }
+  return Effect.flatMap(
+    FunctionTool.encodeExit(c.tool.tool, c.functionCall.callId, exit),
+    (result) => outcome(toolset, c, result._tag === "Some" ? result.value : undefined)
+  )
+}
+
+/** The call's outcome for the model: its output if it never updated (B3), else `<callId>_final` (B5). */
+const outcome = (toolset: Toolset, c: Call, out: FunctionTool.Output | undefined): Effect.Effect<void> => {
+  c.outcome = out?.isError === true ? "error" : "done"
+  const { callId, name } = c.functionCall
+  if (Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, out?.output ?? "", out?.isError ?? false))) {
+    Lifecycle.flush(toolset.registry)
+    return Effect.void
+  }
+  if (out === undefined) return Effect.void
+  // The fiber is uninterruptible here already (only the insertion is not).
+  if (toolset.owner.closed) return lostAtClose(toolset, syntheticId(toolset, c, "_final"))
+  return insertItem(toolset, c, prepareItem(toolset, c, "_final", out, false))
+}
 
 const lateFailure = (exit: Exit.Exit<unknown, unknown>): Effect.Effect<void> =>
   Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)
@@ -328,7 +356,7 @@ export const update = (toolset: Toolset, c: Call, message: unknown): Effect.Effe
     const { callId, name } = c.functionCall
     // Checking and settling the first output is one synchronous step: of two updates racing,
     // exactly one is the first output and the other is `_update_1` (B8).
-    if (Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, text, false, { [pendingKey]: true }))) {
+    if (Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, text, false, pendingExtra))) {
       emitUpdated(toolset, c, 0, message, text)
       Lifecycle.flush(toolset.registry)
       return Effect.void
@@ -411,16 +439,21 @@ const prepareItem = (toolset: Toolset, c: Call, suffix: string, out: FunctionToo
 
 /** Inserts a prepared item, then hands it over (or lets it go, or reports it lost). */
 const insertItem = (toolset: Toolset, c: Call, item: Coordinator.Item): Effect.Effect<void> =>
-  Effect.flatMap(Effect.exit(Effect.interruptible(toolset.session.insert(item.items))), (exit) => {
-    const owner = toolset.owner
-    if (Exit.isSuccess(exit)) {
+  Effect.matchCauseEffect(Effect.interruptible(toolset.session.insert(item.items)), {
+    onSuccess: () => {
       // In the chat: it is answered, even if its call was stopped in the same instant (the model
       // never finds an item nobody asked it about).
       Coordinator.inserted(toolset.coordinator, item)
       toolset.emit(() => ({ _tag: "ReplyScheduled", toolsetId: toolset.id, callId: item.callId, at: toolset.clock.currentTimeMillisUnsafe() }))
       Coordinator.handOver(toolset.coordinator, item)
       return Effect.void
-    }
+    },
+    onFailure: (cause) => insertFailed(toolset, c, item, cause)
+  })
+
+/** The insertion did not work, whatever its shape: lost at close, let go after a cancel, or retried. */
+const insertFailed = (toolset: Toolset, c: Call, item: Coordinator.Item, cause: Cause.Cause<unknown>): Effect.Effect<void> => {
+    const owner = toolset.owner
     if (owner.closed || c.stopCause === "closed") {
       // Lost because the toolset closed: say so (before the count drops: an idle waiter may close).
       return Effect.andThen(lostAtClose(toolset, item.callId), Effect.sync(() => Coordinator.settle(item)))
@@ -432,10 +465,10 @@ const insertItem = (toolset: Toolset, c: Call, item: Coordinator.Item): Effect.E
         Coordinator.settle(item)
         return Effect.void
       case "superseded":
-        return Effect.logError(`could not insert ${item.callId} before a later result of its call; it is dropped (the later one is in the chat)`, exit.cause)
+        return Effect.logError(`could not insert ${item.callId} before a later result of its call; it is dropped (the later one is in the chat)`, cause)
           .pipe(Effect.annotateLogs({ toolset: toolset.id, callId: item.callId }), Effect.andThen(Effect.sync(() => Coordinator.settle(item))))
     }
     Coordinator.handOver(toolset.coordinator, item)
-    return Effect.logWarning("could not insert a tool result into the chat; the reply coordinator will retry", exit.cause)
+    return Effect.logWarning("could not insert a tool result into the chat; the reply coordinator will retry", cause)
       .pipe(Effect.annotateLogs({ toolset: toolset.id, callId: item.callId }))
-  })
+}

@@ -95,6 +95,8 @@ export interface Coordinator {
   stepSuspended: boolean
   /** The round read the chat again after a step that suspended (at most once per round). */
   reread: boolean
+  /** The request step waits for the session to be inactive (a wait the time bound does not count). */
+  waiting: boolean
 }
 
 interface Request {
@@ -128,10 +130,14 @@ export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinat
         closed: false,
         request: undefined,
         stepSuspended: false,
-        reread: false
+        reread: false,
+        waiting: false
       }
       coordinators.set(session, made)
-      return Effect.map(Effect.forkDetach(run(made), { startImmediately: true }), (fiber) => {
+      // The fiber never yields to the scheduler (it does little between waits, and its last idle
+      // wait and the reply request must not be separated by a yield: C2).
+      const loop = Effect.provideService(run(made), References.PreventSchedulerYield, true)
+      return Effect.map(Effect.forkDetach(loop, { startImmediately: true }), (fiber) => {
         made.fiber = fiber
         return made
       })
@@ -276,12 +282,16 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
   const onPortFault = (cause: Cause.Cause<unknown>) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
   const awaitInactive = Effect.catchCause(session.awaitInactive, onPortFault)
 
-  // Read just before the last idle wait (nothing suspends between them when the session answers
-  // at once): the chat only picks the wording; if the read fails, ask as if the items were the latest.
+  // The chat only picks the wording; if the read fails, ask as if the items were the latest. Once
+  // read, the step waits for idle (a wait of any length: the time bound does not count it).
   const readChat = Effect.matchCauseEffect(session.items, {
-    onSuccess: (chat): Effect.Effect<ReadonlyArray<ChatItem> | undefined> => Effect.succeed(chat),
+    onSuccess: (chat): Effect.Effect<ReadonlyArray<ChatItem> | undefined> => {
+      coordinator.waiting = true
+      return Effect.succeed(chat)
+    },
     onFailure: (cause) => {
       if (coordinator.closed) return Effect.interrupt
+      coordinator.waiting = true
       const batch = coordinator.batch.filter(answerable)
       return Effect.as(
         Effect.logWarning(`could not read the chat; asking for the reply for ${callIdsOf(batch)} as if they were the latest`, cause)
@@ -292,21 +302,23 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
   })
 
   // The request step, in a fiber of its own so that the coordinator can bound it in time when it
-  // does not answer at once: read the chat, wait for idle one last time, decide, ask. No scheduler
-  // yield anywhere in it: a user who starts speaking is never talked over (C2).
-  const requestStep = Effect.provideService(
-    Effect.flatMap(readChat, (chat) => Effect.andThen(awaitInactive, decide(coordinator, chat))),
-    References.PreventSchedulerYield,
-    true
-  )
+  // does not answer at once: read the chat, wait until the session is inactive, decide, ask. No
+  // scheduler yield anywhere in it (it inherits the coordinator's setting), and nothing suspends
+  // between the idle wait and the request when the session answers at once: a user who starts
+  // speaking is never talked over (C2). Read before the wait: if the wait suspended, the step
+  // reads once more (see `decide`).
+  const requestStep = Effect.flatMap(readChat, (chat) => Effect.andThen(awaitInactive, decide(coordinator, chat)))
 
-  // Once idle: insert what failed before (inserting suspends: wait for idle again), then the
-  // request step.
-  const afterIdle = Effect.suspend((): Effect.Effect<void, PortFault> => {
+  // Insert what failed before (once the session is inactive: a session may refuse insertions while
+  // it generates), then the request step.
+  const prepare: Effect.Effect<void, PortFault> = Effect.suspend(() => {
     take(coordinator)
-    if (coordinator.batch.some(awaitsInsertion)) return Effect.andThen(retryInsertions(coordinator), prepare)
+    if (coordinator.batch.some(awaitsInsertion)) {
+      return Effect.andThen(awaitInactive, Effect.andThen(Effect.suspend(() => retryInsertions(coordinator)), prepare))
+    }
     if (!coordinator.batch.some(answerable)) return Effect.void
     coordinator.stepSuspended = false
+    coordinator.waiting = false
     return Effect.flatMap(Effect.forkChild(requestStep, { startImmediately: true }), (step) => {
       const exit = step.pollUnsafe()
       if (exit !== undefined && Exit.isSuccess(exit)) return exit.value === "again" ? prepare : Effect.void
@@ -315,16 +327,15 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
     })
   })
 
-  const prepare: Effect.Effect<void, PortFault> = Effect.suspend(() => {
-    take(coordinator)
-    return Effect.andThen(awaitInactive, afterIdle)
-  })
-
   // One reply: everything pending once the session is idle. Never fails.
-  const round = prepare.pipe(
-    Effect.catchCause((cause) => coordinator.closed ? Effect.interrupt : roundFailed(coordinator, portCause(cause))),
-    Effect.ensuring(Effect.sync(() => settleBatch(coordinator)))
-  )
+  const settled = Effect.sync(() => settleBatch(coordinator))
+  const round = Effect.matchCauseEffect(prepare, {
+    onSuccess: () => settled,
+    onFailure: (cause) =>
+      coordinator.closed
+        ? Effect.andThen(settled, Effect.interrupt)
+        : Effect.ensuring(roundFailed(coordinator, portCause(cause)), settled)
+  })
 
   const park = Effect.suspend(() => {
     if (coordinator.queue.length > 0) return Effect.void
@@ -333,9 +344,19 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
     return Deferred.await(parked)
   })
 
-  // The yield lets a burst of results that arrive together join one reply.
-  return Effect.forever(Effect.andThen(park, Effect.andThen(Effect.yieldNow, round)), { disableYield: true })
+  // The pause lets a burst of results that arrive together (in one synchronous run of the fibers
+  // that make them) join one reply.
+  return Effect.forever(Effect.andThen(park, Effect.andThen(afterThisRun, round)), { disableYield: true })
 }
+
+/**
+ * Resumes once the current synchronous run is over (a microtask): whatever the fibers running now
+ * still hand over joins the reply. Cheaper than a scheduler yield, which waits for the event loop's
+ * next turn; it is one pause per reply, on the coordinator's fiber only.
+ */
+const afterThisRun: Effect.Effect<void> = Effect.callback<void>((resume) => {
+  void Promise.resolve().then(() => resume(Effect.void))
+})
 
 /**
  * After the last idle wait: take what arrived meanwhile, decide whether and how to reply, and make
@@ -343,8 +364,9 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
  */
 const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefined) =>
   Effect.suspend((): Effect.Effect<Step, PortFault> => {
+    coordinator.waiting = false
     const late = take(coordinator)
-    if (late.some(awaitsInsertion)) return Effect.succeed("again")
+    if (late > 0 && lateAwaitInsertion(coordinator, late)) return Effect.succeed("again")
     // The step suspended (a session that reads its chat asynchronously, or that was busy at the
     // last idle wait): the agent may have spoken since the chat was read. Read it once more
     // (a session busy all through an asynchronous read is the one case this cannot see).
@@ -355,7 +377,7 @@ const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefi
     const ready = coordinator.batch.filter(answerable)
     if (ready.length === 0) return Effect.succeed("done")
     // Items taken after the chat was read are newer than anything in it.
-    const covered = late.length === 0 && chat !== undefined && spokeAfter(chat, ready)
+    const covered = late === 0 && chat !== undefined && spokeAfter(chat, ready)
     if (covered && ready.every((item) => item.owner.policy.whenAlreadyAnswered === "skip")) {
       skipped(coordinator, ready, "already-answered")
       return Effect.as(Effect.logDebug("the agent already spoke after the pending results; no reply requested"), "done")
@@ -375,48 +397,58 @@ const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefi
   })
 
 /**
- * The request step did not answer at once (it failed, or it waits): retry a failed request (each
- * time after the session is inactive again) and bound the whole in time. Built only then.
+ * The request step did not answer at once: wait for it (its wait for idle unbounded, its chat read
+ * and its request bounded in time), retry a failed request (each time after the session is
+ * inactive again), and give up and report what does not answer in time. Built only then.
  */
 const slowRequest = (
   coordinator: Coordinator,
   step: Fiber.Fiber<Step, PortFault>,
   prepare: Effect.Effect<void, PortFault>
 ): Effect.Effect<void, PortFault> => {
-  const session = coordinator.session
   const policy = coordinator.request?.policy ?? newestPolicy(coordinator)
-  let attempt = 0
-  const once = Effect.suspend((): Effect.Effect<Step, PortFault> => {
-    if (attempt++ === 0) return Fiber.join(step)
+  const joined: Effect.Effect<Option.Option<Exit.Exit<Step, PortFault>>> = Effect.flatMap(
+    Effect.timeoutOption(Fiber.await(step), policy.replyTimeout),
+    (exit) => Option.isNone(exit) && coordinator.waiting ? joined : Effect.succeed(exit)
+  )
+  return Effect.flatMap(joined, (result): Effect.Effect<void, PortFault> => {
+    if (Option.isNone(result)) {
+      // A request that does not answer in time is not retried: the session may still make that
+      // reply (an agent queues it), and a second request would repeat it.
+      step.interruptUnsafe()
+      return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(policy.replyTimeout)}`))
+    }
+    const exit = result.value
+    if (Exit.isSuccess(exit)) return exit.value === "again" ? prepare : Effect.void
+    if (coordinator.closed) return Effect.interrupt
     const request = coordinator.request
-    // The step failed before it asked (reading the chat, or the last idle wait): that is the round's failure.
-    if (request === undefined) return Fiber.join(step)
-    return Effect.catchCause(
-      Effect.andThen(session.awaitInactive, session.generateReply({ instructions: request.instructions, toolChoice: "none" })),
-      (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
-    ).pipe(
-      Effect.provideService(References.PreventSchedulerYield, true),
-      Effect.andThen(Effect.sync((): Step => {
-        delivered(coordinator, request.ready, request.instructions)
-        return "done"
-      }))
-    )
+    // The step failed before it asked (reading the chat, or the idle wait): the round's failure.
+    if (request === undefined) return Effect.failCause(exit.cause)
+    return retryRequest(coordinator, request, exit.cause)
   })
+}
+
+/** Asks again for a reply whose request failed (`first`): each time once the session is inactive, bounded in time. */
+const retryRequest = (coordinator: Coordinator, request: Request, first: Cause.Cause<PortFault>): Effect.Effect<void> => {
+  const session = coordinator.session
+  let attempt = 0
+  const once = Effect.suspend((): Effect.Effect<void, PortFault> =>
+    attempt++ === 0
+      ? Effect.failCause(first) // the step's own attempt: the schedule decides when to ask again
+      : Effect.catchCause(
+        Effect.andThen(session.awaitInactive, session.generateReply({ instructions: request.instructions, toolChoice: "none" })),
+        (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
+      )
+  )
   return once.pipe(
-    Effect.retry({ schedule: policy.sessionRetry, while: () => coordinator.request !== undefined }),
-    // A request that does not answer in time is not retried: the session may still make that reply
-    // (an agent queues it), and a second request would repeat it.
-    Effect.timeoutOption(policy.replyTimeout),
+    Effect.retry(request.policy.sessionRetry),
+    Effect.timeoutOption(request.policy.replyTimeout),
     Effect.matchCauseEffect({
-      onSuccess: (answered): Effect.Effect<void, PortFault> => {
-        if (Option.isSome(answered)) return answered.value === "again" ? prepare : Effect.void
-        step.interruptUnsafe()
-        return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(policy.replyTimeout)}`))
+      onSuccess: (answered) => {
+        if (Option.isSome(answered)) return Effect.sync(() => delivered(coordinator, request.ready, request.instructions))
+        return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(request.policy.replyTimeout)}`))
       },
-      onFailure: (cause) => {
-        if (coordinator.closed) return Effect.interrupt
-        return coordinator.request === undefined ? Effect.failCause(cause) : giveUp(coordinator, portCause(cause))
-      }
+      onFailure: (cause) => coordinator.closed ? Effect.interrupt : giveUp(coordinator, portCause(cause))
     })
   )
 }
@@ -455,13 +487,20 @@ const roundFailed = (coordinator: Coordinator, cause: Cause.Cause<unknown>) => {
   )
 }
 
-/** Moves the queued items into the batch; returns them. */
-const take = (coordinator: Coordinator): ReadonlyArray<Item> => {
-  const taken = coordinator.queue
-  if (taken.length === 0) return taken
-  coordinator.queue = []
-  for (const item of taken) coordinator.batch.push(item)
+/** Moves the queued items into the batch; returns how many it moved (they are the batch's last). */
+const take = (coordinator: Coordinator): number => {
+  const queue = coordinator.queue
+  const taken = queue.length
+  for (let i = 0; i < taken; i++) coordinator.batch.push(queue[i]!)
+  queue.length = 0
   return taken
+}
+
+/** Whether one of the batch's last `n` items waits to be inserted again. */
+const lateAwaitInsertion = (coordinator: Coordinator, n: number): boolean => {
+  const batch = coordinator.batch
+  for (let i = batch.length - n; i < batch.length; i++) if (awaitsInsertion(batch[i]!)) return true
+  return false
 }
 
 /** An item whose insertion failed, to be retried (unless its toolset closed: then it is let go). */
@@ -562,21 +601,31 @@ const skipped = (
 /** The batch is answered (or given up): its items no longer count as pending. */
 const settleBatch = (coordinator: Coordinator): void => {
   const batch = coordinator.batch
-  coordinator.batch = []
   coordinator.request = undefined
   coordinator.reread = false
-  let last: Owner | undefined
+  let single: Owner | undefined
+  let several = false
   for (const item of batch) {
     if (item.owner.closed) continue
     item.owner.pending--
-    last = item.owner
+    if (single === undefined) single = item.owner
+    else if (single !== item.owner) several = true
   }
-  if (last === undefined) return
-  if (batch.every((item) => item.owner === last || item.owner.closed)) return last.settled()
-  for (const owner of new Set(batch.map((item) => item.owner))) if (!owner.closed) owner.settled()
+  const owners = several ? new Set(batch.map((item) => item.owner)) : undefined
+  batch.length = 0
+  // Waking comes last: a toolset found idle may act at once.
+  if (owners !== undefined) {
+    for (const owner of owners) if (!owner.closed) owner.settled()
+  } else if (single !== undefined) {
+    single.settled()
+  }
 }
 
-const byOwner = (items: ReadonlyArray<Item>): Map<Owner, Array<string>> => {
+const byOwner = (items: ReadonlyArray<Item>): ReadonlyMap<Owner, Array<string>> => {
+  const first = items[0]?.owner
+  if (first !== undefined && !first.closed && items.every((item) => item.owner === first)) {
+    return new Map([[first, items.map((item) => item.callId)]])
+  }
   const out = new Map<Owner, Array<string>>()
   for (const item of items) {
     if (item.owner.closed) continue
@@ -596,16 +645,22 @@ const ownersOf = (items: ReadonlyArray<Item>): string => Array.from(new Set(item
  * millisecond are ordered correctly; only the tail after our items is scanned.
  */
 const spokeAfter = (chat: ReadonlyArray<ChatItem>, pending: ReadonlyArray<Item>): boolean => {
-  const ours = new Set<string>()
   let insertedAt = 0
-  for (const p of pending) {
-    if (p.insertedAt > insertedAt) insertedAt = p.insertedAt
-    for (const item of p.items) ours.add(item.id)
+  for (const p of pending) if (p.insertedAt > insertedAt) insertedAt = p.insertedAt
+  // A few items (the usual case) are compared directly; many go into a set first.
+  const ids = pending.length > 8 ? new Set(pending.flatMap((p) => p.items.map((item) => item.id))) : undefined
+  const ours = (item: ChatItem) => {
+    if (ids !== undefined) return ids.has(item.id)
+    for (const p of pending) for (const own of p.items) if (own.id === item.id) return true
+    return false
   }
   for (let i = chat.length - 1; i >= 0; i--) {
     const item = chat[i]!
-    if (ours.has(item.id)) return false
-    if (item._tag === "ChatMessage" && item.role === "assistant" && item.createdAt >= insertedAt) return true
+    if (item._tag === "ChatMessage") {
+      if (item.role === "assistant" && item.createdAt >= insertedAt) return true
+    } else if (ours(item)) {
+      return false
+    }
   }
   return false
 }
