@@ -493,10 +493,10 @@ const closing = (toolset: CallRun.Toolset): Effect.Effect<void> =>
 
 /** Completes once `ready()` holds; it is checked now and after each transition. */
 const waitFor = (registry: Lifecycle.Registry<Prepared>, ready: () => boolean): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    const done = Lifecycle.waiter(registry, ready)
-    if (done === undefined) return Effect.void
-    return Deferred.await(done).pipe(Effect.onInterrupt(() => Effect.sync(() => Lifecycle.forgetWaiter(registry, done))))
+  Effect.callback<void>((resume) => {
+    const waiter = Lifecycle.waiter(registry, ready, () => resume(Effect.void))
+    if (waiter === undefined) return resume(Effect.void)
+    return Effect.sync(() => Lifecycle.forgetWaiter(registry, waiter))
   })
 
 // --- management tools ----------------------------------------------------------------------------

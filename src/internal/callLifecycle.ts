@@ -52,8 +52,15 @@ export interface Call<Tool> {
   outcome: Outcome
   /** Why it was stopped, once it was. */
   stopCause: StopCause | undefined
-  /** The caller waits on it for the first output; `undefined` once settled. */
-  first: Deferred.Deferred<FunctionCallOutput> | undefined
+  /** The first output was settled (by the first update, the result, or a stop). */
+  firstSettled: boolean
+  /**
+   * The settled first output, until its caller takes it (`takeFirst`): a call that ran inline
+   * settles it before its caller could wait, which then needs no `Deferred` at all.
+   */
+  firstOutput: FunctionCallOutput | undefined
+  /** Made only when the caller has to wait for the first output; completed when it is settled. */
+  firstWaiter: Deferred.Deferred<FunctionCallOutput> | undefined
   /** `waiting` only: completed when the call may start, or when it was stopped while it waited. */
   gate: Deferred.Deferred<void> | undefined
   /** `waiting` only: how many calls of its key must stop before it starts. */
@@ -71,9 +78,10 @@ export interface Call<Tool> {
 }
 
 /** A wait for a condition on the tables (idle, no calls). */
-interface Waiter {
+export interface Waiter {
   readonly ready: () => boolean
-  readonly done: Deferred.Deferred<void>
+  /** Resumes the waiting fiber (run on `flush`). */
+  readonly wake: () => void
 }
 
 /** The calls of one toolset. */
@@ -121,7 +129,9 @@ export const makeCall = <Tool>(
   status: "running",
   outcome: "cancelled",
   stopCause: undefined,
-  first: Deferred.makeUnsafe<FunctionCallOutput>(),
+  firstSettled: false,
+  firstOutput: undefined,
+  firstWaiter: undefined,
   gate: undefined,
   blockers: 0,
   successors: undefined,
@@ -211,12 +221,28 @@ export const start = <Tool>(call: Call<Tool>): boolean => {
  * whether this caller's output is the one the model gets.
  */
 export const settleFirst = <Tool>(registry: Registry<Tool>, call: Call<Tool>, output: FunctionCallOutput): boolean => {
-  const first = call.first
-  if (first === undefined) return false
-  call.first = undefined
-  registry.wakes.push(() => Deferred.doneUnsafe(first, Exit.succeed(output)))
+  if (call.firstSettled) return false
+  call.firstSettled = true
+  const waiter = call.firstWaiter
+  if (waiter === undefined) {
+    call.firstOutput = output
+  } else {
+    call.firstWaiter = undefined
+    registry.wakes.push(() => Deferred.doneUnsafe(waiter, Exit.succeed(output)))
+  }
   return true
 }
+
+/** The settled first output, taken by its one reader (the call lets go of it); `undefined` if not settled yet. */
+export const takeFirst = <Tool>(call: Call<Tool>): FunctionCallOutput | undefined => {
+  const output = call.firstOutput
+  call.firstOutput = undefined
+  return output
+}
+
+/** The deferred a caller waits on while the first output is not settled (completed on `flush` once it is). */
+export const firstWaiter = <Tool>(call: Call<Tool>): Deferred.Deferred<FunctionCallOutput> =>
+  call.firstWaiter ??= Deferred.makeUnsafe<FunctionCallOutput>()
 
 /**
  * Stops a call that waits or runs (cancel, replace, drain, timeout, close): what it says from now
@@ -235,7 +261,7 @@ export const stop = <Tool>(
       // It never started: it ends here.
       call.stopCause = cause
       call.outcome = "cancelled"
-      if (call.first !== undefined) settleFirst(registry, call, output(call))
+      if (!call.firstSettled) settleFirst(registry, call, output(call))
       const gate = call.gate!
       call.gate = undefined
       end(registry, call)
@@ -247,7 +273,7 @@ export const stop = <Tool>(
       call.stopCause = cause
       call.outcome = cause === "timed-out" ? "timed-out" : "cancelled"
       unlistId(registry, call)
-      if (call.first !== undefined) settleFirst(registry, call, output(call))
+      if (!call.firstSettled) settleFirst(registry, call, output(call))
       const fiber = call.fiber
       if (fiber !== undefined) registry.wakes.push(() => fiber.interruptUnsafe())
       const timer = call.timer
@@ -289,7 +315,7 @@ export const fiberEnded = <Tool>(
   output: (call: Call<Tool>) => FunctionCallOutput
 ): void => {
   if (call.status === "done") return
-  if (call.first !== undefined) settleFirst(registry, call, output(call))
+  if (!call.firstSettled) settleFirst(registry, call, output(call))
   const timer = call.timer
   if (timer !== undefined && call.outcome !== "timed-out") registry.wakes.push(() => timer.interruptUnsafe())
   call.timer = undefined
@@ -318,27 +344,22 @@ export const notify = <Tool>(registry: Registry<Tool>): void => {
   for (const waiter of registry.waiters) {
     if (waiter.ready()) {
       registry.waiters.delete(waiter)
-      registry.wakes.push(() => Deferred.doneUnsafe(waiter.done, Exit.void))
+      registry.wakes.push(waiter.wake)
     }
   }
 }
 
 /** A deferred completed once `ready()` holds (checked now and after each transition). */
-export const waiter = <Tool>(registry: Registry<Tool>, ready: () => boolean): Deferred.Deferred<void> | undefined => {
+export const waiter = <Tool>(registry: Registry<Tool>, ready: () => boolean, wake: () => void): Waiter | undefined => {
   if (ready()) return undefined
-  const done = Deferred.makeUnsafe<void>()
-  registry.waiters.add({ ready, done })
-  return done
+  const waiter: Waiter = { ready, wake }
+  registry.waiters.add(waiter)
+  return waiter
 }
 
 /** Stops waiting (the waiting fiber was interrupted). */
-export const forgetWaiter = <Tool>(registry: Registry<Tool>, done: Deferred.Deferred<void>): void => {
-  for (const w of registry.waiters) {
-    if (w.done === done) {
-      registry.waiters.delete(w)
-      return
-    }
-  }
+export const forgetWaiter = <Tool>(registry: Registry<Tool>, waiter: Waiter): void => {
+  registry.waiters.delete(waiter)
 }
 
 // --- internals ---------------------------------------------------------------------------------

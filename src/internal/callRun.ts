@@ -126,7 +126,6 @@ export const launch = (
   caller: Context.Context<never>,
   restore: Restore
 ): Effect.Effect<FunctionCallOutput> => {
-  const first = c.first!
   const callScope = Scope.makeUnsafe()
   const context = contextOf(toolset, caller, c, callScope)
   const { arguments: argumentsText, callId, name } = c.functionCall
@@ -149,7 +148,7 @@ export const launch = (
     if (c.status === "stopping") fiber.interruptUnsafe()
     if (c.tool.timeout !== undefined && c.status === "running") startTimer(toolset, c, c.tool.timeout, context)
   }
-  return awaitFirst(toolset, c, first, restore)
+  return awaitFirst(toolset, c, restore)
 }
 
 const startUninterruptible = { uninterruptible: true } as const
@@ -166,19 +165,23 @@ export const awaitTurn = (
   caller: Context.Context<never>,
   restore: Restore
 ): Effect.Effect<FunctionCallOutput> => {
-  const first = c.first!
   return Effect.onInterrupt(restore(Deferred.await(c.gate!)), () => Effect.sync(() => abandon(toolset, c))).pipe(
-    Effect.flatMap(() =>
-      Lifecycle.start(c) ? launch(toolset, c, args, caller, restore) : awaitFirst(toolset, c, first, restore)
-    )
+    Effect.flatMap(() => Lifecycle.start(c) ? launch(toolset, c, args, caller, restore) : awaitFirst(toolset, c, restore))
   )
 }
 
-/** Waits for the first output. A caller that stops waiting abandons the call: it is cancelled. */
-const awaitFirst = (toolset: Toolset, c: Call, first: Deferred.Deferred<FunctionCallOutput>, restore: Restore) =>
-  Deferred.isDoneUnsafe(first)
-    ? Deferred.await(first) // settled while the call ran inline: nothing left to wait for
-    : Effect.onInterrupt(restore(Deferred.await(first)), () => Effect.sync(() => abandon(toolset, c)))
+/**
+ * The first output: at once if it is settled (the call ran inline up to its first update, or was
+ * stopped); else waited for. A caller that stops waiting abandons the call: it is cancelled.
+ */
+const awaitFirst = (toolset: Toolset, c: Call, restore: Restore): Effect.Effect<FunctionCallOutput> => {
+  const first = Lifecycle.takeFirst(c)
+  if (first !== undefined) return Effect.succeed(first)
+  return Effect.onInterrupt(
+    restore(Deferred.await(Lifecycle.firstWaiter(c))),
+    () => Effect.sync(() => abandon(toolset, c))
+  )
+}
 
 const abandon = (toolset: Toolset, c: Call) => {
   Lifecycle.stop(toolset.registry, c, "abandoned", toolset.cancelled)
@@ -229,7 +232,10 @@ const contextOf = (
  * own scope; then, once the handler returned, the outcome.
  */
 const run = (toolset: Toolset, c: Call, args: unknown, callScope: Scope.Closeable): Effect.Effect<void> =>
-  Effect.flatMap(Effect.exit(Effect.interruptible(handle(c, args))), (exit) => finish(toolset, c, callScope, exit))
+  Effect.matchCauseEffect(Effect.interruptible(handle(c, args)), {
+    onSuccess: (value) => finish(toolset, c, callScope, Exit.succeed(value)),
+    onFailure: (cause) => finish(toolset, c, callScope, Exit.failCause(cause))
+  })
 
 /** The handler's effect; a handler that throws instead of returning one is a defect of the tool. */
 const handle = (c: Call, args: unknown): Effect.Effect<unknown, unknown> => {
@@ -332,7 +338,7 @@ const timeOut = (toolset: Toolset, c: Call): Effect.Effect<void> =>
   Effect.uninterruptible(Effect.suspend(() => {
     if (c.status !== "running") return Effect.void
     const text = timedOutText(toolset, c)
-    const notice = c.first === undefined && !toolset.owner.closed
+    const notice = c.firstSettled && !toolset.owner.closed
       ? prepareItem(toolset, c, "_final", { output: text, isError: true }, true)
       : undefined
     Lifecycle.stop(toolset.registry, c, "timed-out", (c) => output(toolset, c.functionCall.callId, c.functionCall.name, text, true))
@@ -348,7 +354,7 @@ export const update = (toolset: Toolset, c: Call, message: unknown): Effect.Effe
     if (c.status !== "running") {
       // Dropped: the call was stopped (E2). Stopped by the toolset closing rather than by the
       // model, the update is lost, not unwanted: say so.
-      return c.stopCause === "closed" && c.first === undefined
+      return c.stopCause === "closed" && c.firstSettled
         ? lostAtClose(toolset, syntheticId(toolset, c, `_update_${++c.updates}`))
         : Effect.void
     }

@@ -84,8 +84,8 @@ export interface Coordinator {
   queue: Array<Item>
   /** Items taken for the reply being prepared or requested. */
   batch: Array<Item>
-  /** Completed when the queue gets an item while the fiber waits for one. */
-  parked: Deferred.Deferred<void> | undefined
+  /** Resumes the fiber when the queue gets an item while it waits for one. */
+  parked: (() => void) | undefined
   readonly owners: Set<Owner>
   fiber: Fiber.Fiber<never, unknown> | undefined
   closed: boolean
@@ -241,7 +241,7 @@ export const handOver = (coordinator: Coordinator, item: Item): void => {
   const parked = coordinator.parked
   if (parked !== undefined) {
     coordinator.parked = undefined
-    Deferred.doneUnsafe(parked, Exit.void)
+    parked()
   }
 }
 
@@ -282,32 +282,33 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
   const onPortFault = (cause: Cause.Cause<unknown>) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
   const awaitInactive = Effect.catchCause(session.awaitInactive, onPortFault)
 
-  // The chat only picks the wording; if the read fails, ask as if the items were the latest. Once
-  // read, the step waits for idle (a wait of any length: the time bound does not count it).
-  const readChat = Effect.matchCauseEffect(session.items, {
-    onSuccess: (chat): Effect.Effect<ReadonlyArray<ChatItem> | undefined> => {
-      coordinator.waiting = true
-      return Effect.succeed(chat)
-    },
-    onFailure: (cause) => {
-      if (coordinator.closed) return Effect.interrupt
-      coordinator.waiting = true
-      const batch = coordinator.batch.filter(answerable)
-      return Effect.as(
-        Effect.logWarning(`could not read the chat; asking for the reply for ${callIdsOf(batch)} as if they were the latest`, cause)
-          .pipe(Effect.annotateLogs({ toolset: ownersOf(batch) })),
-        undefined
-      )
-    }
-  })
-
   // The request step, in a fiber of its own so that the coordinator can bound it in time when it
   // does not answer at once: read the chat, wait until the session is inactive, decide, ask. No
   // scheduler yield anywhere in it (it inherits the coordinator's setting), and nothing suspends
   // between the idle wait and the request when the session answers at once: a user who starts
   // speaking is never talked over (C2). Read before the wait: if the wait suspended, the step
-  // reads once more (see `decide`).
-  const requestStep = Effect.flatMap(readChat, (chat) => Effect.andThen(awaitInactive, decide(coordinator, chat)))
+  // reads once more (see `decide`). Once the chat is read, the step waits for idle (a wait of any
+  // length: the time bound does not count it).
+  const afterRead = (chat: ReadonlyArray<ChatItem> | undefined): Effect.Effect<Step, PortFault> => {
+    coordinator.waiting = true
+    return Effect.matchCauseEffect(session.awaitInactive, {
+      onSuccess: () => decide(coordinator, chat),
+      onFailure: onPortFault
+    })
+  }
+  // The chat only picks the wording; if the read fails, ask as if the items were the latest.
+  const requestStep: Effect.Effect<Step, PortFault> = Effect.matchCauseEffect(session.items, {
+    onSuccess: afterRead,
+    onFailure: (cause) => {
+      if (coordinator.closed) return Effect.interrupt
+      const batch = coordinator.batch.filter(answerable)
+      return Effect.andThen(
+        Effect.logWarning(`could not read the chat; asking for the reply for ${callIdsOf(batch)} as if they were the latest`, cause)
+          .pipe(Effect.annotateLogs({ toolset: ownersOf(batch) })),
+        Effect.suspend(() => afterRead(undefined))
+      )
+    }
+  })
 
   // Insert what failed before (once the session is inactive: a session may refuse insertions while
   // it generates), then the request step.
@@ -337,64 +338,55 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
         : Effect.ensuring(roundFailed(coordinator, portCause(cause)), settled)
   })
 
-  const park = Effect.suspend(() => {
-    if (coordinator.queue.length > 0) return Effect.void
-    const parked = Deferred.makeUnsafe<void>()
-    coordinator.parked = parked
-    return Deferred.await(parked)
+  // Waits for an item, then until the synchronous run that handed it over is over (a microtask):
+  // a burst of results that arrive together (in one run of the fibers that make them) joins one
+  // reply. Cheaper than a scheduler yield, which waits for the event loop's next turn; it is one
+  // pause per reply, on the coordinator's fiber only.
+  const awaitWork = Effect.callback<void>((resume) => {
+    const go = () => void Promise.resolve().then(() => resume(Effect.void))
+    if (coordinator.queue.length > 0) go()
+    else coordinator.parked = go
   })
 
-  // The pause lets a burst of results that arrive together (in one synchronous run of the fibers
-  // that make them) join one reply.
-  return Effect.forever(Effect.andThen(park, Effect.andThen(afterThisRun, round)), { disableYield: true })
+  return Effect.forever(Effect.andThen(awaitWork, round), { disableYield: true })
 }
-
-/**
- * Resumes once the current synchronous run is over (a microtask): whatever the fibers running now
- * still hand over joins the reply. Cheaper than a scheduler yield, which waits for the event loop's
- * next turn; it is one pause per reply, on the coordinator's fiber only.
- */
-const afterThisRun: Effect.Effect<void> = Effect.callback<void>((resume) => {
-  void Promise.resolve().then(() => resume(Effect.void))
-})
 
 /**
  * After the last idle wait: take what arrived meanwhile, decide whether and how to reply, and make
  * the first request. Nothing here suspends before the request.
  */
-const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefined) =>
-  Effect.suspend((): Effect.Effect<Step, PortFault> => {
-    coordinator.waiting = false
-    const late = take(coordinator)
-    if (late > 0 && lateAwaitInsertion(coordinator, late)) return Effect.succeed("again")
-    // The step suspended (a session that reads its chat asynchronously, or that was busy at the
-    // last idle wait): the agent may have spoken since the chat was read. Read it once more
-    // (a session busy all through an asynchronous read is the one case this cannot see).
-    if (coordinator.stepSuspended && !coordinator.reread) {
-      coordinator.reread = true
-      return Effect.succeed("again")
-    }
-    const ready = coordinator.batch.filter(answerable)
-    if (ready.length === 0) return Effect.succeed("done")
-    // Items taken after the chat was read are newer than anything in it.
-    const covered = late === 0 && chat !== undefined && spokeAfter(chat, ready)
-    if (covered && ready.every((item) => item.owner.policy.whenAlreadyAnswered === "skip")) {
-      skipped(coordinator, ready, "already-answered")
-      return Effect.as(Effect.logDebug("the agent already spoke after the pending results; no reply requested"), "done")
-    }
-    const policy = ready[ready.length - 1]!.owner.policy
-    const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
-      pendingCallIds: callIdsOf(ready)
-    })
-    coordinator.request = { ready, instructions, policy }
-    return Effect.matchCauseEffect(coordinator.session.generateReply({ instructions, toolChoice: "none" }), {
-      onSuccess: () => {
-        delivered(coordinator, ready, instructions)
-        return Effect.succeed("done")
-      },
-      onFailure: (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
-    })
+const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefined): Effect.Effect<Step, PortFault> => {
+  coordinator.waiting = false
+  const late = take(coordinator)
+  if (late > 0 && lateAwaitInsertion(coordinator, late)) return Effect.succeed("again")
+  // The step suspended (a session that reads its chat asynchronously, or that was busy at the
+  // last idle wait): the agent may have spoken since the chat was read. Read it once more
+  // (a session busy all through an asynchronous read is the one case this cannot see).
+  if (coordinator.stepSuspended && !coordinator.reread) {
+    coordinator.reread = true
+    return Effect.succeed("again")
+  }
+  const ready = coordinator.batch.filter(answerable)
+  if (ready.length === 0) return Effect.succeed("done")
+  // Items taken after the chat was read are newer than anything in it.
+  const covered = late === 0 && chat !== undefined && spokeAfter(chat, ready)
+  if (covered && ready.every((item) => item.owner.policy.whenAlreadyAnswered === "skip")) {
+    skipped(coordinator, ready, "already-answered")
+    return Effect.as(Effect.logDebug("the agent already spoke after the pending results; no reply requested"), "done")
+  }
+  const policy = ready[ready.length - 1]!.owner.policy
+  const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
+    pendingCallIds: callIdsOf(ready)
   })
+  coordinator.request = { ready, instructions, policy }
+  return Effect.matchCauseEffect(coordinator.session.generateReply({ instructions, toolChoice: "none" }), {
+    onSuccess: () => {
+      delivered(coordinator, ready, instructions)
+      return Effect.succeed("done")
+    },
+    onFailure: (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
+  })
+}
 
 /**
  * The request step did not answer at once: wait for it (its wait for idle unbounded, its chat read

@@ -47,12 +47,11 @@ describe("call lifecycle", () => {
       Lifecycle.register(registry, b, [a])
       const c = yield* make("c")
       Lifecycle.register(registry, c, [a, b])
-      const first = b.first!
       const out = yield* output("b")
       assert.isTrue(Lifecycle.stop(registry, b, "replaced", () => out))
       Lifecycle.flush(registry)
       assert.strictEqual(b.status, "done")
-      assert.strictEqual(yield* Deferred.await(first), out)
+      assert.strictEqual(Lifecycle.takeFirst(b), out, "its caller gets the output")
       assert.strictEqual(c.blockers, 1, "c still waits for a")
       assert.isFalse(Lifecycle.start(b), "a stopped call never starts")
       assert.deepStrictEqual([...registry.live], [a, c])
@@ -63,8 +62,25 @@ describe("call lifecycle", () => {
       const registry = Lifecycle.makeRegistry<string>()
       const a = yield* make("a")
       Lifecycle.register(registry, a, [])
-      assert.isTrue(Lifecycle.settleFirst(registry, a, yield* output("a")))
+      const out = yield* output("a")
+      assert.isTrue(Lifecycle.settleFirst(registry, a, out))
       assert.isFalse(Lifecycle.settleFirst(registry, a, yield* output("a")))
+      assert.strictEqual(Lifecycle.takeFirst(a), out)
+    }))
+
+  it.effect("a caller that waits before the first output is settled gets it when it is (on flush)", () =>
+    Effect.gen(function*() {
+      const registry = Lifecycle.makeRegistry<string>()
+      const a = yield* make("a")
+      Lifecycle.register(registry, a, [])
+      assert.isUndefined(Lifecycle.takeFirst(a), "not settled yet")
+      const waiter = Lifecycle.firstWaiter(a)
+      const out = yield* output("a")
+      assert.isTrue(Lifecycle.settleFirst(registry, a, out))
+      assert.isUndefined(a.firstOutput, "the waiter holds it, not the call")
+      assert.isFalse(Deferred.isDoneUnsafe(waiter), "woken on flush, not inside the transition")
+      Lifecycle.flush(registry)
+      assert.strictEqual(yield* Deferred.await(waiter), out)
     }))
 
   it.effect("a stopped call's handler result does not count; a running one's does, and it leaves the running tables", () =>
