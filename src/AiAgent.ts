@@ -35,8 +35,9 @@
  */
 import { Cause, Clock, Context, Deferred, Effect, Exit, Layer, PubSub, Queue, Stream } from "effect"
 import type { Scope } from "effect"
-import { LanguageModel, Prompt } from "effect/ai"
-import type { AiError, Toolkit } from "effect/ai"
+import { AiError, LanguageModel, Prompt } from "effect/ai"
+import type { Toolkit } from "effect/ai"
+import type * as AgentEvent from "./AgentEvent.ts"
 import { AgentSession, SessionError } from "./AgentSession.ts"
 import { isPending } from "./AsyncToolset.ts"
 import type { AsyncToolset } from "./AsyncToolset.ts"
@@ -69,6 +70,15 @@ export interface Options {
   readonly runningCall?:
     | Prompts.Template<{ readonly functionName: string; readonly callId: string; readonly arguments: string }>
     | undefined
+  /**
+   * Ask the model with `streamText` (default `true`): the agent's words arrive as `TextDelta`
+   * events while the model writes them, and each message is stored once, whole, when the model's
+   * answer ends. `false` asks with `generateText`: no deltas, the same chat. Every `LanguageModel`
+   * made with `LanguageModel.make` can stream (a provider that cannot sends its answer as one
+   * delta), so streaming costs nothing where it is not real; turn it off for a provider whose
+   * streamed answers are less reliable than its whole ones.
+   */
+  readonly stream?: boolean | undefined
 }
 
 /**
@@ -109,53 +119,13 @@ export interface ReplyOptions {
 }
 
 /**
- * A turn was taken up (it may have waited behind others).
+ * What the agent does, as it happens: turns starting and ending, the agent's words as they stream
+ * in, items added to the chat. The events and their Schemas are in `AgentEvent`.
  *
  * @since 0.1.0
  * @category events
  */
-export interface TurnStarted {
-  readonly _tag: "TurnStarted"
-  readonly turn: number
-  /** `user`: a user message; `reply`: a reply request (a toolset's, or `generateReply`). */
-  readonly cause: "user" | "reply"
-  readonly at: number
-}
-
-/**
- * An item is in the chat: a user or assistant message, a call and its output, a toolset's update.
- *
- * @since 0.1.0
- * @category events
- */
-export interface ItemAdded {
-  readonly _tag: "ItemAdded"
-  readonly item: ChatItem
-  readonly at: number
-}
-
-/**
- * A turn is over.
- *
- * @since 0.1.0
- * @category events
- */
-export interface TurnEnded {
-  readonly _tag: "TurnEnded"
-  readonly turn: number
-  /** `answered`: the agent said something; `silent`: it chose to say nothing; `failed`: the model failed. */
-  readonly outcome: "answered" | "silent" | "failed"
-  readonly text: string
-  readonly at: number
-}
-
-/**
- * What the agent does, as it happens.
- *
- * @since 0.1.0
- * @category events
- */
-export type Event = TurnStarted | ItemAdded | TurnEnded
+export type Event = AgentEvent.AgentEvent
 
 /**
  * @since 0.1.0
@@ -184,8 +154,8 @@ export class AiAgent extends Context.Service<AiAgent, {
   /** Completes when the agent is inactive, and only while it is. */
   readonly awaitInactive: Effect.Effect<void>
   /**
-   * Turns and chat items as they happen. A subscriber sees the events published after it starts;
-   * the stream ends when the agent closes.
+   * Turns, the agent's words as they stream in, and chat items, as they happen (`AgentEvent`). A
+   * subscriber sees the events published after it starts; the stream ends when the agent closes.
    */
   readonly events: Stream.Stream<Event>
   /** The agent as the port its toolsets use (what the layer provides as `AgentSession`). */
@@ -231,6 +201,31 @@ function* concat<A>(first: Iterable<A>, second: Iterable<A>): Iterable<A> {
   yield* first
   yield* second
 }
+
+/** A tool call in the model's answer. */
+interface AnswerCall {
+  readonly id: string
+  readonly name: string
+  readonly params: unknown
+  readonly providerExecuted: boolean
+}
+
+/** What the model answered in one request: its words (stored under `itemId`) and its calls. */
+interface Answer {
+  readonly itemId: string
+  readonly text: string
+  readonly calls: ReadonlyArray<AnswerCall>
+}
+
+/** An error part in a streamed answer, as the turn's failure. */
+const streamError = (error: unknown): AiError.AiError =>
+  AiError.isAiError(error) ? error : AiError.make({
+    module: "AiAgent",
+    method: "streamText",
+    reason: new AiError.UnknownError({
+      description: `the model's stream reported an error: ${error instanceof Error ? error.message : String(error)}`
+    })
+  })
 
 /** The tools the model sees, as a toolkit whose calls the agent dispatches itself. */
 type Tools = Toolkit.WithHandler<Record<string, AiTool>>
@@ -433,6 +428,59 @@ export const make = Effect.fnUntraced(function*(
     return { prompt, read } as const
   })
 
+  // --- one model request ---------------------------------------------------------------------------
+  const stream = options.stream ?? true
+  /** The whole answer at once. */
+  const generateAnswer = (_turn: number, prompt: Prompt.Prompt, toolChoice: "auto" | "none") =>
+    Effect.map(
+      model.generateText({
+        prompt,
+        toolkit: currentToolkit(),
+        toolChoice,
+        disableToolCallResolution: true,
+        toolCallValidation: "deferred"
+      }),
+      (response): Answer => ({ itemId: newId("msg"), text: response.text, calls: response.toolCalls })
+    )
+  /**
+   * The answer as the model streams it: each non-empty text delta is published at once (a
+   * `TextDelta` of the message the answer's words will be stored as); the words and the calls
+   * are kept for the end. A failure mid-way (the stream fails, or sends an error part) fails the
+   * request: nothing of the answer is stored and none of its calls runs.
+   */
+  const streamAnswer = (turn: number, prompt: Prompt.Prompt, toolChoice: "auto" | "none") =>
+    Effect.suspend(() => {
+      const itemId = newId("msg")
+      let text = ""
+      const calls: Array<AnswerCall> = []
+      return model.streamText({
+        prompt,
+        toolkit: currentToolkit(),
+        toolChoice,
+        disableToolCallResolution: true,
+        toolCallValidation: "deferred"
+      }).pipe(
+        Stream.runForEach((part): Effect.Effect<void, AiError.AiError> => {
+          switch (part.type) {
+            case "text-delta":
+              if (part.delta !== "") {
+                text += part.delta
+                emit({ _tag: "TextDelta", turn, itemId, delta: part.delta, at: now() })
+              }
+              return Effect.void
+            case "tool-call":
+              calls.push(part)
+              return Effect.void
+            case "error":
+              return Effect.fail(streamError(part.error))
+            default:
+              return Effect.void
+          }
+        }),
+        Effect.map((): Answer => ({ itemId, text, calls }))
+      )
+    })
+
   // --- turns: one worker takes them in order, so generations never overlap ----------------------
   let turns = 0
   const runTurn = (job: Job, turn: number): Effect.Effect<Turn, AiError.AiError> => {
@@ -452,19 +500,13 @@ export const make = Effect.fnUntraced(function*(
         const askedAt = now()
         const { prompt, read } = yield* buildPrompt(job.instructions, madeThisTurn)
         anchor = read
-        const response = yield* model.generateText({
-          prompt,
-          toolkit: currentToolkit(),
-          toolChoice,
-          disableToolCallResolution: true,
-          toolCallValidation: "deferred"
-        })
-        const text = response.text
+        const answer = yield* (stream ? streamAnswer : generateAnswer)(turn, prompt, toolChoice)
+        const text = answer.text
         if (text.trim() !== "") {
-          store([new ChatMessage({ id: newId("msg"), role: "assistant", content: text, createdAt: askedAt })])
+          store([new ChatMessage({ id: answer.itemId, role: "assistant", content: text, createdAt: askedAt })])
           said.push(text)
         }
-        const calls = response.toolCalls.filter((call) => !call.providerExecuted)
+        const calls = answer.calls.filter((call) => !call.providerExecuted)
         if (calls.length === 0) break
         if (toolChoice === "none") {
           yield* Effect.logWarning("the model called tools in a turn that allows none; the calls were not run", {
