@@ -7,14 +7,23 @@
  *   npm start -- --script examples/travel-script.txt play a conversation from a file, print the transcript
  *   npm start < /dev/null                            no terminal: play the built-in conversation, exit
  *   npm start -- --debug                             also print the full cause of every logged error
+ *   npm start -- --model openai-compat               the same on a real model (OPENAI_* variables, below)
  *
  * A scripted run (a script file, or the built-in one) exits with code 1 if a turn of the agent
  * failed (the model failed), 0 otherwise. A logged error is one line: its message and the error's
  * tag and message; with `--debug` the full cause follows it, and the engine's debug logs show.
  *
- * The model is the test kit's `ScriptedModel` playing a few rules (examples/travel/model.ts): it
- * runs offline and the same every time. `runDemo` takes any `LanguageModel` layer instead:
- * examples/openai.ts runs this same demo on an OpenAI-compatible API (effect-async-toolset/openai-compat).
+ * The agent's words are printed as the model streams them. By default the model is the test kit's
+ * `ScriptedModel` playing a few rules (examples/travel/model.ts), streaming its answers word by
+ * word: it runs offline and the same every time. `--model openai-compat` runs the demo on the
+ * package's OpenAI-compatible model (effect-async-toolset/openai-compat), configured by
+ * `OpenAiCompat.layerConfig` from OPENAI_BASE_URL (default https://api.openai.com/v1),
+ * OPENAI_API_KEY (may be left out for a local server) and OPENAI_MODEL (default gpt-4o-mini):
+ *
+ *   OPENAI_API_KEY=sk-... npm start -- --model openai-compat
+ *   OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_MODEL=llama3.1 npm start -- --model openai-compat
+ *
+ * `runDemo` takes any `LanguageModel` layer.
  *
  * A script file has one user message per line, and these commands:
  *   wait <seconds>   the user says nothing for that long (background calls go on)
@@ -29,8 +38,10 @@ import { pathToFileURL } from "node:url"
 import { parseArgs } from "node:util"
 import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, References, Stream } from "effect"
 import type { LanguageModel } from "effect/ai"
+import { FetchHttpClient } from "effect/http"
 import { AiAgent } from "effect-async-toolset"
 import type { AsyncToolset } from "effect-async-toolset"
+import { OpenAiCompat } from "effect-async-toolset/openai-compat"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { instructions, travelModel } from "./travel/model.ts"
 import { causeLine, logText, Screen } from "./travel/terminal.ts"
@@ -86,8 +97,9 @@ interface Tally {
 }
 
 /**
- * Prints what the agent says and the calls the model makes, as they happen, and counts the turns
- * that failed (the agent logged why: one line, see the logger in `runDemo`).
+ * Prints what the agent says (as the model streams it) and the calls the model makes, as they
+ * happen, and counts the turns that failed (the agent logged why: one line, see the logger in
+ * `runDemo`).
  */
 const showAgent = (screen: Screen, tally: Tally, event: AiAgent.Event) => {
   switch (event._tag) {
@@ -96,11 +108,13 @@ const showAgent = (screen: Screen, tally: Tally, event: AiAgent.Event) => {
     case "TurnEnded":
       if (event.outcome === "failed") tally.failedTurns++
       return screen.turn(false)
+    case "TextDelta":
+      return screen.agentDelta(event.itemId, event.delta)
     case "ItemAdded": {
       const item = event.item
       if (item._tag === "ChatMessage") {
         if (item.role === "user") screen.user(item.content)
-        if (item.role === "assistant") screen.agent(item.content)
+        if (item.role === "assistant") screen.agentMessage(item.id, item.content)
       } else if (item._tag === "FunctionCall" && !isSynthetic(item.callId)) {
         screen.toolCall(item.name, item.arguments, item.callId)
       }
@@ -252,6 +266,13 @@ export interface DemoResult {
   readonly exitCode: 0 | 1
 }
 
+/** The demo's command-line options. */
+const demoArgs = {
+  script: { type: "string" },
+  debug: { type: "boolean" },
+  model: { type: "string" }
+} as const
+
 /**
  * Runs the demo on a model layer: interactive on a terminal, or a script (`--script <file>`, or
  * the built-in one when no terminal is attached). Resolves when the conversation is over.
@@ -260,10 +281,7 @@ export const runDemo = async <E>(
   model: Layer.Layer<LanguageModel.LanguageModel, E>,
   options: DemoOptions
 ): Promise<DemoResult> => {
-  const { values } = parseArgs({
-    args: [...(options.argv ?? process.argv.slice(2))],
-    options: { script: { type: "string" }, debug: { type: "boolean" } }
-  })
+  const { values } = parseArgs({ args: [...(options.argv ?? process.argv.slice(2))], options: demoArgs })
   const debug = values.debug === true
   const mode: Mode = values.script !== undefined
     ? { _tag: "Script", steps: parseScript(readFileSync(values.script, "utf8")), source: values.script }
@@ -317,8 +335,44 @@ export const isMain = (url: string): boolean => {
   }
 }
 
+/**
+ * The offline model: the travel rules, each answer streamed word by word. In a chat on a terminal
+ * the words come 30 ms apart, as a model writes; a scripted run gets them at once, so that its
+ * timing stays the script's (its `wait` and `type` lines are timed against the bookings).
+ */
+export const scriptedModel = (chat: boolean) =>
+  ScriptedModel.layer(travelModel, { textDeltas: "words", ...(chat ? { deltaDelay: "30 millis" } : {}) })
+
+/**
+ * The real model: `OPENAI_*` from the environment (the environment's `OPENAI_MODEL` wins over
+ * gpt-4o-mini), over `fetch`.
+ */
+export const openAiCompatModel = OpenAiCompat.layerConfig({ model: "gpt-4o-mini" }).pipe(
+  Layer.provide(FetchHttpClient.layer)
+)
+
+const start = (): Promise<DemoResult> => {
+  const { values } = parseArgs({ args: process.argv.slice(2), options: demoArgs })
+  switch (values.model ?? "scripted") {
+    case "scripted":
+      return runDemo(scriptedModel(values.script === undefined && process.stdin.isTTY === true), {
+        modelName: "scripted model (offline)"
+      })
+    case "openai-compat": {
+      const { OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL } = process.env
+      if (OPENAI_API_KEY === undefined && OPENAI_BASE_URL === undefined) {
+        throw new Error("--model openai-compat: set OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than OpenAI's).")
+      }
+      const modelName = `${OPENAI_MODEL ?? "gpt-4o-mini"} at ${OPENAI_BASE_URL ?? OpenAiCompat.defaultBaseUrl}`
+      return runDemo(openAiCompatModel, { modelName })
+    }
+    default:
+      throw new Error(`--model ${values.model}: unknown model; the models are "scripted" (the default) and "openai-compat"`)
+  }
+}
+
 if (isMain(import.meta.url)) {
-  runDemo(ScriptedModel.layer(travelModel), { modelName: "scripted model (offline)" }).then(
+  Promise.resolve().then(start).then(
     (result) => process.exit(result.exitCode),
     (error: unknown) => {
       console.error(error instanceof Error ? error.message : error)
