@@ -9,26 +9,32 @@
  * means no turn is queued or running and the user is not typing.
  *
  * The toolsets need the session when they are made, and the agent needs the toolsets to run
- * calls: the agent's layer provides `AgentSession`, and each toolset is registered with
- * `addToolset` once made.
+ * calls: the agent's layer provides `AgentSession`, and a toolset declared with `toolset` (a
+ * layer) is built on it and added to the agent. `AsyncToolset.make` and `addToolset` do the same
+ * step by step, for tests.
+ *
+ * By default the model is asked with `streamText`: the agent's words reach `events` as
+ * `TextDelta`s while the model writes them; each message is stored once, whole.
  *
  * @example
  * ```ts
- * import { Effect, Schema } from "effect"
- * import { AiAgent, AsyncToolset, FunctionTool } from "effect-async-toolset"
+ * import { Effect, Layer, Schema } from "effect"
+ * import { AiAgent, FunctionTool } from "effect-async-toolset"
  *
  * const getWeather = FunctionTool.make("get_weather", {
  *   description: "Current weather in a city",
  *   parameters: Schema.Struct({ city: Schema.String })
  * }, ({ city }) => Effect.succeed(`Sunny in ${city}`))
  *
+ * const App = AiAgent.toolset({ id: "weather", tools: [getWeather] }).pipe(
+ *   Layer.provideMerge(AiAgent.layer({ instructions: "You are a helpful assistant." }))
+ * ) // then provide any LanguageModel layer (effect-async-toolset/openai-compat has an OpenAI-compatible one)
+ *
  * const program = Effect.gen(function*() {
  *   const agent = yield* AiAgent.AiAgent
- *   yield* agent.addToolset(yield* AsyncToolset.make({ id: "weather", tools: [getWeather] }))
  *   const turn = yield* agent.send("What is the weather in Paris?")
  *   console.log(turn.text)
- * }).pipe(Effect.scoped, Effect.provide(AiAgent.layer({ instructions: "You are a helpful assistant." })))
- * // then provide any LanguageModel layer (effect-async-toolset/openai-compat has an OpenAI-compatible one)
+ * }).pipe(Effect.provide(App))
  * ```
  *
  * @since 0.1.0
@@ -39,9 +45,11 @@ import { AiError, LanguageModel, Prompt } from "effect/ai"
 import type { Toolkit } from "effect/ai"
 import type * as AgentEvent from "./AgentEvent.ts"
 import { AgentSession, SessionError } from "./AgentSession.ts"
-import { isPending } from "./AsyncToolset.ts"
-import type { AsyncToolset } from "./AsyncToolset.ts"
+import type { AsyncRunContext } from "./AsyncRunContext.ts"
+import { isPending, make as makeToolset } from "./AsyncToolset.ts"
+import type { AsyncToolset, Options as ToolsetOptions } from "./AsyncToolset.ts"
 import { ChatContext, ChatMessage, FunctionCall, FunctionCallOutput, functionCallOutput, message } from "./ChatContext.ts"
+import type * as FunctionTool from "./FunctionTool.ts"
 import type { ChatItem } from "./ChatContext.ts"
 import { newId } from "./internal/id.ts"
 import { insertSorted } from "./internal/ordered.ts"
@@ -144,7 +152,7 @@ export class AiAgent extends Context.Service<AiAgent, {
   readonly setUserTyping: (typing: boolean) => Effect.Effect<void>
   /**
    * Lets the model call the toolset's tools, until the scope closes. Tool names (management tools
-   * included) must be unique across the agent's toolsets.
+   * included) must be unique across the agent's toolsets. (`toolset`, a layer, does this for you.)
    */
   readonly addToolset: (toolset: AsyncToolset) => Effect.Effect<void, never, Scope.Scope>
   /** The conversation as it is now. */
@@ -153,6 +161,14 @@ export class AiAgent extends Context.Service<AiAgent, {
   readonly isInactive: Effect.Effect<boolean>
   /** Completes when the agent is inactive, and only while it is. */
   readonly awaitInactive: Effect.Effect<void>
+  /**
+   * Completes when everything is said: the agent is inactive, and no call of its toolsets runs
+   * and no reply is owed (each toolset's `awaitIdle`), with no turn started meanwhile. For tests,
+   * scripts and shutdown.
+   */
+  readonly awaitIdle: Effect.Effect<void>
+  /** The toolsets added (`addToolset`, or a `toolset` layer) and not yet removed, in order. */
+  readonly toolsets: Effect.Effect<ReadonlyArray<AsyncToolset>>
   /**
    * Turns, the agent's words as they stream in, and chat items, as they happen (`AgentEvent`). A
    * subscriber sees the events published after it starts; the stream ends when the agent closes.
@@ -555,6 +571,22 @@ export const make = Effect.fnUntraced(function*(
     )
   }
 
+  // --- idle: inactive, and nothing running or owed in the toolsets -------------------------------
+  const toolsetsIdle = Effect.suspend(() =>
+    Effect.forEach(Array.from(toolsets.values()), (toolset) => toolset.awaitIdle, { discard: true })
+  )
+  // A toolset's call starts only in a turn, and its reply is a turn: so once the toolsets were idle
+  // and the agent inactive, with no turn started since the look began, nothing is left to say.
+  // Otherwise look again: a turn may have started calls, and a reply a turn.
+  const awaitIdle: Effect.Effect<void> = Effect.suspend(() => {
+    const started = turns
+    return toolsetsIdle.pipe(
+      Effect.andThen(awaitInactive),
+      Effect.andThen(toolsetsIdle),
+      Effect.andThen(Effect.suspend(() => turns === started && inactive() ? Effect.void : awaitIdle))
+    )
+  })
+
   const jobs = yield* Queue.unbounded<Job>()
   // Runs after the worker is interrupted (finalizers run last-added first): turns still queued
   // are interrupted, so their callers do not wait forever.
@@ -626,6 +658,8 @@ export const make = Effect.fnUntraced(function*(
     chat,
     isInactive: Effect.sync(inactive),
     awaitInactive,
+    awaitIdle,
+    toolsets: Effect.sync(() => Array.from(toolsets.values())),
     events: Stream.fromPubSub(pubsub),
     session
   })
@@ -642,3 +676,43 @@ export const layer = (options: Options = {}): Layer.Layer<AiAgent | AgentSession
   Layer.effectContext(
     Effect.map(make(options), (agent) => Context.make(AiAgent, agent).pipe(Context.add(AgentSession, agent.session)))
   )
+
+/**
+ * A toolset as a layer: builds it on the agent's session and adds it to the agent, for the life of
+ * the layer. An app declares its toolsets this way and composes them with the agent and the model
+ * once (`AsyncToolset.make` and `addToolset` stay, for tests and for toolsets made on the fly).
+ * The layer needs the agent, and the services the tools need besides `AsyncRunContext`.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer, Schema } from "effect"
+ * import { AiAgent, FunctionTool } from "effect-async-toolset"
+ * import { ScriptedModel } from "effect-async-toolset/testing"
+ *
+ * const getWeather = FunctionTool.make("get_weather", {
+ *   description: "Current weather in a city",
+ *   parameters: Schema.Struct({ city: Schema.String })
+ * }, ({ city }) => Effect.succeed(`Sunny in ${city}`))
+ *
+ * const WeatherTools = AiAgent.toolset({ id: "weather", tools: [getWeather] })
+ * const App = WeatherTools.pipe(
+ *   Layer.provideMerge(AiAgent.layer({ instructions: "You answer about the weather." })),
+ *   Layer.provide(ScriptedModel.layer(["Sunny."])) // any LanguageModel layer
+ * )
+ * const program = Effect.gen(function*() {
+ *   const agent = yield* AiAgent.AiAgent
+ *   yield* agent.send("Weather in Paris?")
+ * }).pipe(Effect.provide(App))
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const toolset = <const Tools extends ReadonlyArray<FunctionTool.Any>>(
+  options: ToolsetOptions<Tools>
+): Layer.Layer<never, never, AiAgent | Exclude<FunctionTool.Services<Tools[number]>, AsyncRunContext>> =>
+  Layer.effectDiscard(Effect.gen(function*() {
+    const agent = yield* AiAgent
+    const made = yield* makeToolset(options).pipe(Effect.provideService(AgentSession, agent.session))
+    yield* agent.addToolset(made)
+  }))

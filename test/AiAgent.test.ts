@@ -3,10 +3,10 @@
  * one generation at a time, "inactive", reply requests, running-call placeholders and failures.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Layer, Stream } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Stream } from "effect"
 import { AiError, LanguageModel, Tool } from "effect/ai"
 import { TestClock, TestConsole } from "effect/testing"
-import { AgentEvent, AgentSession, AiAgent, AsyncToolset, ChatContext } from "effect-async-toolset"
+import { AgentEvent, AgentSession, AiAgent, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { agentLayer, bookFlight, getWeather, promptLines, transcript } from "./support/agent.ts"
 
@@ -17,6 +17,14 @@ const travel = Effect.gen(function*() {
   yield* agent.addToolset(toolset)
   return toolset
 })
+
+/** A service a tool needs. */
+class Airline extends Context.Service<Airline, { readonly name: string }>()("test/Airline") {}
+
+const airlineTool = FunctionTool.make("airline", { description: "The airline we book with" }, () =>
+  Effect.gen(function*() {
+    return (yield* Airline).name
+  }))
 
 /** Books when asked, acknowledges the first update, answers anything else plainly. */
 const bookingRules = (request: ScriptedModel.Request): ScriptedModel.Reply => {
@@ -551,6 +559,99 @@ describe("AiAgent", () => {
         assert.strictEqual(error._tag, "SessionError")
         assert.strictEqual(error.operation, "generateReply")
       }).pipe(Effect.provide(agentLayer(() => Effect.fail(ScriptedModel.error("down"))))))
+  })
+
+  describe("toolsets as layers", () => {
+    /** Books when asked; tells the booking's result when a reply is requested. */
+    const travelRules = (request: ScriptedModel.Request): ScriptedModel.Reply => {
+      if (request.toolChoice === "none") {
+        const final = request.resultsSinceUser.find((r) => r.id.endsWith("_final"))
+        return final === undefined ? "" : `Booked: ${String(final.result)}`
+      }
+      if (request.resultsSinceUser.length > 0) return "On it."
+      return { toolCalls: [{ name: "book_flight", params: { to: "Tokyo" } }] }
+    }
+
+    it.effect("toolsets declared as layers are built on the agent's session and added to it; the app is its layers composed once", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+
+        assert.deepStrictEqual((yield* agent.toolsets).map((t) => t.id), ["travel", "weather"])
+        yield* agent.send("Book me a flight to Tokyo")
+        assert.deepStrictEqual((yield* model.requests)[0]!.toolNames, [
+          "book_flight",
+          "get_running_tasks_travel",
+          "cancel_task_travel",
+          "get_weather",
+          "get_running_tasks_weather",
+          "cancel_task_weather"
+        ])
+
+        // the booking goes on in the background; its result reaches the chat and is told
+        yield* TestClock.adjust("4 seconds")
+        yield* agent.awaitIdle
+        assert.deepStrictEqual(transcript(yield* agent.chat).at(-1), `assistant: Booked: {"confirmation":"FL-847293"}`)
+      }).pipe(Effect.provide(
+        Layer.mergeAll(
+          AiAgent.toolset({ id: "travel", tools: [bookFlight()] }),
+          AiAgent.toolset({ id: "weather", tools: [getWeather] })
+        ).pipe(Layer.provideMerge(agentLayer(travelRules)))
+      )))
+
+    it.effect("a toolset layer's tools get the services the layer is given", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* agent.send("Which airline?")
+        assert.deepStrictEqual(transcript(yield* agent.chat).slice(1, 3), [
+          "call call_1_1 airline {}",
+          "output call_1_1: Effect Air"
+        ])
+      }).pipe(Effect.provide(
+        AiAgent.toolset({ id: "airline", tools: [airlineTool] }).pipe(
+          Layer.provide(Layer.succeed(Airline, { name: "Effect Air" })),
+          Layer.provideMerge(agentLayer([{ toolCalls: [{ name: "airline" }] }, "Effect Air it is."]))
+        )
+      )))
+
+    it.effect("releasing the layers closes the toolsets: a call still running is interrupted", () =>
+      Effect.gen(function*() {
+        const interrupted: Array<string> = []
+        const slow = FunctionTool.make("slow", { description: "Works for an hour" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("started")
+            yield* Effect.sleep("1 hour")
+          }).pipe(Effect.onInterrupt(() => Effect.sync(() => interrupted.push("slow")))))
+
+        yield* Effect.gen(function*() {
+          const agent = yield* AiAgent.AiAgent
+          yield* agent.send("Start")
+          const [toolset] = yield* agent.toolsets
+          assert.deepStrictEqual((yield* toolset!.runningTasks).map((t) => t.name), ["slow"])
+        }).pipe(Effect.provide(
+          AiAgent.toolset({ id: "work", tools: [slow] }).pipe(
+            Layer.provideMerge(agentLayer([{ toolCalls: [{ name: "slow" }] }, "Started."]))
+          )
+        ))
+
+        assert.deepStrictEqual(interrupted, ["slow"])
+      }))
+
+    it.effect("awaitIdle waits until no call runs and every result is told", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* agent.send("Book me a flight to Tokyo")
+        const idle = yield* agent.awaitIdle.pipe(Effect.forkChild({ startImmediately: true }))
+
+        yield* TestClock.adjust("2 seconds") // "found 3 flights": in the chat, nothing to say yet
+        assert.isUndefined(idle.pollUnsafe())
+        yield* TestClock.adjust("2 seconds") // booked, and told
+        yield* Fiber.join(idle)
+        assert.deepStrictEqual(transcript(yield* agent.chat).at(-1), `assistant: Booked: {"confirmation":"FL-847293"}`)
+        assert.deepStrictEqual(yield* (yield* agent.toolsets)[0]!.runningTasks, [])
+      }).pipe(Effect.provide(
+        AiAgent.toolset({ id: "travel", tools: [bookFlight()] }).pipe(Layer.provideMerge(agentLayer(travelRules)))
+      )))
   })
 
   describe("toolsets and events", () => {
