@@ -1,7 +1,8 @@
 /**
  * A travel agent in the terminal: book flights, ask how they are going, cancel them, chat on
- * while they run. The agent is `AiAgent` on a model layer; its toolset runs `book_flight` in the
- * background; a live status line shows each running call and its latest update.
+ * while they run. The app is layers composed once: the travel toolset (`AiAgent.toolset`, whose
+ * `book_flight` runs in the background), the agent (`AiAgent.layer`) and a model layer. A live
+ * status line shows each running call and its latest update.
  *
  *   npm start                                        chat (on a terminal); Ctrl+C or "exit" to quit
  *   npm start -- --script examples/travel-script.txt play a conversation from a file, print the transcript
@@ -40,12 +41,11 @@ import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, References, Stream } 
 import type { LanguageModel } from "effect/ai"
 import { FetchHttpClient } from "effect/http"
 import { AiAgent } from "effect-async-toolset"
-import type { AsyncToolset } from "effect-async-toolset"
 import { OpenAiCompat } from "effect-async-toolset/openai-compat"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { instructions, travelModel } from "./travel/model.ts"
 import { causeLine, logText, Screen } from "./travel/terminal.ts"
-import { travelToolset } from "./travel/tools.ts"
+import { travelTools } from "./travel/tools.ts"
 import type { Timing } from "./travel/tools.ts"
 
 // --- scripts --------------------------------------------------------------------------------------
@@ -123,19 +123,15 @@ const showAgent = (screen: Screen, tally: Tally, event: AiAgent.Event) => {
 }
 
 /** Until no call runs, no reply is owed and no turn is queued, or 60 seconds. */
-const settle = (agent: AiAgent.AiAgent["Service"], toolset: AsyncToolset.AsyncToolset) =>
-  Effect.gen(function*() {
-    yield* toolset.awaitIdle
-    yield* agent.awaitInactive
-    yield* toolset.awaitIdle
-  }).pipe(
+const settle = (agent: AiAgent.AiAgent["Service"]) =>
+  agent.awaitIdle.pipe(
     Effect.timeoutOrElse({
       duration: "60 seconds",
       orElse: () => Effect.die(new Error("the conversation did not settle within 60 seconds"))
     })
   )
 
-const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"], toolset: AsyncToolset.AsyncToolset, screen: Screen) =>
+const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"], screen: Screen) =>
   Effect.gen(function*() {
     let typing = false
     for (const [i, step] of steps.entries()) {
@@ -155,7 +151,7 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
           break
         case "WaitIdle":
           if (typing) yield* agent.setUserTyping(typing = false)
-          yield* settle(agent, toolset)
+          yield* settle(agent)
           break
         case "Type":
           screen.note(`(you are typing for ${step.seconds}s: the agent does not interrupt)`)
@@ -166,7 +162,7 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
           break
       }
     }
-    yield* settle(agent, toolset)
+    yield* settle(agent)
   })
 
 /** How long after the last keystroke the user counts as no longer typing. */
@@ -222,22 +218,22 @@ const chat = (agent: AiAgent.AiAgent["Service"], screen: Screen) =>
     }
   })
 
-const session = (mode: Mode, screen: Screen, timing: Timing, tally: Tally) =>
+const session = (mode: Mode, screen: Screen, tally: Tally) =>
   Effect.gen(function*() {
     const agent = yield* AiAgent.AiAgent
-    const toolset = yield* travelToolset(timing)
-    yield* agent.addToolset(toolset)
     yield* agent.events.pipe(
       Stream.runForEach((event) => Effect.sync(() => showAgent(screen, tally, event))),
       Effect.forkScoped({ startImmediately: true })
     )
-    yield* toolset.events.pipe(
-      Stream.runForEach((event) => Effect.sync(() => screen.call(event))),
-      Effect.forkScoped({ startImmediately: true })
-    )
+    for (const toolset of yield* agent.toolsets) {
+      yield* toolset.events.pipe(
+        Stream.runForEach((event) => Effect.sync(() => screen.call(event))),
+        Effect.forkScoped({ startImmediately: true })
+      )
+    }
     if (mode._tag === "Interactive") return yield* chat(agent, screen)
     screen.note(`Playing ${mode.source}: ${mode.steps.length} steps`)
-    yield* playScript(mode.steps, agent, toolset, screen)
+    yield* playScript(mode.steps, agent, screen)
     // Every turn has ended by now, and its TurnEnded event has reached `showAgent`: the event was
     // published before the turn counted as over, and the subscriber was woken first.
     const chatNow = yield* agent.chat
@@ -310,15 +306,15 @@ export const runDemo = async <E>(
     Logger.layer([logger]),
     Layer.succeed(References.MinimumLogLevel, debug ? "Debug" : "Info")
   )
-  // the logger goes under the agent too: its turns run in fibers it starts when it is built
-  const agent = AiAgent.layer({ instructions }).pipe(Layer.provide(model), Layer.provideMerge(logging))
-  const tally: Tally = { failedTurns: 0 }
-  const exit = await Effect.runPromiseExit(
-    session(mode, screen, options.timing ?? { search: "2 seconds", book: "2 seconds" }, tally).pipe(
-      Effect.scoped,
-      Effect.provide(agent)
-    )
+  // The app is its layers, composed once: the toolset, the agent it registers with, the model.
+  // The logger goes under them all: the agent's turns run in fibers it starts when it is built.
+  const app = travelTools(options.timing ?? { search: "2 seconds", book: "2 seconds" }).pipe(
+    Layer.provideMerge(AiAgent.layer({ instructions })),
+    Layer.provide(model),
+    Layer.provideMerge(logging)
   )
+  const tally: Tally = { failedTurns: 0 }
+  const exit = await Effect.runPromiseExit(session(mode, screen, tally).pipe(Effect.scoped, Effect.provide(app)))
   screen.close(mode._tag === "Interactive" ? "Bye!" : undefined)
   if (Exit.isFailure(exit)) throw new Error(Cause.pretty(exit.cause))
   return { failedTurns: tally.failedTurns, exitCode: mode._tag === "Script" && tally.failedTurns > 0 ? 1 : 0 }
