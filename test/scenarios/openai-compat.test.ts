@@ -82,9 +82,10 @@ describe("scenario: the agent on an OpenAI-compatible server", () => {
       const server = yield* OpenAiServer.make((request) => {
         const { messages, tool_choice } = request.body
         if (tool_choice === "none") {
-          // the "found 3 flights" update alone: nothing worth saying; the final result: the booking
-          const final = messages.some((m) => m.role === "tool" && m.tool_call_id?.endsWith("_final"))
-          return final ? words("All set! ", "Your confirmation ", "number is FL-847293.") : words()
+          // a reply names what it is for (its instructions come last): the "found 3 flights" update
+          // alone is not worth saying; the final result is the booking
+          const named = String(messages.at(-1)?.content ?? "")
+          return named.includes("call_abc_final") ? words("All set! ", "Your confirmation ", "number is FL-847293.") : words()
         }
         if (messages.at(-1)?.role === "tool") return words("On it: ", "looking up ", "flights.")
         return {
