@@ -1,20 +1,30 @@
 /**
  * A travel agent in the terminal: book flights, ask how they are going, cancel them, chat on
- * while they run. The agent is `AiAgent` on a model layer; its toolset runs `book_flight` in the
- * background; a live status line shows each running call and its latest update.
+ * while they run. The app is layers composed once: the travel toolset (`AiAgent.toolset`, whose
+ * `book_flight` runs in the background), the agent (`AiAgent.layer`) and a model layer. A live
+ * status line shows each running call and its latest update.
  *
  *   npm start                                        chat (on a terminal); Ctrl+C or "exit" to quit
  *   npm start -- --script examples/travel-script.txt play a conversation from a file, print the transcript
  *   npm start < /dev/null                            no terminal: play the built-in conversation, exit
  *   npm start -- --debug                             also print the full cause of every logged error
+ *   npm start -- --model openai-compat               the same on a real model (OPENAI_* variables, below)
  *
  * A scripted run (a script file, or the built-in one) exits with code 1 if a turn of the agent
  * failed (the model failed), 0 otherwise. A logged error is one line: its message and the error's
  * tag and message; with `--debug` the full cause follows it, and the engine's debug logs show.
  *
- * The model is the test kit's `ScriptedModel` playing a few rules (examples/travel/model.ts): it
- * runs offline and the same every time. `runDemo` takes any `LanguageModel` layer instead:
- * examples/openai.ts runs this same demo on an OpenAI-compatible API (effect-async-toolset/openai-compat).
+ * The agent's words are printed as the model streams them. By default the model is the test kit's
+ * `ScriptedModel` playing a few rules (examples/travel/model.ts), streaming its answers word by
+ * word: it runs offline and the same every time. `--model openai-compat` runs the demo on the
+ * package's OpenAI-compatible model (effect-async-toolset/openai-compat), configured by
+ * `OpenAiCompat.layerConfig` from OPENAI_BASE_URL (default https://api.openai.com/v1),
+ * OPENAI_API_KEY (may be left out for a local server) and OPENAI_MODEL (default gpt-4o-mini):
+ *
+ *   OPENAI_API_KEY=sk-... npm start -- --model openai-compat
+ *   OPENAI_BASE_URL=http://localhost:11434/v1 OPENAI_MODEL=llama3.1 npm start -- --model openai-compat
+ *
+ * `runDemo` takes any `LanguageModel` layer.
  *
  * A script file has one user message per line, and these commands:
  *   wait <seconds>   the user says nothing for that long (background calls go on)
@@ -29,12 +39,13 @@ import { pathToFileURL } from "node:url"
 import { parseArgs } from "node:util"
 import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, References, Stream } from "effect"
 import type { LanguageModel } from "effect/ai"
+import { FetchHttpClient } from "effect/http"
 import { AiAgent } from "effect-async-toolset"
-import type { AsyncToolset } from "effect-async-toolset"
+import { OpenAiCompat } from "effect-async-toolset/openai-compat"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { instructions, travelModel } from "./travel/model.ts"
 import { causeLine, logText, Screen } from "./travel/terminal.ts"
-import { travelToolset } from "./travel/tools.ts"
+import { travelTools } from "./travel/tools.ts"
 import type { Timing } from "./travel/tools.ts"
 
 // --- scripts --------------------------------------------------------------------------------------
@@ -86,8 +97,9 @@ interface Tally {
 }
 
 /**
- * Prints what the agent says and the calls the model makes, as they happen, and counts the turns
- * that failed (the agent logged why: one line, see the logger in `runDemo`).
+ * Prints what the agent says (as the model streams it) and the calls the model makes, as they
+ * happen, and counts the turns that failed (the agent logged why: one line, see the logger in
+ * `runDemo`).
  */
 const showAgent = (screen: Screen, tally: Tally, event: AiAgent.Event) => {
   switch (event._tag) {
@@ -96,11 +108,13 @@ const showAgent = (screen: Screen, tally: Tally, event: AiAgent.Event) => {
     case "TurnEnded":
       if (event.outcome === "failed") tally.failedTurns++
       return screen.turn(false)
+    case "TextDelta":
+      return screen.agentDelta(event.itemId, event.delta)
     case "ItemAdded": {
       const item = event.item
       if (item._tag === "ChatMessage") {
         if (item.role === "user") screen.user(item.content)
-        if (item.role === "assistant") screen.agent(item.content)
+        if (item.role === "assistant") screen.agentMessage(item.id, item.content)
       } else if (item._tag === "FunctionCall" && !isSynthetic(item.callId)) {
         screen.toolCall(item.name, item.arguments, item.callId)
       }
@@ -109,19 +123,15 @@ const showAgent = (screen: Screen, tally: Tally, event: AiAgent.Event) => {
 }
 
 /** Until no call runs, no reply is owed and no turn is queued, or 60 seconds. */
-const settle = (agent: AiAgent.AiAgent["Service"], toolset: AsyncToolset.AsyncToolset) =>
-  Effect.gen(function*() {
-    yield* toolset.awaitIdle
-    yield* agent.awaitInactive
-    yield* toolset.awaitIdle
-  }).pipe(
+const settle = (agent: AiAgent.AiAgent["Service"]) =>
+  agent.awaitIdle.pipe(
     Effect.timeoutOrElse({
       duration: "60 seconds",
       orElse: () => Effect.die(new Error("the conversation did not settle within 60 seconds"))
     })
   )
 
-const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"], toolset: AsyncToolset.AsyncToolset, screen: Screen) =>
+const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"], screen: Screen) =>
   Effect.gen(function*() {
     let typing = false
     for (const [i, step] of steps.entries()) {
@@ -141,7 +151,7 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
           break
         case "WaitIdle":
           if (typing) yield* agent.setUserTyping(typing = false)
-          yield* settle(agent, toolset)
+          yield* settle(agent)
           break
         case "Type":
           screen.note(`(you are typing for ${step.seconds}s: the agent does not interrupt)`)
@@ -152,7 +162,7 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
           break
       }
     }
-    yield* settle(agent, toolset)
+    yield* settle(agent)
   })
 
 /** How long after the last keystroke the user counts as no longer typing. */
@@ -208,22 +218,22 @@ const chat = (agent: AiAgent.AiAgent["Service"], screen: Screen) =>
     }
   })
 
-const session = (mode: Mode, screen: Screen, timing: Timing, tally: Tally) =>
+const session = (mode: Mode, screen: Screen, tally: Tally) =>
   Effect.gen(function*() {
     const agent = yield* AiAgent.AiAgent
-    const toolset = yield* travelToolset(timing)
-    yield* agent.addToolset(toolset)
     yield* agent.events.pipe(
       Stream.runForEach((event) => Effect.sync(() => showAgent(screen, tally, event))),
       Effect.forkScoped({ startImmediately: true })
     )
-    yield* toolset.events.pipe(
-      Stream.runForEach((event) => Effect.sync(() => screen.call(event))),
-      Effect.forkScoped({ startImmediately: true })
-    )
+    for (const toolset of yield* agent.toolsets) {
+      yield* toolset.events.pipe(
+        Stream.runForEach((event) => Effect.sync(() => screen.call(event))),
+        Effect.forkScoped({ startImmediately: true })
+      )
+    }
     if (mode._tag === "Interactive") return yield* chat(agent, screen)
     screen.note(`Playing ${mode.source}: ${mode.steps.length} steps`)
-    yield* playScript(mode.steps, agent, toolset, screen)
+    yield* playScript(mode.steps, agent, screen)
     // Every turn has ended by now, and its TurnEnded event has reached `showAgent`: the event was
     // published before the turn counted as over, and the subscriber was woken first.
     const chatNow = yield* agent.chat
@@ -252,6 +262,13 @@ export interface DemoResult {
   readonly exitCode: 0 | 1
 }
 
+/** The demo's command-line options. */
+const demoArgs = {
+  script: { type: "string" },
+  debug: { type: "boolean" },
+  model: { type: "string" }
+} as const
+
 /**
  * Runs the demo on a model layer: interactive on a terminal, or a script (`--script <file>`, or
  * the built-in one when no terminal is attached). Resolves when the conversation is over.
@@ -260,10 +277,7 @@ export const runDemo = async <E>(
   model: Layer.Layer<LanguageModel.LanguageModel, E>,
   options: DemoOptions
 ): Promise<DemoResult> => {
-  const { values } = parseArgs({
-    args: [...(options.argv ?? process.argv.slice(2))],
-    options: { script: { type: "string" }, debug: { type: "boolean" } }
-  })
+  const { values } = parseArgs({ args: [...(options.argv ?? process.argv.slice(2))], options: demoArgs })
   const debug = values.debug === true
   const mode: Mode = values.script !== undefined
     ? { _tag: "Script", steps: parseScript(readFileSync(values.script, "utf8")), source: values.script }
@@ -292,15 +306,15 @@ export const runDemo = async <E>(
     Logger.layer([logger]),
     Layer.succeed(References.MinimumLogLevel, debug ? "Debug" : "Info")
   )
-  // the logger goes under the agent too: its turns run in fibers it starts when it is built
-  const agent = AiAgent.layer({ instructions }).pipe(Layer.provide(model), Layer.provideMerge(logging))
-  const tally: Tally = { failedTurns: 0 }
-  const exit = await Effect.runPromiseExit(
-    session(mode, screen, options.timing ?? { search: "2 seconds", book: "2 seconds" }, tally).pipe(
-      Effect.scoped,
-      Effect.provide(agent)
-    )
+  // The app is its layers, composed once: the toolset, the agent it registers with, the model.
+  // The logger goes under them all: the agent's turns run in fibers it starts when it is built.
+  const app = travelTools(options.timing ?? { search: "2 seconds", book: "2 seconds" }).pipe(
+    Layer.provideMerge(AiAgent.layer({ instructions })),
+    Layer.provide(model),
+    Layer.provideMerge(logging)
   )
+  const tally: Tally = { failedTurns: 0 }
+  const exit = await Effect.runPromiseExit(session(mode, screen, tally).pipe(Effect.scoped, Effect.provide(app)))
   screen.close(mode._tag === "Interactive" ? "Bye!" : undefined)
   if (Exit.isFailure(exit)) throw new Error(Cause.pretty(exit.cause))
   return { failedTurns: tally.failedTurns, exitCode: mode._tag === "Script" && tally.failedTurns > 0 ? 1 : 0 }
@@ -317,8 +331,44 @@ export const isMain = (url: string): boolean => {
   }
 }
 
+/**
+ * The offline model: the travel rules, each answer streamed word by word. In a chat on a terminal
+ * the words come 30 ms apart, as a model writes; a scripted run gets them at once, so that its
+ * timing stays the script's (its `wait` and `type` lines are timed against the bookings).
+ */
+export const scriptedModel = (chat: boolean) =>
+  ScriptedModel.layer(travelModel, { textDeltas: "words", ...(chat ? { deltaDelay: "30 millis" } : {}) })
+
+/**
+ * The real model: `OPENAI_*` from the environment (the environment's `OPENAI_MODEL` wins over
+ * gpt-4o-mini), over `fetch`.
+ */
+export const openAiCompatModel = OpenAiCompat.layerConfig({ model: "gpt-4o-mini" }).pipe(
+  Layer.provide(FetchHttpClient.layer)
+)
+
+const start = (): Promise<DemoResult> => {
+  const { values } = parseArgs({ args: process.argv.slice(2), options: demoArgs })
+  switch (values.model ?? "scripted") {
+    case "scripted":
+      return runDemo(scriptedModel(values.script === undefined && process.stdin.isTTY === true), {
+        modelName: "scripted model (offline)"
+      })
+    case "openai-compat": {
+      const { OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL } = process.env
+      if (OPENAI_API_KEY === undefined && OPENAI_BASE_URL === undefined) {
+        throw new Error("--model openai-compat: set OPENAI_API_KEY (and OPENAI_BASE_URL for a server other than OpenAI's).")
+      }
+      const modelName = `${OPENAI_MODEL ?? "gpt-4o-mini"} at ${OPENAI_BASE_URL ?? OpenAiCompat.defaultBaseUrl}`
+      return runDemo(openAiCompatModel, { modelName })
+    }
+    default:
+      throw new Error(`--model ${values.model}: unknown model; the models are "scripted" (the default) and "openai-compat"`)
+  }
+}
+
 if (isMain(import.meta.url)) {
-  runDemo(ScriptedModel.layer(travelModel), { modelName: "scripted model (offline)" }).then(
+  Promise.resolve().then(start).then(
     (result) => process.exit(result.exitCode),
     (error: unknown) => {
       console.error(error instanceof Error ? error.message : error)

@@ -9,38 +9,47 @@
  * means no turn is queued or running and the user is not typing.
  *
  * The toolsets need the session when they are made, and the agent needs the toolsets to run
- * calls: the agent's layer provides `AgentSession`, and each toolset is registered with
- * `addToolset` once made.
+ * calls: the agent's layer provides `AgentSession`, and a toolset declared with `toolset` (a
+ * layer) is built on it and added to the agent. `AsyncToolset.make` and `addToolset` do the same
+ * step by step, for tests.
+ *
+ * By default the model is asked with `streamText`: the agent's words reach `events` as
+ * `TextDelta`s while the model writes them; each message is stored once, whole.
  *
  * @example
  * ```ts
- * import { Effect, Schema } from "effect"
- * import { AiAgent, AsyncToolset, FunctionTool } from "effect-async-toolset"
+ * import { Effect, Layer, Schema } from "effect"
+ * import { AiAgent, FunctionTool } from "effect-async-toolset"
  *
  * const getWeather = FunctionTool.make("get_weather", {
  *   description: "Current weather in a city",
  *   parameters: Schema.Struct({ city: Schema.String })
  * }, ({ city }) => Effect.succeed(`Sunny in ${city}`))
  *
+ * const App = AiAgent.toolset({ id: "weather", tools: [getWeather] }).pipe(
+ *   Layer.provideMerge(AiAgent.layer({ instructions: "You are a helpful assistant." }))
+ * ) // then provide any LanguageModel layer (effect-async-toolset/openai-compat has an OpenAI-compatible one)
+ *
  * const program = Effect.gen(function*() {
  *   const agent = yield* AiAgent.AiAgent
- *   yield* agent.addToolset(yield* AsyncToolset.make({ id: "weather", tools: [getWeather] }))
  *   const turn = yield* agent.send("What is the weather in Paris?")
  *   console.log(turn.text)
- * }).pipe(Effect.scoped, Effect.provide(AiAgent.layer({ instructions: "You are a helpful assistant." })))
- * // then provide any LanguageModel layer (effect-async-toolset/openai-compat has an OpenAI-compatible one)
+ * }).pipe(Effect.provide(App))
  * ```
  *
  * @since 0.1.0
  */
 import { Cause, Clock, Context, Deferred, Effect, Exit, Layer, PubSub, Queue, Stream } from "effect"
 import type { Scope } from "effect"
-import { LanguageModel, Prompt } from "effect/ai"
-import type { AiError, Toolkit } from "effect/ai"
+import { AiError, LanguageModel, Prompt } from "effect/ai"
+import type { Toolkit } from "effect/ai"
+import type * as AgentEvent from "./AgentEvent.ts"
 import { AgentSession, SessionError } from "./AgentSession.ts"
-import { isPending } from "./AsyncToolset.ts"
-import type { AsyncToolset } from "./AsyncToolset.ts"
+import type { AsyncRunContext } from "./AsyncRunContext.ts"
+import { isPending, make as makeToolset } from "./AsyncToolset.ts"
+import type { AsyncToolset, Options as ToolsetOptions } from "./AsyncToolset.ts"
 import { ChatContext, ChatMessage, FunctionCall, FunctionCallOutput, functionCallOutput, message } from "./ChatContext.ts"
+import type * as FunctionTool from "./FunctionTool.ts"
 import type { ChatItem } from "./ChatContext.ts"
 import { newId } from "./internal/id.ts"
 import { insertSorted } from "./internal/ordered.ts"
@@ -69,6 +78,15 @@ export interface Options {
   readonly runningCall?:
     | Prompts.Template<{ readonly functionName: string; readonly callId: string; readonly arguments: string }>
     | undefined
+  /**
+   * Ask the model with `streamText` (default `true`): the agent's words arrive as `TextDelta`
+   * events while the model writes them, and each message is stored once, whole, when the model's
+   * answer ends. `false` asks with `generateText`: no deltas, the same chat. Every `LanguageModel`
+   * made with `LanguageModel.make` can stream (a provider that cannot sends its answer as one
+   * delta), so streaming costs nothing where it is not real; turn it off for a provider whose
+   * streamed answers are less reliable than its whole ones.
+   */
+  readonly stream?: boolean | undefined
 }
 
 /**
@@ -109,53 +127,13 @@ export interface ReplyOptions {
 }
 
 /**
- * A turn was taken up (it may have waited behind others).
+ * What the agent does, as it happens: turns starting and ending, the agent's words as they stream
+ * in, items added to the chat. The events and their Schemas are in `AgentEvent`.
  *
  * @since 0.1.0
  * @category events
  */
-export interface TurnStarted {
-  readonly _tag: "TurnStarted"
-  readonly turn: number
-  /** `user`: a user message; `reply`: a reply request (a toolset's, or `generateReply`). */
-  readonly cause: "user" | "reply"
-  readonly at: number
-}
-
-/**
- * An item is in the chat: a user or assistant message, a call and its output, a toolset's update.
- *
- * @since 0.1.0
- * @category events
- */
-export interface ItemAdded {
-  readonly _tag: "ItemAdded"
-  readonly item: ChatItem
-  readonly at: number
-}
-
-/**
- * A turn is over.
- *
- * @since 0.1.0
- * @category events
- */
-export interface TurnEnded {
-  readonly _tag: "TurnEnded"
-  readonly turn: number
-  /** `answered`: the agent said something; `silent`: it chose to say nothing; `failed`: the model failed. */
-  readonly outcome: "answered" | "silent" | "failed"
-  readonly text: string
-  readonly at: number
-}
-
-/**
- * What the agent does, as it happens.
- *
- * @since 0.1.0
- * @category events
- */
-export type Event = TurnStarted | ItemAdded | TurnEnded
+export type Event = AgentEvent.AgentEvent
 
 /**
  * @since 0.1.0
@@ -174,7 +152,7 @@ export class AiAgent extends Context.Service<AiAgent, {
   readonly setUserTyping: (typing: boolean) => Effect.Effect<void>
   /**
    * Lets the model call the toolset's tools, until the scope closes. Tool names (management tools
-   * included) must be unique across the agent's toolsets.
+   * included) must be unique across the agent's toolsets. (`toolset`, a layer, does this for you.)
    */
   readonly addToolset: (toolset: AsyncToolset) => Effect.Effect<void, never, Scope.Scope>
   /** The conversation as it is now. */
@@ -184,8 +162,16 @@ export class AiAgent extends Context.Service<AiAgent, {
   /** Completes when the agent is inactive, and only while it is. */
   readonly awaitInactive: Effect.Effect<void>
   /**
-   * Turns and chat items as they happen. A subscriber sees the events published after it starts;
-   * the stream ends when the agent closes.
+   * Completes when everything is said: the agent is inactive, and no call of its toolsets runs
+   * and no reply is owed (each toolset's `awaitIdle`), with no turn started meanwhile. For tests,
+   * scripts and shutdown.
+   */
+  readonly awaitIdle: Effect.Effect<void>
+  /** The toolsets added (`addToolset`, or a `toolset` layer) and not yet removed, in order. */
+  readonly toolsets: Effect.Effect<ReadonlyArray<AsyncToolset>>
+  /**
+   * Turns, the agent's words as they stream in, and chat items, as they happen (`AgentEvent`). A
+   * subscriber sees the events published after it starts; the stream ends when the agent closes.
    */
   readonly events: Stream.Stream<Event>
   /** The agent as the port its toolsets use (what the layer provides as `AgentSession`). */
@@ -231,6 +217,31 @@ function* concat<A>(first: Iterable<A>, second: Iterable<A>): Iterable<A> {
   yield* first
   yield* second
 }
+
+/** A tool call in the model's answer. */
+interface AnswerCall {
+  readonly id: string
+  readonly name: string
+  readonly params: unknown
+  readonly providerExecuted: boolean
+}
+
+/** What the model answered in one request: its words (stored under `itemId`) and its calls. */
+interface Answer {
+  readonly itemId: string
+  readonly text: string
+  readonly calls: ReadonlyArray<AnswerCall>
+}
+
+/** An error part in a streamed answer, as the turn's failure. */
+const streamError = (error: unknown): AiError.AiError =>
+  AiError.isAiError(error) ? error : AiError.make({
+    module: "AiAgent",
+    method: "streamText",
+    reason: new AiError.UnknownError({
+      description: `the model's stream reported an error: ${error instanceof Error ? error.message : String(error)}`
+    })
+  })
 
 /** The tools the model sees, as a toolkit whose calls the agent dispatches itself. */
 type Tools = Toolkit.WithHandler<Record<string, AiTool>>
@@ -433,6 +444,59 @@ export const make = Effect.fnUntraced(function*(
     return { prompt, read } as const
   })
 
+  // --- one model request ---------------------------------------------------------------------------
+  const stream = options.stream ?? true
+  /** The whole answer at once. */
+  const generateAnswer = (_turn: number, prompt: Prompt.Prompt, toolChoice: "auto" | "none") =>
+    Effect.map(
+      model.generateText({
+        prompt,
+        toolkit: currentToolkit(),
+        toolChoice,
+        disableToolCallResolution: true,
+        toolCallValidation: "deferred"
+      }),
+      (response): Answer => ({ itemId: newId("msg"), text: response.text, calls: response.toolCalls })
+    )
+  /**
+   * The answer as the model streams it: each non-empty text delta is published at once (a
+   * `TextDelta` of the message the answer's words will be stored as); the words and the calls
+   * are kept for the end. A failure mid-way (the stream fails, or sends an error part) fails the
+   * request: nothing of the answer is stored and none of its calls runs.
+   */
+  const streamAnswer = (turn: number, prompt: Prompt.Prompt, toolChoice: "auto" | "none") =>
+    Effect.suspend(() => {
+      const itemId = newId("msg")
+      let text = ""
+      const calls: Array<AnswerCall> = []
+      return model.streamText({
+        prompt,
+        toolkit: currentToolkit(),
+        toolChoice,
+        disableToolCallResolution: true,
+        toolCallValidation: "deferred"
+      }).pipe(
+        Stream.runForEach((part): Effect.Effect<void, AiError.AiError> => {
+          switch (part.type) {
+            case "text-delta":
+              if (part.delta !== "") {
+                text += part.delta
+                emit({ _tag: "TextDelta", turn, itemId, delta: part.delta, at: now() })
+              }
+              return Effect.void
+            case "tool-call":
+              calls.push(part)
+              return Effect.void
+            case "error":
+              return Effect.fail(streamError(part.error))
+            default:
+              return Effect.void
+          }
+        }),
+        Effect.map((): Answer => ({ itemId, text, calls }))
+      )
+    })
+
   // --- turns: one worker takes them in order, so generations never overlap ----------------------
   let turns = 0
   const runTurn = (job: Job, turn: number): Effect.Effect<Turn, AiError.AiError> => {
@@ -452,19 +516,13 @@ export const make = Effect.fnUntraced(function*(
         const askedAt = now()
         const { prompt, read } = yield* buildPrompt(job.instructions, madeThisTurn)
         anchor = read
-        const response = yield* model.generateText({
-          prompt,
-          toolkit: currentToolkit(),
-          toolChoice,
-          disableToolCallResolution: true,
-          toolCallValidation: "deferred"
-        })
-        const text = response.text
+        const answer = yield* (stream ? streamAnswer : generateAnswer)(turn, prompt, toolChoice)
+        const text = answer.text
         if (text.trim() !== "") {
-          store([new ChatMessage({ id: newId("msg"), role: "assistant", content: text, createdAt: askedAt })])
+          store([new ChatMessage({ id: answer.itemId, role: "assistant", content: text, createdAt: askedAt })])
           said.push(text)
         }
-        const calls = response.toolCalls.filter((call) => !call.providerExecuted)
+        const calls = answer.calls.filter((call) => !call.providerExecuted)
         if (calls.length === 0) break
         if (toolChoice === "none") {
           yield* Effect.logWarning("the model called tools in a turn that allows none; the calls were not run", {
@@ -512,6 +570,22 @@ export const make = Effect.fnUntraced(function*(
       Effect.annotateLogs({ turn })
     )
   }
+
+  // --- idle: inactive, and nothing running or owed in the toolsets -------------------------------
+  const toolsetsIdle = Effect.suspend(() =>
+    Effect.forEach(Array.from(toolsets.values()), (toolset) => toolset.awaitIdle, { discard: true })
+  )
+  // A toolset's call starts only in a turn, and its reply is a turn: so once the toolsets were idle
+  // and the agent inactive, with no turn started since the look began, nothing is left to say.
+  // Otherwise look again: a turn may have started calls, and a reply a turn.
+  const awaitIdle: Effect.Effect<void> = Effect.suspend(() => {
+    const started = turns
+    return toolsetsIdle.pipe(
+      Effect.andThen(awaitInactive),
+      Effect.andThen(toolsetsIdle),
+      Effect.andThen(Effect.suspend(() => turns === started && inactive() ? Effect.void : awaitIdle))
+    )
+  })
 
   const jobs = yield* Queue.unbounded<Job>()
   // Runs after the worker is interrupted (finalizers run last-added first): turns still queued
@@ -584,6 +658,8 @@ export const make = Effect.fnUntraced(function*(
     chat,
     isInactive: Effect.sync(inactive),
     awaitInactive,
+    awaitIdle,
+    toolsets: Effect.sync(() => Array.from(toolsets.values())),
     events: Stream.fromPubSub(pubsub),
     session
   })
@@ -600,3 +676,43 @@ export const layer = (options: Options = {}): Layer.Layer<AiAgent | AgentSession
   Layer.effectContext(
     Effect.map(make(options), (agent) => Context.make(AiAgent, agent).pipe(Context.add(AgentSession, agent.session)))
   )
+
+/**
+ * A toolset as a layer: builds it on the agent's session and adds it to the agent, for the life of
+ * the layer. An app declares its toolsets this way and composes them with the agent and the model
+ * once (`AsyncToolset.make` and `addToolset` stay, for tests and for toolsets made on the fly).
+ * The layer needs the agent, and the services the tools need besides `AsyncRunContext`.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer, Schema } from "effect"
+ * import { AiAgent, FunctionTool } from "effect-async-toolset"
+ * import { ScriptedModel } from "effect-async-toolset/testing"
+ *
+ * const getWeather = FunctionTool.make("get_weather", {
+ *   description: "Current weather in a city",
+ *   parameters: Schema.Struct({ city: Schema.String })
+ * }, ({ city }) => Effect.succeed(`Sunny in ${city}`))
+ *
+ * const WeatherTools = AiAgent.toolset({ id: "weather", tools: [getWeather] })
+ * const App = WeatherTools.pipe(
+ *   Layer.provideMerge(AiAgent.layer({ instructions: "You answer about the weather." })),
+ *   Layer.provide(ScriptedModel.layer(["Sunny."])) // any LanguageModel layer
+ * )
+ * const program = Effect.gen(function*() {
+ *   const agent = yield* AiAgent.AiAgent
+ *   yield* agent.send("Weather in Paris?")
+ * }).pipe(Effect.provide(App))
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const toolset = <const Tools extends ReadonlyArray<FunctionTool.Any>>(
+  options: ToolsetOptions<Tools>
+): Layer.Layer<never, never, AiAgent | Exclude<FunctionTool.Services<Tools[number]>, AsyncRunContext>> =>
+  Layer.effectDiscard(Effect.gen(function*() {
+    const agent = yield* AiAgent
+    const made = yield* makeToolset(options).pipe(Effect.provideService(AgentSession, agent.session))
+    yield* agent.addToolset(made)
+  }))

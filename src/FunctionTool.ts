@@ -6,9 +6,11 @@
  *
  * @since 0.1.0
  */
-import { Cause, Duration, Effect, Exit, Option, Result, Schema, SchemaIssue } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Option, Result, Schema, SchemaAST, SchemaIssue } from "effect"
 import type * as JsonSchema from "effect/JsonSchema"
 import { OpenAiStructuredOutput, Tool } from "effect/ai"
+import type { Toolkit } from "effect/ai"
+import { AsyncRunContext } from "./AsyncRunContext.ts"
 import { functionCallOutput } from "./ChatContext.ts"
 import type { FunctionCall } from "./ChatContext.ts"
 import { ToolError } from "./ToolError.ts"
@@ -535,3 +537,142 @@ export const execute = Effect.fnUntraced(function*<Name extends string, Args, Su
     isError: Option.match(out, { onNone: () => false, onSome: (o) => o.isError })
   })
 })
+
+// --- effect/ai tools -----------------------------------------------------------------------------
+
+/**
+ * The `FunctionTool` made from an effect/ai `Tool` by {@link fromTool}: the same name, parameters,
+ * success and failure; it needs the tool's handler (from the toolkit's `toLayer`) and the
+ * services the tool declares as dependencies.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type FromTool<T> = T extends Tool.Tool<infer Name, infer Config, infer Requirements> ? FunctionTool<
+    Name,
+    Config["parameters"]["Type"],
+    Config["success"]["Type"],
+    Config["failure"]["Type"],
+    Tool.Handler<Name> | Requirements
+  >
+  : never
+
+/** The tool's parameters as ours: a struct as is; effect/ai's empty parameters as an empty struct. */
+const parametersOf = (tool: Tool.Any): Parameters => {
+  const schema: unknown = tool.parametersSchema
+  if (!Schema.isSchema(schema) || !SchemaAST.isObjects(schema.ast)) return notSupported(tool, "its parameters are not a Schema.Struct")
+  const { indexSignatures, propertySignatures } = schema.ast
+  if (propertySignatures.length === 0 && indexSignatures.every((index) => SchemaAST.isNever(index.type))) {
+    return Schema.Struct({}) // `Tool.EmptyParams`: a record of nothing
+  }
+  if (indexSignatures.length > 0 || !("fields" in schema)) return notSupported(tool, "its parameters are not a Schema.Struct")
+  // a struct whose fields decode without services, as `Tool.make` requires of its parameters
+  return schema as Parameters
+}
+
+const notSupported = (tool: Tool.Any, why: string): never => {
+  throw new Error(`FunctionTool.fromTool: ${tool.name} cannot run in an AsyncToolset: ${why}`)
+}
+
+/**
+ * An effect/ai `Tool` as a `FunctionTool`, so it runs in an `AsyncToolset`: its name, description,
+ * parameters (a `Schema.Struct`, or none), success and failure schemas are kept; a call runs the
+ * handler the toolkit's handler layer (`Toolkit.toLayer`) provides for it, with the services that
+ * layer was built with.
+ *
+ * In the toolset, the handler is a background tool like any other:
+ * - it may call `AsyncRunContext.update` (declare `dependencies: [AsyncRunContext.AsyncRunContext]`
+ *   on the `Tool` so its handler may use it); the first update is the call's output, later ones
+ *   reach the chat;
+ * - its `preliminary(value)` results are updates too (the value encoded with the success schema);
+ * - a failure of its `failure` schema reaches the model as an error output with the encoded
+ *   failure, tag and fields; a `ToolError` its message; anything else (an `AiError` included) a
+ *   generic error output, logged with its full cause, whatever the tool's `failureMode`.
+ *
+ * Not supported (the conversion throws): provider-defined tools, tools that need approval
+ * (`needsApproval`: the toolset has no approval step), parameters that are not a struct. A
+ * `toModelOutput` mapping is not used: the model reads the success encoded as JSON.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromTool = <T extends Tool.Any>(tool: T, options: Options = {}): FromTool<T> => {
+  if (Tool.isProviderDefined(tool)) return notSupported(tool, "it is provider-defined (the provider runs it)")
+  if (tool.needsApproval !== undefined && tool.needsApproval !== false) {
+    return notSupported(tool, "it needs approval, and a toolset has no approval step")
+  }
+  const parameters = parametersOf(tool)
+  const handlerKey = Context.Service<Tool.Handler<string>>(tool.id)
+  const success = tool.successSchema as Schema.Codec<unknown, unknown, never, never>
+  const encodePreliminary = Schema.encodeUnknownEffect(Schema.toCodecJson(success))
+  const made = make(tool.name, {
+    ...options,
+    description: Tool.getDescription(tool) ?? "",
+    parameters,
+    success,
+    failure: tool.failureSchema as Schema.Codec<unknown, unknown, never, never>
+  }, (args) =>
+    Effect.gen(function*() {
+      const handler = yield* handlerKey
+      const run = Option.getOrUndefined(yield* Effect.serviceOption(AsyncRunContext))
+      const context: Toolkit.HandlerContext<Tool.Any> = {
+        toolCallId: run?.functionCall.callId,
+        preliminary: (value) =>
+          run === undefined
+            ? Effect.void
+            : encodePreliminary(value).pipe(
+              Effect.flatMap(run.update),
+              Effect.catchCause((cause) => Effect.logWarning("a preliminary result could not be encoded; it is not sent", cause))
+            )
+      }
+      // As `Toolkit` runs a handler: in the context its layer was built with, under the caller's.
+      return yield* (handler.handler(args, context) as Effect.Effect<unknown, unknown>).pipe(
+        Effect.updateContext((input: Context.Context<never>) => Context.merge(handler.context, input))
+      )
+    }))
+  // `make` typed the tool from the schemas as given; `FromTool` states the same types from `T`.
+  return made as unknown as FromTool<T>
+}
+
+/**
+ * The tools of an effect/ai `Toolkit` as `FunctionTool`s (see {@link fromTool}), in the toolkit's
+ * order; `options` sets per-tool options by tool name. The tools need the handlers of the
+ * toolkit's `toLayer`, so an `AsyncToolset` made of them does too.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Layer, Schema } from "effect"
+ * import { Tool, Toolkit } from "effect/ai"
+ * import { AiAgent, AsyncRunContext, FunctionTool } from "effect-async-toolset"
+ *
+ * const Report = Tool.make("Report", {
+ *   description: "Build the sales report of a quarter",
+ *   parameters: Schema.Struct({ quarter: Schema.String }),
+ *   success: Schema.String,
+ *   dependencies: [AsyncRunContext.AsyncRunContext]
+ * })
+ * const Reports = Toolkit.make(Report)
+ * const handlers = Reports.toLayer({
+ *   Report: ({ quarter }) =>
+ *     Effect.gen(function*() {
+ *       yield* AsyncRunContext.update(`Collecting ${quarter} sales`)
+ *       yield* Effect.sleep("1 minute")
+ *       return `The ${quarter} report is ready`
+ *     })
+ * })
+ * const ReportTools = AiAgent.toolset({
+ *   id: "reports",
+ *   tools: FunctionTool.fromToolkit(Reports, { Report: { timeout: "10 minutes" } })
+ * }).pipe(Layer.provide(handlers))
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromToolkit = <Tools extends Record<string, Tool.Any>>(
+  toolkit: Toolkit.Toolkit<Tools>,
+  options: { readonly [Name in keyof Tools]?: Options | undefined } = {}
+): ReadonlyArray<FromTool<Tools[keyof Tools]>> =>
+  Object.entries(toolkit.tools).map(([name, tool]) =>
+    fromTool(tool, options[name as keyof Tools] ?? {}) as FromTool<Tools[keyof Tools]>
+  )

@@ -3,6 +3,7 @@
  *
  * @since 0.1.0
  */
+export * as AgentEvent from "./AgentEvent.ts"
 export * as AgentSession from "./AgentSession.ts"
 export * as AiAgent from "./AiAgent.ts"
 export * as AsyncRunContext from "./AsyncRunContext.ts"

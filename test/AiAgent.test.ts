@@ -3,10 +3,10 @@
  * one generation at a time, "inactive", reply requests, running-call placeholders and failures.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Stream } from "effect"
-import { AiError, Tool } from "effect/ai"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Stream } from "effect"
+import { AiError, LanguageModel, Tool } from "effect/ai"
 import { TestClock, TestConsole } from "effect/testing"
-import { AgentSession, AiAgent, AsyncToolset, ChatContext } from "effect-async-toolset"
+import { AgentEvent, AgentSession, AiAgent, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { agentLayer, bookFlight, getWeather, promptLines, transcript } from "./support/agent.ts"
 
@@ -17,6 +17,14 @@ const travel = Effect.gen(function*() {
   yield* agent.addToolset(toolset)
   return toolset
 })
+
+/** A service a tool needs. */
+class Airline extends Context.Service<Airline, { readonly name: string }>()("test/Airline") {}
+
+const airlineTool = FunctionTool.make("airline", { description: "The airline we book with" }, () =>
+  Effect.gen(function*() {
+    return (yield* Airline).name
+  }))
 
 /** Books when asked, acknowledges the first update, answers anything else plainly. */
 const bookingRules = (request: ScriptedModel.Request): ScriptedModel.Reply => {
@@ -385,6 +393,145 @@ describe("AiAgent", () => {
       }).pipe(Effect.provide(agentLayer(bookingRules, { runningCall: "busy: {functionName} {callId}" }))))
   })
 
+  describe("streaming", () => {
+    /** Records every event of the agent from now on. */
+    const recordEvents = Effect.gen(function*() {
+      const agent = yield* AiAgent.AiAgent
+      const events: Array<AgentEvent.AgentEvent> = []
+      yield* agent.events.pipe(
+        Stream.runForEach((event) => Effect.sync(() => events.push(event))),
+        Effect.forkChild({ startImmediately: true })
+      )
+      yield* Effect.yieldNow
+      return events
+    })
+    const deltas = (events: ReadonlyArray<AgentEvent.AgentEvent>) => events.filter(AgentEvent.AgentEvent.guards.TextDelta)
+
+    it.effect("the agent's words arrive as deltas, one event per delta, in order; the stored message is their concatenation", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const events = yield* recordEvents
+
+        const turn = yield* agent.send("Weather in Paris?")
+
+        const streamed = deltas(events)
+        assert.deepStrictEqual(streamed.map((e) => e.delta), ["Sun", "ny in ", "Paris", "."])
+        assert.deepStrictEqual(streamed.map((e) => e.turn), [1, 1, 1, 1])
+        const stored = (yield* agent.chat).items.at(-1)!
+        assert.isTrue(stored._tag === "ChatMessage" && stored.role === "assistant")
+        assert.strictEqual(stored._tag === "ChatMessage" ? stored.content : "", streamed.map((e) => e.delta).join(""))
+        assert.strictEqual(turn.text, "Sunny in Paris.")
+        // every delta names the message it builds; that message is added once, after the last delta
+        assert.isTrue(streamed.every((e) => e.itemId === stored.id))
+        const added = events.findIndex((e) => e._tag === "ItemAdded" && e.item.id === stored.id)
+        assert.isTrue(added > events.indexOf(streamed.at(-1)!))
+        assert.strictEqual(events.filter((e) => e._tag === "ItemAdded" && e.item.id === stored.id).length, 1)
+      }).pipe(Effect.provide(agentLayer([{ text: ["Sun", "ny in ", "Paris", "."] }]))))
+
+    it.effect("the deltas reach the events while the model is still writing, before anything is stored", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const events = yield* recordEvents
+
+        const turn = yield* agent.send("Hi").pipe(Effect.forkChild({ startImmediately: true }))
+        yield* TestClock.adjust("100 millis")
+        assert.deepStrictEqual(deltas(events).map((e) => e.delta), ["Hello "])
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: Hi"])
+
+        yield* TestClock.adjust("200 millis")
+        yield* Fiber.join(turn)
+        assert.deepStrictEqual(deltas(events).map((e) => e.delta), ["Hello ", "there, ", "traveller."])
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: Hi", "assistant: Hello there, traveller."])
+      }).pipe(Effect.provide(agentLayer(["Hello there, traveller."], { textDeltas: "words", deltaDelay: "100 millis" }))))
+
+    it.effect("tool calls in a streamed answer still run; each message of the turn streams under its own id", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* travel
+        const events = yield* recordEvents
+
+        const turn = yield* agent.send("Weather in Paris?")
+
+        assert.deepStrictEqual(transcript(yield* agent.chat), [
+          "user: Weather in Paris?",
+          "assistant: Let me check.",
+          `call call_1_1 get_weather {"city":"Paris"}`,
+          "output call_1_1: Sunny in Paris",
+          "assistant: It is sunny."
+        ])
+        assert.strictEqual(turn.text, "Let me check.\nIt is sunny.")
+        const streamed = deltas(events)
+        assert.deepStrictEqual(streamed.map((e) => e.delta), ["Let me ", "check.", "It is ", "sunny."])
+        const messages = (yield* agent.chat).items.filter((item) => item._tag === "ChatMessage" && item.role === "assistant")
+        assert.deepStrictEqual(streamed.map((e) => e.itemId), [messages[0]!.id, messages[0]!.id, messages[1]!.id, messages[1]!.id])
+      }).pipe(Effect.provide(agentLayer([
+        { text: ["Let me ", "check."], toolCalls: [{ name: "get_weather", params: { city: "Paris" } }] },
+        { text: ["It is ", "sunny."] }
+      ]))))
+
+    it.effect("a failure mid-stream fails the turn with the model's error: its words are not stored, its calls do not run, the agent goes on", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const toolset = yield* travel
+        const events = yield* recordEvents
+
+        const error = yield* Effect.flip(agent.send("Book me a flight to Tokyo"))
+
+        assert.isTrue(AiError.isAiError(error))
+        assert.include(error.message, "connection reset")
+        assert.deepStrictEqual(deltas(events).map((e) => e.delta), ["Booking ", "your fl"])
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: Book me a flight to Tokyo"])
+        assert.deepStrictEqual(yield* toolset.runningTasks, [])
+        const ended = events.find(AgentEvent.AgentEvent.guards.TurnEnded)
+        assert.deepStrictEqual([ended?.outcome, ended?.text], ["failed", ""])
+        assert.include(yield* TestConsole.logLines, "the turn failed; the conversation goes on")
+
+        const next = yield* agent.send("Are you there?")
+        assert.strictEqual(next.text, "Yes, sorry about that.")
+        assert.isTrue(yield* agent.isInactive)
+      }).pipe(Effect.provide(agentLayer([
+        {
+          text: ["Booking ", "your fl"],
+          toolCalls: [{ name: "book_flight", params: { to: "Tokyo" } }],
+          fail: ScriptedModel.error("connection reset")
+        },
+        "Yes, sorry about that."
+      ]))))
+
+    it.effect("an error part in the stream fails the turn like a failed stream", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const error = yield* Effect.flip(agent.send("Hi"))
+        assert.include(error.message, "overloaded")
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: Hi"])
+      }).pipe(Effect.provide(AiAgent.layer().pipe(Layer.provide(Layer.effect(
+        LanguageModel.LanguageModel,
+        LanguageModel.make({
+          generateText: () => Effect.die("not used"),
+          streamText: () =>
+            Stream.make(
+              { type: "text-delta", id: "t", delta: "Hel" },
+              { type: "error", error: new Error("overloaded") }
+            )
+        })
+      ))))))
+
+    it.effect("with stream: false the model is asked with generateText: no deltas, the same chat", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const events = yield* recordEvents
+        yield* agent.send("Hi")
+        assert.deepStrictEqual(deltas(events), [])
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["user: Hi", "assistant: Hello there."])
+      }).pipe(Effect.provide(AiAgent.layer({ stream: false }).pipe(Layer.provide(Layer.effect(
+        LanguageModel.LanguageModel,
+        LanguageModel.make({
+          generateText: () => Effect.succeed([{ type: "text", text: "Hello there." }]),
+          streamText: () => Stream.die("streamText was called")
+        })
+      ))))))
+  })
+
   describe("failures", () => {
     it.effect("a model failure fails the turn with the model's error, is logged, and the agent goes on", () =>
       Effect.gen(function*() {
@@ -414,6 +561,99 @@ describe("AiAgent", () => {
       }).pipe(Effect.provide(agentLayer(() => Effect.fail(ScriptedModel.error("down"))))))
   })
 
+  describe("toolsets as layers", () => {
+    /** Books when asked; tells the booking's result when a reply is requested. */
+    const travelRules = (request: ScriptedModel.Request): ScriptedModel.Reply => {
+      if (request.toolChoice === "none") {
+        const final = request.resultsSinceUser.find((r) => r.id.endsWith("_final"))
+        return final === undefined ? "" : `Booked: ${String(final.result)}`
+      }
+      if (request.resultsSinceUser.length > 0) return "On it."
+      return { toolCalls: [{ name: "book_flight", params: { to: "Tokyo" } }] }
+    }
+
+    it.effect("toolsets declared as layers are built on the agent's session and added to it; the app is its layers composed once", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+
+        assert.deepStrictEqual((yield* agent.toolsets).map((t) => t.id), ["travel", "weather"])
+        yield* agent.send("Book me a flight to Tokyo")
+        assert.deepStrictEqual((yield* model.requests)[0]!.toolNames, [
+          "book_flight",
+          "get_running_tasks_travel",
+          "cancel_task_travel",
+          "get_weather",
+          "get_running_tasks_weather",
+          "cancel_task_weather"
+        ])
+
+        // the booking goes on in the background; its result reaches the chat and is told
+        yield* TestClock.adjust("4 seconds")
+        yield* agent.awaitIdle
+        assert.deepStrictEqual(transcript(yield* agent.chat).at(-1), `assistant: Booked: {"confirmation":"FL-847293"}`)
+      }).pipe(Effect.provide(
+        Layer.mergeAll(
+          AiAgent.toolset({ id: "travel", tools: [bookFlight()] }),
+          AiAgent.toolset({ id: "weather", tools: [getWeather] })
+        ).pipe(Layer.provideMerge(agentLayer(travelRules)))
+      )))
+
+    it.effect("a toolset layer's tools get the services the layer is given", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* agent.send("Which airline?")
+        assert.deepStrictEqual(transcript(yield* agent.chat).slice(1, 3), [
+          "call call_1_1 airline {}",
+          "output call_1_1: Effect Air"
+        ])
+      }).pipe(Effect.provide(
+        AiAgent.toolset({ id: "airline", tools: [airlineTool] }).pipe(
+          Layer.provide(Layer.succeed(Airline, { name: "Effect Air" })),
+          Layer.provideMerge(agentLayer([{ toolCalls: [{ name: "airline" }] }, "Effect Air it is."]))
+        )
+      )))
+
+    it.effect("releasing the layers closes the toolsets: a call still running is interrupted", () =>
+      Effect.gen(function*() {
+        const interrupted: Array<string> = []
+        const slow = FunctionTool.make("slow", { description: "Works for an hour" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("started")
+            yield* Effect.sleep("1 hour")
+          }).pipe(Effect.onInterrupt(() => Effect.sync(() => interrupted.push("slow")))))
+
+        yield* Effect.gen(function*() {
+          const agent = yield* AiAgent.AiAgent
+          yield* agent.send("Start")
+          const [toolset] = yield* agent.toolsets
+          assert.deepStrictEqual((yield* toolset!.runningTasks).map((t) => t.name), ["slow"])
+        }).pipe(Effect.provide(
+          AiAgent.toolset({ id: "work", tools: [slow] }).pipe(
+            Layer.provideMerge(agentLayer([{ toolCalls: [{ name: "slow" }] }, "Started."]))
+          )
+        ))
+
+        assert.deepStrictEqual(interrupted, ["slow"])
+      }))
+
+    it.effect("awaitIdle waits until no call runs and every result is told", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        yield* agent.send("Book me a flight to Tokyo")
+        const idle = yield* agent.awaitIdle.pipe(Effect.forkChild({ startImmediately: true }))
+
+        yield* TestClock.adjust("2 seconds") // "found 3 flights": in the chat, nothing to say yet
+        assert.isUndefined(idle.pollUnsafe())
+        yield* TestClock.adjust("2 seconds") // booked, and told
+        yield* Fiber.join(idle)
+        assert.deepStrictEqual(transcript(yield* agent.chat).at(-1), `assistant: Booked: {"confirmation":"FL-847293"}`)
+        assert.deepStrictEqual(yield* (yield* agent.toolsets)[0]!.runningTasks, [])
+      }).pipe(Effect.provide(
+        AiAgent.toolset({ id: "travel", tools: [bookFlight()] }).pipe(Layer.provideMerge(agentLayer(travelRules)))
+      )))
+  })
+
   describe("toolsets and events", () => {
     it.effect("a toolset's tools leave the model's list when its scope closes", () =>
       Effect.gen(function*() {
@@ -440,7 +680,7 @@ describe("AiAgent", () => {
         const agent = yield* AiAgent.AiAgent
         yield* travel
         const events = yield* agent.events.pipe(
-          Stream.take(6),
+          Stream.take(7),
           Stream.runCollect,
           Effect.forkChild({ startImmediately: true })
         )
@@ -448,14 +688,18 @@ describe("AiAgent", () => {
 
         yield* agent.send("Weather in Paris?")
 
-        const seen = (yield* Fiber.join(events)).map((e) =>
-          e._tag === "ItemAdded" ? `item ${e.item._tag}` : e._tag === "TurnStarted" ? `started ${e.cause}` : `ended ${e.outcome}`
-        )
+        const seen = (yield* Fiber.join(events)).map(AgentEvent.AgentEvent.match({
+          TurnStarted: (e) => `started ${e.cause}`,
+          TextDelta: (e) => `delta ${e.delta}`,
+          ItemAdded: (e) => `item ${e.item._tag}`,
+          TurnEnded: (e) => `ended ${e.outcome}`
+        }))
         assert.deepStrictEqual(seen, [
           "item ChatMessage",
           "started user",
           "item FunctionCall",
           "item FunctionCallOutput",
+          "delta Sunny.",
           "item ChatMessage",
           "ended answered"
         ])

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Logger, Ref, References, Schema } from "effect"
+import { Cause, Context, Effect, Layer, Logger, Ref, References, Schema } from "effect"
+import { AiError, Tool, Toolkit } from "effect/ai"
 import { TestClock } from "effect/testing"
 import { AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, ToolError } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
@@ -607,5 +608,159 @@ describe("FunctionTool.make", () => {
     for (const name of ["book_flight", "Book-Flight-2", "b".repeat(64)]) {
       assert.strictEqual(FunctionTool.make(name, { description: "x" }, () => Effect.void).name, name)
     }
+  })
+})
+
+// --- effect/ai tools --------------------------------------------------------------------------------
+
+describe("FunctionTool.fromToolkit: effect/ai tools as background tools", () => {
+  class Airline extends Context.Service<Airline, { readonly name: string }>()("test/Airline") {}
+
+  const BookFlight = Tool.make("BookFlight", {
+    description: "Book a flight to a city",
+    parameters: Schema.Struct({ to: Schema.String.annotate({ description: "City of arrival" }) }),
+    success: Schema.Struct({ confirmation: Schema.String, airline: Schema.String }),
+    failure: Schema.Union([SoldOut, ToolError.ToolError]),
+    dependencies: [AsyncRunContext.AsyncRunContext]
+  })
+  const Progress = Tool.make("Progress", {
+    description: "Reports progress with preliminary results",
+    success: Schema.String
+  })
+  const Travel = Toolkit.make(BookFlight, Progress)
+
+  /** The handlers, built with an `Airline` in their layer. */
+  const handlers = Travel.toLayer(Effect.gen(function*() {
+    const airline = yield* Airline
+    return Travel.of({
+      BookFlight: ({ to }) =>
+        Effect.gen(function*() {
+          if (to === "Atlantis") return yield* new SoldOut({ flight: "AT-1", seatsLeft: 0 })
+          if (to === "Nowhere") return yield* new ToolError.ToolError({ message: "No airline flies to Nowhere." })
+          if (to === "Moon") return yield* Effect.die(secretDefect)
+          if (to === "Mars") {
+            return yield* AiError.make({ module: "Airline", method: "book", reason: new AiError.UnknownError({ description: "secret api" }) })
+          }
+          yield* AsyncRunContext.update(`Looking up flights to ${to}`)
+          yield* Effect.sleep("1 minute")
+          return { confirmation: "FL-847293", airline: airline.name }
+        }),
+      Progress: (_, { preliminary }) =>
+        Effect.gen(function*() {
+          yield* preliminary("a third done")
+          yield* Effect.sleep("1 minute")
+          yield* preliminary("two thirds done")
+          yield* Effect.sleep("1 minute")
+          return "all done"
+        })
+    })
+  })).pipe(Layer.provide(Layer.succeed(Airline, { name: "Effect Air" })))
+
+  const tools = FunctionTool.fromToolkit(Travel, { BookFlight: { onDuplicateCall: "allow" } })
+
+  /** A toolset of the toolkit's tools, on the test session, with the handler layer. */
+  const provide = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    effect.pipe(Effect.provide(Layer.merge(handlers, TestSession.layer)))
+
+  const book = (toolset: AsyncToolset.AsyncToolset, to: string, callId = "call_1") =>
+    Effect.flatMap(call("BookFlight", JSON.stringify({ to }), callId), toolset.execute)
+
+  it.effect("the tools keep their names, descriptions and parameters; the model sees a strict JSON Schema", () =>
+    Effect.gen(function*() {
+      assert.deepStrictEqual(tools.map((tool) => tool.name), ["BookFlight", "Progress"])
+      assert.deepStrictEqual(sent(tools[0]!), {
+        type: "function",
+        name: "BookFlight",
+        description: "Book a flight to a city",
+        parameters: {
+          type: "object",
+          properties: { to: { type: "string", description: "City of arrival" } },
+          required: ["to"],
+          additionalProperties: false
+        },
+        strict: true
+      })
+      assert.deepStrictEqual(sent(tools[1]!).parameters, { type: "object", properties: {}, required: [], additionalProperties: false })
+      assert.strictEqual(tools[0]!.options.onDuplicateCall, "allow")
+    }))
+
+  it.effect("a handler from toLayer runs in the toolset: its AsyncRunContext.update makes it a background call, with its layer's services", () =>
+    provide(Effect.gen(function*() {
+      const session = yield* TestSession.TestSession
+      const toolset = yield* AsyncToolset.make({ id: "travel", tools })
+
+      const first = yield* book(toolset, "Tokyo")
+      assert.include(first.output, "Looking up flights to Tokyo")
+      assert.isTrue(AsyncToolset.isPending(first))
+
+      yield* TestClock.adjust("1 minute")
+      yield* toolset.awaitIdle
+      const final = (yield* session.chat).items.find((item) => item._tag === "FunctionCallOutput" && item.callId === "call_1_final")
+      assert.deepStrictEqual(
+        final?._tag === "FunctionCallOutput" ? JSON.parse(final.output) : undefined,
+        { confirmation: "FL-847293", airline: "Effect Air" }
+      )
+      assert.strictEqual((yield* session.replies).length, 1)
+    })))
+
+  it.effect("preliminary results are updates: the first is the call's output, the next ones reach the chat", () =>
+    provide(Effect.gen(function*() {
+      const session = yield* TestSession.TestSession
+      const toolset = yield* AsyncToolset.make({ id: "travel", tools })
+
+      const first = yield* Effect.flatMap(call("Progress", "{}", "p1"), toolset.execute)
+      assert.include(first.output, "a third done")
+      yield* TestClock.adjust("2 minutes")
+      yield* toolset.awaitIdle
+      const outputs = (yield* session.chat).items.flatMap((item) =>
+        item._tag === "FunctionCallOutput" ? [`${item.callId}: ${item.output}`] : []
+      )
+      assert.strictEqual(outputs.length, 2)
+      assert.include(outputs[0], "p1_update_1:")
+      assert.include(outputs[0], "two thirds done")
+      assert.strictEqual(outputs[1], "p1_final: all done")
+    })))
+
+  it.effect("failures follow the A2 rules: the Tool's failure encoded with its tag and fields; a ToolError its message; an AiError or a defect a generic error, logged", () =>
+    Effect.gen(function*() {
+      const logs = captureLogs()
+      const outputs = yield* provide(Effect.gen(function*() {
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools })
+        return yield* Effect.forEach(["Atlantis", "Nowhere", "Moon", "Mars"], (to, i) => book(toolset, to, `c${i}`))
+      })).pipe(Effect.provide(logs.layer))
+
+      assert.isTrue(outputs.every((out) => out.isError))
+      assert.deepStrictEqual(JSON.parse(outputs[0]!.output), { _tag: "SoldOut", flight: "AT-1", seatsLeft: 0 })
+      assert.strictEqual(outputs[1]!.output, "No airline flies to Nowhere.")
+      for (const out of outputs.slice(2)) {
+        assert.include(out.output, "BookFlight failed because of an internal error")
+        assert.notInclude(out.output, "secret")
+      }
+      const logged = logs.lines.filter((l) => l.level === "Error").map((l) => Cause.pretty(l.cause))
+      assert.strictEqual(logged.length, 2)
+      assert.include(logged[0], "secret stack")
+      assert.include(logged[1], "secret api")
+    }))
+
+  it.effect("the Tool's parameters check the model's arguments: bad ones never reach the handler", () =>
+    provide(Effect.gen(function*() {
+      const toolset = yield* AsyncToolset.make({ id: "travel", tools })
+      const out = yield* Effect.flatMap(call("BookFlight", `{"to":7,"extra":true}`), toolset.execute)
+      assert.isTrue(out.isError)
+      assert.include(out.output, "do not match the tool's parameters")
+      assert.include(out.output, `["to"]`)
+      assert.include(out.output, `["extra"]`)
+      assert.deepStrictEqual(yield* toolset.runningTasks, [])
+    })))
+
+  it("tools a toolset cannot run are refused at conversion, saying why", () => {
+    const approval = Tool.make("Approve", { description: "Needs a yes", needsApproval: true })
+    assert.throws(() => FunctionTool.fromTool(approval), /Approve cannot run in an AsyncToolset: it needs approval/)
+    const unionParams = Tool.make("Either", {
+      parameters: Schema.Union([Schema.Struct({ a: Schema.String }), Schema.Struct({ b: Schema.String })])
+    })
+    assert.throws(() => FunctionTool.fromTool(unionParams), /Either cannot run in an AsyncToolset: its parameters are not a Schema.Struct/)
+    const search = Tool.providerDefined({ id: "openai.web_search", customName: "WebSearch", providerName: "web_search" })()
+    assert.throws(() => FunctionTool.fromTool(search), /WebSearch cannot run in an AsyncToolset: it is provider-defined/)
   })
 })

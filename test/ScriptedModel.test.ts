@@ -84,4 +84,45 @@ describe("ScriptedModel", () => {
       assert.strictEqual(text, "streamed")
       assert.strictEqual(parts.at(-1)?.type, "finish")
     }).pipe(Effect.provide(ScriptedModel.layer(["streamed"]))))
+
+  const deltasOf = (parts: ReadonlyArray<{ readonly type: string; readonly delta?: string }>) =>
+    parts.flatMap((p) => p.type === "text-delta" && p.delta !== undefined ? [p.delta] : [])
+
+  it.effect("a reply given as deltas streams one delta per element; generateText gets them joined", () =>
+    Effect.gen(function*() {
+      const parts = yield* LanguageModel.streamText({ prompt: "a" }).pipe(Stream.runCollect)
+      assert.deepStrictEqual(deltasOf(parts), ["Sun", "ny in ", "Paris."])
+      assert.strictEqual((yield* LanguageModel.generateText({ prompt: "b" })).text, "Sunny in Paris.")
+    }).pipe(Effect.provide(ScriptedModel.layer(() => ({ text: ["Sun", "ny in ", "Paris."] })))))
+
+  it.effect("textDeltas words streams a string reply word by word, deltaDelay apart on the test clock", () =>
+    Effect.gen(function*() {
+      const seen: Array<string> = []
+      const fiber = yield* LanguageModel.streamText({ prompt: "a" }).pipe(
+        Stream.runForEach((p) => Effect.sync(() => p.type === "text-delta" && seen.push(p.delta))),
+        Effect.forkChild({ startImmediately: true })
+      )
+      yield* TestClock.adjust("100 millis")
+      assert.deepStrictEqual(seen, ["Hello "])
+      yield* TestClock.adjust("200 millis")
+      yield* Fiber.join(fiber)
+      assert.deepStrictEqual(seen, ["Hello ", "there, ", "traveller."])
+    }).pipe(Effect.provide(ScriptedModel.layer(["Hello there, traveller."], { textDeltas: "words", deltaDelay: "100 millis" }))))
+
+  it.effect("a reply with fail streams its words and calls, then fails instead of finishing; generateText fails", () =>
+    Effect.gen(function*() {
+      const parts: Array<{ readonly type: string }> = []
+      const error = yield* LanguageModel.streamText({ prompt: "a", toolkit, disableToolCallResolution: true }).pipe(
+        Stream.runForEach((p) => Effect.sync(() => parts.push(p))),
+        Effect.flip
+      )
+      assert.include(error.message, "connection reset")
+      assert.deepStrictEqual(deltasOf(parts), ["Let me ", "look"])
+      assert.deepStrictEqual(parts.map((p) => p.type), ["text-start", "text-delta", "text-delta", "text-end", "tool-call"])
+      assert.include((yield* Effect.flip(ask("b"))).message, "connection reset")
+    }).pipe(Effect.provide(ScriptedModel.layer(() => ({
+      text: ["Let me ", "look"],
+      toolCalls: [{ name: "lookup" }],
+      fail: ScriptedModel.error("connection reset")
+    })))))
 })

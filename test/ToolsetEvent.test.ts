@@ -3,10 +3,9 @@
  * updated and ended with each outcome; replies scheduled, delivered and skipped.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Metric, Schedule, Schema, Stream, Tracer } from "effect"
+import { Effect, Exit, Fiber, Metric, Schedule, Schema, Stream, Tracer } from "effect"
 import { TestClock } from "effect/testing"
-import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, ToolError } from "effect-async-toolset"
-import type { ToolsetEvent } from "effect-async-toolset"
+import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, ToolError, ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 
 /** Says "started", works `seconds`, then ends as `ending` says. */
@@ -161,6 +160,79 @@ describe("ToolsetEvent", () => {
       Effect.provide(TestSession.layer),
       Effect.provideService(Metric.MetricRegistry, new Map()) // this test's own metrics
     ))
+
+  describe("as data (for a UI)", () => {
+    /** One event of each kind, made with the constructors. */
+    const oneOfEach: ReadonlyArray<ToolsetEvent.ToolsetEvent> = [
+      ToolsetEvent.CallStarted.make({ toolsetId: "t", callId: "c1", name: "job", arguments: `{"seconds":1}`, at: 1 }),
+      ToolsetEvent.CallUpdated.make({ toolsetId: "t", callId: "c1", name: "job", step: 0, message: "started", at: 2 }),
+      ToolsetEvent.CallEnded.make({ toolsetId: "t", callId: "c1", name: "job", outcome: "timed-out", duration: 5, at: 6 }),
+      ToolsetEvent.ReplyScheduled.make({ toolsetId: "t", callId: "c1_final", at: 6 }),
+      ToolsetEvent.ReplyDelivered.make({ toolsetId: "t", callIds: ["c1_final"], instructions: "Tell the user", at: 7 }),
+      ToolsetEvent.ReplySkipped.make({ toolsetId: "t", callIds: ["c2_final"], reason: "session-failed", at: 8 })
+    ]
+    const roundTrip = (event: ToolsetEvent.ToolsetEvent) =>
+      Schema.decodeUnknownSync(ToolsetEvent.JsonString)(Schema.encodeSync(ToolsetEvent.JsonString)(event))
+
+    it.effect("every event a toolset publishes round-trips through the JSON codec", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [job, limited] })
+        const events = yield* record(toolset)
+        yield* session.setBusy
+        yield* start(toolset, "ok", "job", { seconds: 1, ending: "result" })
+        yield* start(toolset, "stop", "job", { seconds: 60, ending: "result" })
+        yield* start(toolset, "late", "limited")
+        yield* toolset.cancel("stop")
+        yield* TestClock.adjust("2 seconds")
+        yield* session.setIdle
+        yield* toolset.awaitIdle
+        yield* toolset.close
+
+        const published = yield* Fiber.join(events)
+        assert.deepStrictEqual(new Set(published.map((e) => e._tag)).size, 5) // all but ReplySkipped
+        for (const event of [...published, ...oneOfEach]) {
+          const text = Schema.encodeSync(ToolsetEvent.JsonString)(event)
+          assert.deepStrictEqual(JSON.parse(text), { ...event }) // plain JSON, the fields as they are
+          assert.deepStrictEqual(roundTrip(event), event)
+        }
+      }).pipe(Effect.provide(TestSession.layer)))
+
+    it("the constructors make the plain objects the engine publishes; guards and match tell the kinds apart", () => {
+      assert.deepStrictEqual(
+        oneOfEach.map((e) => e._tag),
+        ["CallStarted", "CallUpdated", "CallEnded", "ReplyScheduled", "ReplyDelivered", "ReplySkipped"]
+      )
+      assert.strictEqual(Object.getPrototypeOf(oneOfEach[0]), Object.prototype)
+      const { guards } = ToolsetEvent.ToolsetEvent
+      assert.deepStrictEqual(oneOfEach.map((e) => guards.CallEnded(e)), [false, false, true, false, false, false])
+      assert.isFalse(guards.CallStarted({ _tag: "CallStarted", callId: "c1" })) // fields missing
+      const describe = ToolsetEvent.ToolsetEvent.match({
+        CallStarted: (e) => `${e.name} started`,
+        CallUpdated: (e) => `${e.name}: ${e.message}`,
+        CallEnded: (e) => `${e.name} ${e.outcome} after ${e.duration} ms`,
+        ReplyScheduled: (e) => `${e.callId} waits for a reply`,
+        ReplyDelivered: (e) => `replied to ${e.callIds.join(", ")}`,
+        ReplySkipped: (e) => `no reply for ${e.callIds.join(", ")} (${e.reason})`
+      })
+      assert.deepStrictEqual(oneOfEach.map(describe), [
+        "job started",
+        "job: started",
+        "job timed-out after 5 ms",
+        "c1_final waits for a reply",
+        "replied to c1_final",
+        "no reply for c2_final (session-failed)"
+      ])
+      assert.isTrue(ToolsetEvent.ToolsetEvent.isAnyOf(["ReplyDelivered", "ReplySkipped"])(oneOfEach[5]!))
+    })
+
+    it("decoding rejects text that is not an event: an unknown kind, a wrong field", () => {
+      const decode = Schema.decodeUnknownExit(ToolsetEvent.JsonString)
+      assert.isTrue(Exit.isFailure(decode(`{"_tag":"CallExploded","toolsetId":"t","at":1}`)))
+      assert.isTrue(Exit.isFailure(decode(`{"_tag":"CallEnded","toolsetId":"t","callId":"c","name":"n","outcome":"exploded","duration":1,"at":1}`)))
+      assert.isTrue(Exit.isFailure(decode("not json")))
+    })
+  })
 
   describe("spans", () => {
     /** A tracer that records the name and attributes of every span that ends. */

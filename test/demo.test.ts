@@ -10,8 +10,10 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
 import type { ToolsetEvent } from "effect-async-toolset"
 import { Screen } from "../examples/travel/terminal.ts"
+import * as OpenAiServer from "./support/openAiServer.ts"
 
 /** Enough of a terminal for the screen: its width, what is written to it, `resize` events. */
 class FakeTerminal extends EventEmitter {
@@ -95,6 +97,55 @@ describe("demo: the screen", () => {
     screen.close()
   })
 
+  it("without a terminal, writes the agent's words as they stream in, on the message's line", () => {
+    const out = new FakeTerminal(80)
+    const screen = screenOn(out, false)
+    screen.turn(true)
+    screen.agentDelta("msg_1", "Let me ")
+    assert.strictEqual(out.written, "agent: Let me ")
+    screen.agentDelta("msg_1", "look.")
+    assert.strictEqual(out.written, "agent: Let me look.")
+    screen.agentMessage("msg_1", "Let me look.")
+    screen.toolCall("book_flight", `{"to":"Paris"}`, "call_1_1")
+    // a line printed while a message streams ends its line; the rest goes on after "…"
+    screen.agentDelta("msg_2", "Booking ")
+    screen.tool("… book_flight call_1_1: Found 3 flights")
+    screen.agentDelta("msg_2", "your flight.")
+    screen.agentMessage("msg_2", "Booking your flight.")
+    // a message the model never finished is marked at the turn's end
+    screen.agentDelta("msg_3", "And the wea")
+    screen.turn(false)
+    assert.deepStrictEqual(lines(out), [
+      "agent: Let me look.",
+      "  → book_flight(to: Paris)  call_1_1",
+      "agent: Booking ",
+      "  … book_flight call_1_1: Found 3 flights",
+      "agent: … your flight.",
+      "agent: And the wea [cut off]"
+    ])
+    screen.close()
+  })
+
+  it("on a terminal, draws the message being streamed above the status lines, and prints it once complete", () => {
+    const out = new FakeTerminal(80)
+    const screen = screenOn(out, true)
+    screen.call(started("call_1_1"))
+    screen.agentDelta("msg_1", "Still ")
+    screen.agentDelta("msg_1", "searching.")
+    const drawn = lines(out)
+    const draft = drawn.findLastIndex((line) => line.includes("agent: Still searching."))
+    const status = drawn.findLastIndex((line) => line.includes("book_flight(to: Paris)"))
+    assert.isAbove(draft, -1, out.written)
+    assert.isAbove(status, draft, "the message so far is drawn above the status line")
+
+    out.written = ""
+    screen.agentMessage("msg_1", "Still searching.")
+    const after = out.written.replace(/\u001b\[[0-9;]*[A-Za-z]/g, "")
+    assert.include(after, "agent: Still searching.\n", "printed to the transcript")
+    assert.strictEqual(after.split("agent: Still searching.").length - 1, 1, "and no longer drawn as a draft")
+    screen.close()
+  })
+
   it("erases the status line as the terminal re-wrapped it when it got narrower, and redraws it at once", () => {
     const out = new FakeTerminal(100)
     const screen = screenOn(out, true)
@@ -123,18 +174,23 @@ describe("demo: the screen", () => {
 const root = fileURLToPath(new URL("..", import.meta.url))
 const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
 
-/** Runs `examples/travel-agent.ts --script <file>` as `npm start` does; its exit code and output. */
-const runScript = (name: string, script: string, ...args: Array<string>) =>
-  new Promise<{ readonly code: number | null; readonly stdout: string }>((resolve) => {
-    const file = join(dir, name)
-    writeFileSync(file, script)
+/** Runs `examples/travel-agent.ts` with these arguments as `npm start` does; its exit code and output. */
+const runDemo = (args: ReadonlyArray<string>, env: Readonly<Record<string, string | undefined>> = {}) =>
+  new Promise<{ readonly code: number | null; readonly stdout: string; readonly stderr: string }>((resolve) => {
     execFile(
       process.execPath,
-      ["--conditions=effect-async-toolset-source", "--import", "tsx", "examples/travel-agent.ts", "--script", file, ...args],
-      { cwd: root, env: { ...process.env, NO_COLOR: "1" } },
-      (error, stdout) => resolve({ code: error === null ? 0 : (error.code as number | null), stdout })
+      ["--conditions=effect-async-toolset-source", "--import", "tsx", "examples/travel-agent.ts", ...args],
+      { cwd: root, env: { ...process.env, NO_COLOR: "1", ...env } },
+      (error, stdout, stderr) => resolve({ code: error === null ? 0 : (error.code as number | null), stdout, stderr })
     )
   })
+
+/** Runs `examples/travel-agent.ts --script <file>` as `npm start` does; its exit code and output. */
+const runScript = (name: string, script: string, ...args: Array<string>) => {
+  const file = join(dir, name)
+  writeFileSync(file, script)
+  return runDemo(["--script", file, ...args])
+}
 
 describe("demo: a scripted run", () => {
   it("shows a failed turn in one line, goes on, and exits with code 1", async () => {
@@ -168,5 +224,54 @@ describe("demo: a scripted run", () => {
     assert.isAbove(cancelledLine, cancelCall, stdout)
     assert.notInclude(stdout, "[error]")
     assert.strictEqual(code, 0)
+  }, 60_000)
+})
+
+describe("demo: --model", () => {
+  /** The model's side on the stand-in server, streamed as a real server streams. */
+  const words = (...pieces: ReadonlyArray<string>): OpenAiServer.Reply => ({
+    _tag: "Sse",
+    events: [...pieces.map((content) => OpenAiServer.chunk({ content })), OpenAiServer.chunk({}, "stop")]
+  })
+  const rules = (request: OpenAiServer.Received): OpenAiServer.Reply => {
+    const { messages, tool_choice } = request.body
+    if (tool_choice === "none") {
+      // a reply names what it is for (its instructions come last): only the final result is told
+      const final = String(messages.at(-1)?.content ?? "").includes("call_abc_final")
+      return final ? words("Your flight ", "to Tokyo ", "is booked.") : words()
+    }
+    if (messages.at(-1)?.role === "tool") return words("On it: ", "searching flights.")
+    return OpenAiServer.toolCalls([{ id: "call_abc", name: "book_flight", arguments: `{"to":"Tokyo"}` }])
+  }
+
+  it.live("--model openai-compat runs the demo on the OpenAI-compatible model configured by OPENAI_* (here the stand-in server)", () =>
+    Effect.gen(function*() {
+      const server = yield* OpenAiServer.make(rules)
+      const file = join(dir, "openai.txt")
+      writeFileSync(file, "Book me a flight to Tokyo.\nwait idle\n")
+      const { code, stdout } = yield* Effect.promise(() =>
+        runDemo(["--model", "openai-compat", "--script", file], {
+          OPENAI_BASE_URL: server.baseUrl,
+          OPENAI_API_KEY: server.apiKey,
+          OPENAI_MODEL: "test-model"
+        })
+      )
+      assert.include(stdout, `Travel agent demo: test-model at ${server.baseUrl}`)
+      assert.include(stdout, "→ book_flight(to: Tokyo)  call_abc")
+      assert.include(stdout, "agent: On it: searching flights.")
+      assert.include(stdout, "agent: Your flight to Tokyo is booked.")
+      assert.notInclude(stdout, "[error]")
+      assert.strictEqual(code, 0, stdout)
+      assert.deepStrictEqual(server.rejected, [])
+      assert.isTrue(server.requests.every((r) => r.body.model === "test-model" && r.body.stream === true))
+    }), 60_000)
+
+  it("--model openai-compat with no OPENAI_API_KEY or OPENAI_BASE_URL says what to set; an unknown model is named", async () => {
+    const none = await runDemo(["--model", "openai-compat"], { OPENAI_API_KEY: undefined, OPENAI_BASE_URL: undefined })
+    assert.strictEqual(none.code, 1)
+    assert.include(none.stderr, "set OPENAI_API_KEY")
+    const unknown = await runDemo(["--model", "gpt-9"])
+    assert.strictEqual(unknown.code, 1)
+    assert.include(unknown.stderr, `--model gpt-9: unknown model; the models are "scripted" (the default) and "openai-compat"`)
   }, 60_000)
 })

@@ -1,11 +1,14 @@
 /**
  * The travel agent's terminal: a transcript, and under it a live status line per background call
- * (spinner, tool, latest update, elapsed time) kept just above the input prompt.
+ * (spinner, tool, latest update, elapsed time) kept just above the input prompt. The agent's words
+ * are shown as the model streams them.
  *
  * On a terminal (`live`), the status lines are redrawn ten times a second while a call runs, and
  * every transcript line is printed above them; the line being typed is kept as it is. When the
- * terminal is resized they are erased and drawn again at the new width. Without a terminal (a pipe,
- * CI), there is no live area: each update is printed as a line instead.
+ * terminal is resized they are erased and drawn again at the new width. A message the agent is
+ * still saying is drawn with them (its last rows), and printed to the transcript once complete.
+ * Without a terminal (a pipe, CI), there is no live area: each update is printed as a line
+ * instead, and the agent's words are written as they come, on the message's line.
  */
 import * as readline from "node:readline"
 import { inspect } from "node:util"
@@ -63,6 +66,9 @@ export const showArguments = (json: string): string => {
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)}s`
 
+/** How many rows of a message being streamed are shown above the status lines, at most. */
+const draftRows = 6
+
 export class Screen {
   private readonly started = Date.now()
   private readonly running = new Map<string, Running>()
@@ -77,6 +83,11 @@ export class Screen {
   private readonly onResize = () => this.redraw()
   private timer: ReturnType<typeof setInterval> | undefined
   private closed = false
+  /**
+   * The agent's message being streamed: its words so far, and (without a terminal) whether its
+   * transcript line is still open, so the next delta goes on the same line.
+   */
+  private draft: { readonly id: string; text: string; open: boolean } | undefined
 
   private readonly options: ScreenOptions
 
@@ -99,13 +110,15 @@ export class Screen {
 
   // --- the transcript ------------------------------------------------------------------------------
 
+  private stamp() {
+    return this.options.timestamps ? this.style("2", `[${seconds(Date.now() - this.started).padStart(5)}] `) : ""
+  }
+
   private print(line: string) {
     if (this.closed) return
-    const stamp = this.options.timestamps
-      ? this.style("2", `[${seconds(Date.now() - this.started).padStart(5)}] `)
-      : ""
+    this.breakDraft()
     this.clear()
-    this.options.out.write(`${stamp}${line}\n`)
+    this.options.out.write(`${this.stamp()}${line}\n`)
     this.draw()
   }
 
@@ -115,6 +128,51 @@ export class Screen {
 
   agent(text: string) {
     this.print(`${this.style("1;36", "agent:")} ${this.style("36", text)}`)
+  }
+
+  /**
+   * A piece of the agent's message `id`, as the model streams it. On a terminal the message so far
+   * is drawn above the status lines (its last rows) until it is complete; without one, each piece
+   * is written as it comes, on the message's transcript line.
+   */
+  agentDelta(id: string, delta: string) {
+    if (this.closed) return
+    if (this.draft !== undefined && this.draft.id !== id) this.cutDraft()
+    const draft = this.draft ??= { id, text: "", open: false }
+    draft.text += delta
+    if (this.options.live) return this.redraw()
+    if (!draft.open) {
+      // a new line, or the rest of one that another line interrupted
+      const start = draft.text === delta ? "" : "… "
+      this.options.out.write(`${this.stamp()}${this.style("1;36", "agent:")} ${start}`)
+      draft.open = true
+    }
+    this.options.out.write(this.style("36", delta))
+  }
+
+  /** The agent's message `id` is in the chat: a streamed one is complete, another is printed whole. */
+  agentMessage(id: string, text: string) {
+    const draft = this.draft
+    if (draft === undefined || draft.id !== id) return this.agent(text)
+    this.draft = undefined
+    if (this.options.live) return this.agent(text)
+    if (draft.open) this.options.out.write("\n")
+  }
+
+  /** Without a terminal, another line is about to be printed: end the open message line first. */
+  private breakDraft() {
+    if (this.draft?.open !== true) return
+    this.options.out.write("\n")
+    this.draft.open = false
+  }
+
+  /** A streamed message that never completed (the model failed mid-way): shown as cut off. */
+  private cutDraft() {
+    const draft = this.draft
+    if (draft === undefined) return
+    this.draft = undefined
+    if (this.options.live) return this.agent(`${draft.text} ${this.style("2", "[cut off]")}`)
+    if (draft.open) this.options.out.write(`${this.style("2", " [cut off]")}\n`)
   }
 
   tool(text: string) {
@@ -143,6 +201,7 @@ export class Screen {
   turn(running: boolean) {
     this.turnRunning = running
     if (running) return
+    this.cutDraft()
     this.named.clear()
     this.releaseHeld()
   }
@@ -223,6 +282,18 @@ export class Screen {
     this.tick()
   }
 
+  /** The last rows of the message being streamed, wrapped to the terminal's width. */
+  private draftLines(): Array<string> {
+    if (this.draft === undefined) return []
+    const columns = Math.max(10, (this.options.out.columns || 80) - 1)
+    const rows = `agent: ${this.draft.text}`.split("\n").flatMap((line) => {
+      const pieces: Array<string> = []
+      for (let i = 0; i < line.length; i += columns) pieces.push(line.slice(i, i + columns))
+      return pieces.length === 0 ? [""] : pieces
+    })
+    return rows.slice(-draftRows).map((row) => this.style("36", row))
+  }
+
   private statusLines(): Array<string> {
     const columns = this.options.out.columns || 80
     const now = Date.now()
@@ -285,7 +356,7 @@ export class Screen {
   /** Draws the status lines, then the prompt with what is being typed. */
   private draw() {
     if (!this.options.live || this.closed) return
-    const lines = this.statusLines()
+    const lines = [...this.draftLines(), ...this.statusLines()]
     for (const line of lines) this.options.out.write(`${line}\n`)
     this.footer = lines.map(width)
     if (this.input === undefined) return
@@ -301,6 +372,7 @@ export class Screen {
   /** Stops redrawing; what is on screen stays. */
   close(farewell?: string) {
     if (this.closed) return
+    this.cutDraft()
     this.releaseHeld()
     if (this.options.live) this.options.out.off("resize", this.onResize)
     if (this.running.size > 0) this.note(`(${this.running.size} background call(s) still running were stopped)`)

@@ -3,7 +3,7 @@
  * booked, a couple of seconds apart), and `check_weather`, a quick plain one.
  */
 import { Effect, Schema } from "effect"
-import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+import { AiAgent, AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import type { Duration } from "effect"
 
 /** Real time between the booking's steps. */
@@ -61,11 +61,12 @@ export const checkWeather = FunctionTool.make("check_weather", {
   ))
 
 /**
- * The toolset: a second booking to the same city needs the user's confirmation (another city is
- * fine), and the model also gets `get_running_tasks_travel` and `cancel_task_travel`.
+ * The toolset, as a layer that adds it to the agent: a second booking to the same city needs the
+ * user's confirmation (another city is fine), and the model also gets `get_running_tasks_travel`
+ * and `cancel_task_travel`.
  */
-export const travelToolset = (timing: Timing) =>
-  AsyncToolset.make({
+export const travelTools = (timing: Timing) =>
+  AiAgent.toolset({
     id: "travel",
     tools: [bookFlight(timing), checkWeather],
     duplicateScope: "arguments"

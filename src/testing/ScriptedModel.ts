@@ -70,13 +70,19 @@ export interface ToolCall {
  * What the model answers: a string (its words), or words and tool calls, optionally after a
  * `delay` (the model "thinks" that long; under `TestClock` the test moves time on).
  *
+ * `text` may be given as its deltas (`["Hel", "lo"]`): `streamText` sends one text delta per
+ * element, `generateText` their concatenation. `fail` makes the answer fail part-way:
+ * `streamText` sends the words and the tool calls, then fails with it instead of finishing;
+ * `generateText` fails with it.
+ *
  * @since 0.1.0
  * @category models
  */
 export type Reply = string | {
-  readonly text?: string | undefined
+  readonly text?: string | ReadonlyArray<string> | undefined
   readonly toolCalls?: ReadonlyArray<ToolCall> | undefined
   readonly delay?: Duration.Input | undefined
+  readonly fail?: AiError.AiError | undefined
 }
 
 /**
@@ -151,39 +157,65 @@ const toRequest = (index: number, options: LanguageModel.ProviderOptions): Reque
 }
 
 interface Answer {
-  readonly text: string
+  /** The words, as the deltas a stream sends. */
+  readonly deltas: ReadonlyArray<string>
   readonly calls: ReadonlyArray<{ readonly id: string; readonly name: string; readonly params: unknown }>
+  readonly fail: AiError.AiError | undefined
 }
 
-const toAnswer = (index: number, reply: Reply): Answer => {
-  const { text = "", toolCalls = [] } = typeof reply === "string" ? { text: reply } : reply
+/** `"Hello there, you"` → `["Hello ", "there, ", "you"]`: each word with the blanks after it. */
+const words = (text: string): ReadonlyArray<string> => text.match(/\s*\S+\s*/g) ?? (text === "" ? [] : [text])
+
+const toAnswer = (index: number, reply: Reply, textDeltas: "whole" | "words"): Answer => {
+  const { fail, text = "", toolCalls = [] } = typeof reply === "string" ? { text: reply } : reply
   return {
-    text,
+    deltas: typeof text !== "string" ? text : text === "" ? [] : textDeltas === "words" ? words(text) : [text],
     calls: toolCalls.map((call, n) => ({
       id: call.id ?? `call_${index + 1}_${n + 1}`,
       name: call.name,
       params: call.params ?? {}
-    }))
+    })),
+    fail
   }
 }
 
 const finishReason = (answer: Answer) => answer.calls.length > 0 ? "tool-calls" : "stop"
 
-const toParts = (answer: Answer): Array<Response.PartEncoded> => [
-  ...(answer.text === "" ? [] : [{ type: "text" as const, text: answer.text }]),
-  ...answer.calls.map((call) => ({ type: "tool-call" as const, ...call })),
-  { type: "finish", reason: finishReason(answer), usage }
-]
+const toParts = (answer: Answer): Array<Response.PartEncoded> => {
+  const text = answer.deltas.join("")
+  return [
+    ...(text === "" ? [] : [{ type: "text" as const, text }]),
+    ...answer.calls.map((call) => ({ type: "tool-call" as const, ...call })),
+    { type: "finish", reason: finishReason(answer), usage }
+  ]
+}
 
-const toStreamParts = (answer: Answer): Array<Response.StreamPartEncoded> => [
-  ...(answer.text === "" ? [] : [
-    { type: "text-start" as const, id: "text_1" },
-    { type: "text-delta" as const, id: "text_1", delta: answer.text },
-    { type: "text-end" as const, id: "text_1" }
-  ]),
-  ...answer.calls.map((call) => ({ type: "tool-call" as const, ...call })),
-  { type: "finish", reason: finishReason(answer), usage }
-]
+/** The answer as a stream: its words delta by delta (`pause` before each), its calls, its end. */
+const toStream = (
+  answer: Answer,
+  pause: Duration.Input | undefined
+): Stream.Stream<Response.StreamPartEncoded, AiError.AiError> => {
+  const deltas = Stream.fromIterable(answer.deltas).pipe(
+    Stream.map((delta): Response.StreamPartEncoded => ({ type: "text-delta", id: "text_1", delta }))
+  )
+  const words = answer.deltas.length === 0 ? Stream.empty : Stream.concat(
+    Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-start", id: "text_1" }),
+    Stream.concat(
+      pause === undefined ? deltas : Stream.mapEffect(deltas, (part) => Effect.as(Effect.sleep(pause), part)),
+      Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-end", id: "text_1" })
+    )
+  )
+  const end: Stream.Stream<Response.StreamPartEncoded, AiError.AiError> = answer.fail === undefined
+    ? Stream.make({ type: "finish", reason: finishReason(answer), usage })
+    : Stream.fail(answer.fail)
+  return Stream.concat(
+    words,
+    Stream.concat(
+      Stream.fromIterable(answer.calls.map((call): Response.StreamPartEncoded => ({ type: "tool-call", ...call }))),
+      end
+    )
+  )
+}
 
 /**
  * @since 0.1.0
@@ -195,6 +227,13 @@ export interface Options {
    * `false` plays a provider that only takes a leading system message.
    */
   readonly systemMessagesInHistory?: boolean | undefined
+  /**
+   * How `streamText` sends a reply given as one string: as one delta (`whole`, the default) or
+   * word by word (`words`), as a real model streams. A reply given as deltas is sent as given.
+   */
+  readonly textDeltas?: "whole" | "words" | undefined
+  /** How long `streamText` waits before each text delta (default: no wait). */
+  readonly deltaDelay?: Duration.Input | undefined
 }
 
 /**
@@ -206,9 +245,9 @@ export interface Options {
 export const make = Effect.fnUntraced(function*(script: Script, options: Options = {}) {
   const requests: Array<Request> = []
 
-  const answer = (options: LanguageModel.ProviderOptions): Effect.Effect<Answer, AiError.AiError> =>
+  const answer = (provider: LanguageModel.ProviderOptions): Effect.Effect<Answer, AiError.AiError> =>
     Effect.suspend(() => {
-      const request = toRequest(requests.length, options)
+      const request = toRequest(requests.length, provider)
       requests.push(request)
       const reply: Reply | Effect.Effect<Reply, AiError.AiError> | undefined = typeof script === "function"
         ? script(request)
@@ -220,15 +259,16 @@ export const make = Effect.fnUntraced(function*(script: Script, options: Options
         Effect.isEffect(reply) ? reply : Effect.succeed(reply),
         (r) => {
           const delay = typeof r === "string" ? undefined : r.delay
-          const result = Effect.succeed(toAnswer(request.index, r))
+          const result = Effect.succeed(toAnswer(request.index, r, options.textDeltas ?? "whole"))
           return delay === undefined ? result : Effect.delay(result, delay)
         }
       )
     })
 
   const model = yield* LanguageModel.make({
-    generateText: (options) => Effect.map(answer(options), toParts),
-    streamText: (options) => Stream.fromIterableEffect(Effect.map(answer(options), toStreamParts)),
+    generateText: (provider) =>
+      Effect.flatMap(answer(provider), (a) => a.fail === undefined ? Effect.succeed(toParts(a)) : Effect.fail(a.fail)),
+    streamText: (provider) => Stream.unwrap(Effect.map(answer(provider), (a) => toStream(a, options.deltaDelay))),
     ...(options.systemMessagesInHistory === undefined
       ? {}
       : { supportsSystemMessagesInHistory: Effect.succeed(options.systemMessagesInHistory) })

@@ -5,9 +5,9 @@
  * instructions) all reach the server in a shape it accepts.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Redacted } from "effect"
+import { Effect, Layer, Redacted, Stream } from "effect"
 import { FetchHttpClient } from "effect/http"
-import { AiAgent, AsyncToolset } from "effect-async-toolset"
+import { AgentEvent, AiAgent, AsyncToolset } from "effect-async-toolset"
 import { OpenAiCompat } from "effect-async-toolset/openai-compat"
 import { bookFlight, transcript } from "../support/agent.ts"
 import * as OpenAiServer from "../support/openAiServer.ts"
@@ -66,5 +66,72 @@ describe("scenario: the agent on an OpenAI-compatible server", () => {
       assert.strictEqual(last.messages[at + 1]!.tool_call_id, "call_abc_final")
       assert.include(String(last.messages[at + 1]!.content), "FL-847293")
       assert.strictEqual(last.messages.at(-1)!.role, "system")
+    }))
+
+  it.live("streamed over server-sent events: the agent's words arrive as deltas, a call assembled from argument deltas runs", () =>
+    Effect.gen(function*() {
+      const words = (...pieces: ReadonlyArray<string>): OpenAiServer.Reply => ({
+        _tag: "Sse",
+        events: [
+          ...pieces.map((content, i) => OpenAiServer.chunk(i === 0 ? { role: "assistant", content } : { content })),
+          OpenAiServer.chunk({}, "stop"),
+          OpenAiServer.usageChunk
+        ]
+      })
+      const call = (delta: object) => OpenAiServer.chunk({ tool_calls: [delta] })
+      const server = yield* OpenAiServer.make((request) => {
+        const { messages, tool_choice } = request.body
+        if (tool_choice === "none") {
+          // a reply names what it is for (its instructions come last): the "found 3 flights" update
+          // alone is not worth saying; the final result is the booking
+          const named = String(messages.at(-1)?.content ?? "")
+          return named.includes("call_abc_final") ? words("All set! ", "Your confirmation ", "number is FL-847293.") : words()
+        }
+        if (messages.at(-1)?.role === "tool") return words("On it: ", "looking up ", "flights.")
+        return {
+          _tag: "Sse",
+          events: [
+            call({ index: 0, id: "call_abc", type: "function", function: { name: "book_flight", arguments: "" } }),
+            call({ index: 0, function: { arguments: `{"to":` } }),
+            call({ index: 0, function: { arguments: `"Tokyo"}` } }),
+            OpenAiServer.chunk({}, "tool_calls"),
+            OpenAiServer.usageChunk
+          ]
+        }
+      })
+      const provider = OpenAiCompat.layer({ baseUrl: server.baseUrl, apiKey: Redacted.make(server.apiKey), model: "test-model" })
+        .pipe(Layer.provide(FetchHttpClient.layer))
+
+      yield* Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight({ search: "20 millis", book: "20 millis" })] })
+        yield* agent.addToolset(toolset)
+        const deltas: Array<AgentEvent.TextDelta> = []
+        yield* agent.events.pipe(
+          Stream.filter(AgentEvent.AgentEvent.guards.TextDelta),
+          Stream.runForEach((event) => Effect.sync(() => deltas.push(event))),
+          Effect.forkChild({ startImmediately: true })
+        )
+        yield* Effect.yieldNow
+
+        const turn = yield* agent.send("Book me a flight to Tokyo")
+        assert.strictEqual(turn.text, "On it: looking up flights.")
+        yield* toolset.awaitIdle
+
+        const lines = transcript(yield* agent.chat)
+        assert.strictEqual(lines[1], `call call_abc book_flight {"to":"Tokyo"}`)
+        assert.strictEqual(lines.at(-1), "assistant: All set! Your confirmation number is FL-847293.")
+        assert.deepStrictEqual(deltas.map((d) => d.delta), [
+          "On it: ",
+          "looking up ",
+          "flights.",
+          "All set! ",
+          "Your confirmation ",
+          "number is FL-847293."
+        ])
+      }).pipe(Effect.provide(AiAgent.layer({ instructions: "You book flights." }).pipe(Layer.provide(provider))))
+
+      assert.deepStrictEqual(server.rejected, [])
+      assert.isTrue(server.requests.every((r) => r.body.stream === true), "every request asked for a stream")
     }))
 })
