@@ -139,15 +139,25 @@ export interface AsyncToolset {
   readonly events: Stream.Stream<ToolsetEvent>
 }
 
+function runningCallsOptions(attributes?: Metric.Metric.AttributeSet) {
+  return { description: "Background tool calls running now", ...(attributes === undefined ? {} : { attributes }) }
+}
+
+function callsEndedOptions(attributes?: Metric.Metric.AttributeSet) {
+  return {
+    description: "Background tool calls ended, by outcome",
+    incremental: true,
+    ...(attributes === undefined ? {} : { attributes })
+  }
+}
+
 /**
  * Calls running now, per toolset (`toolset` attribute).
  *
  * @since 0.1.0
  * @category metrics
  */
-export const runningCalls = Metric.gauge("async_toolset_running_calls", {
-  description: "Background tool calls running now"
-})
+export const runningCalls = Metric.gauge("async_toolset_running_calls", runningCallsOptions())
 
 /**
  * Calls ended, per toolset, tool and outcome (`toolset`, `tool`, `outcome` attributes).
@@ -155,10 +165,7 @@ export const runningCalls = Metric.gauge("async_toolset_running_calls", {
  * @since 0.1.0
  * @category metrics
  */
-export const callsEnded = Metric.counter("async_toolset_calls_total", {
-  description: "Background tool calls ended, by outcome",
-  incremental: true
-})
+export const callsEnded = Metric.counter("async_toolset_calls_total", callsEndedOptions())
 
 const idPattern = /^[A-Za-z0-9_-]{1,40}$/
 
@@ -220,13 +227,15 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       Stream.fromPubSub(pubsub)
     )
   )
-  const runningGauge = Metric.withAttributes(runningCalls, { toolset: id })
+  // Each series is a metric of its own with its attributes built in (the same series as
+  // `runningCalls` / `callsEnded` with those attributes): an update merges nothing.
+  const runningGauge = Metric.gauge("async_toolset_running_calls", runningCallsOptions({ toolset: id }))
   const endedCounters = new Map<string, Metric.Metric<number, unknown>>()
   const countEnded = (tool: string, outcome: Outcome) => {
     const key = `${tool}\u0000${outcome}`
     let counter = endedCounters.get(key)
     if (counter === undefined) {
-      counter = Metric.withAttributes(callsEnded, { toolset: id, tool, outcome })
+      counter = Metric.counter("async_toolset_calls_total", callsEndedOptions({ toolset: id, tool, outcome }))
       endedCounters.set(key, counter)
     }
     counter.updateUnsafe(1, services)
@@ -245,6 +254,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     pending: 0,
     closed: false,
     emit: (event) => emit(() => event),
+    listening: () => subscribers > 0,
     settled: () => {
       Lifecycle.notify(registry)
       Lifecycle.flush(registry)

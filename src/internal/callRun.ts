@@ -284,7 +284,7 @@ const deliverOutcome = (toolset: Toolset, c: Call, exit: Exit.Exit<unknown, unkn
 const outcome = (toolset: Toolset, c: Call, out: FunctionTool.Output | undefined): Effect.Effect<void> => {
   c.outcome = out?.isError === true ? "error" : "done"
   const { callId, name } = c.functionCall
-  if (Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, out?.output ?? "", out?.isError ?? false))) {
+  if (!c.firstSettled && Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, out?.output ?? "", out?.isError ?? false))) {
     Lifecycle.flush(toolset.registry)
     return Effect.void
   }
@@ -362,7 +362,7 @@ export const update = (toolset: Toolset, c: Call, message: unknown): Effect.Effe
     const { callId, name } = c.functionCall
     // Checking and settling the first output is one synchronous step: of two updates racing,
     // exactly one is the first output and the other is `_update_1` (B8).
-    if (Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, text, false, pendingExtra))) {
+    if (!c.firstSettled && Lifecycle.settleFirst(toolset.registry, c, output(toolset, callId, name, text, false, pendingExtra))) {
       emitUpdated(toolset, c, 0, message, text)
       Lifecycle.flush(toolset.registry)
       return Effect.void

@@ -40,6 +40,8 @@ export interface Owner {
   closed: boolean
   /** Publishes one of the toolset's events (a no-op without subscribers). */
   readonly emit: (event: ToolsetEvent) => void
+  /** Whether someone listens to the toolset's events (else none is built). */
+  readonly listening: () => boolean
   /** Called when `pending` went down: the toolset may be idle now. */
   readonly settled: () => void
   /** Completed when the toolset closes. */
@@ -320,12 +322,14 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
     if (!coordinator.batch.some(answerable)) return Effect.void
     coordinator.stepSuspended = false
     coordinator.waiting = false
-    return Effect.flatMap(Effect.forkChild(requestStep, { startImmediately: true }), (step) => {
-      const exit = step.pollUnsafe()
-      if (exit !== undefined && Exit.isSuccess(exit)) return exit.value === "again" ? prepare : Effect.void
-      coordinator.stepSuspended = true
-      return slowRequest(coordinator, step, prepare)
-    })
+    // Started here and now, on this fiber's context; when it answers at once (the usual case) it
+    // is over before this returns. A step that suspends is waited for, and interrupted with the
+    // coordinator.
+    const step = Effect.runForkWith(Fiber.getCurrent()!.context)(requestStep)
+    const exit = step.pollUnsafe()
+    if (exit !== undefined && Exit.isSuccess(exit)) return exit.value === "again" ? prepare : Effect.void
+    coordinator.stepSuspended = true
+    return Effect.onInterrupt(slowRequest(coordinator, step, prepare), () => Fiber.interrupt(step))
   })
 
   // One reply: everything pending once the session is idle. Never fails.
@@ -570,9 +574,12 @@ const unbatch = (coordinator: Coordinator, item: Item): void => {
   settle(item)
 }
 
+const listened = (item: Item): boolean => item.owner.listening()
+
 /** The reply was requested: tell each toolset, per its own items. */
 const delivered = (coordinator: Coordinator, ready: ReadonlyArray<Item>, instructions: string): void => {
   coordinator.request = undefined
+  if (!ready.some(listened)) return
   const at = coordinator.clock.currentTimeMillisUnsafe()
   for (const [owner, callIds] of byOwner(ready)) {
     owner.emit({ _tag: "ReplyDelivered", toolsetId: owner.id, callIds, instructions, at })
@@ -584,6 +591,7 @@ const skipped = (
   items: ReadonlyArray<Item>,
   reason: "already-answered" | "session-failed"
 ): void => {
+  if (!items.some(listened)) return
   const at = coordinator.clock.currentTimeMillisUnsafe()
   for (const [owner, callIds] of byOwner(items)) {
     owner.emit({ _tag: "ReplySkipped", toolsetId: owner.id, callIds, reason, at })
