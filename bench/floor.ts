@@ -7,6 +7,7 @@
  */
 import { Deferred, Effect, Exit, Fiber, Latch, Queue, Scope } from "effect"
 import { begin, collect, end, expect } from "./harness.ts"
+import * as Mailbox from "./mailbox.ts"
 
 interface Result {
   readonly text: string
@@ -128,20 +129,20 @@ export const w3 = (n: number): Promise<{ readonly heap: number; readonly rss: nu
 /** W4: microseconds to deliver one later update with `history` items already in the chat. */
 export const w4 = (history: number, updates: number): Promise<number> =>
   run(Effect.gen(function*() {
-    const replied = yield* Queue.unbounded<void>()
-    const floor = yield* makeFloor(() => Queue.offerUnsafe(replied, undefined))
+    const replied = Mailbox.make<void>()
+    const floor = yield* makeFloor(() => replied.offer(undefined))
     for (let i = 0; i < history; i++) floor.chat.push(`message ${i}`)
-    const messages = yield* Queue.unbounded<string>()
+    const messages = Mailbox.make<string>()
     const { first } = yield* start(floor, (first) =>
       Effect.gen(function*() {
         yield* Deferred.succeed(first, "started")
-        while (true) yield* deliver(floor, yield* Queue.take(messages))
+        while (true) yield* deliver(floor, yield* messages.take)
       }))
     yield* Deferred.await(first)
     const t0 = begin()
     for (let i = 0; i < updates; i++) {
-      yield* Queue.offer(messages, `progress ${i}`)
-      yield* Queue.take(replied)
+      messages.offer(`progress ${i}`)
+      yield* replied.take
     }
     const us = (end(t0) * 1000) / updates
     expect(floor.chat.length === history + updates, "floor W4: every update is in the chat")

@@ -38,7 +38,10 @@ export const config = {
   w2Sizes: ints("BENCH_W2_SIZES", scale([1_000, 10_000, 100_000])),
   w3Sizes: ints("BENCH_W3_SIZES", scale([10_000, 100_000])),
   w4Sizes: ints("BENCH_W4_SIZES", scale([10, 1_000, 100_000])),
-  w4Updates: int("BENCH_W4_UPDATES", quick ? 50 : 200),
+  /** Updates per W4 sample up to 10k items in the chat (enough for a sample to last long enough to time). */
+  w4Updates: int("BENCH_W4_UPDATES", quick ? 200 : 2000),
+  /** Updates per W4 sample above 10k items (the peer copies the history on every update). */
+  w4UpdatesLarge: int("BENCH_W4_UPDATES_LARGE", quick ? 50 : 200),
   w5Calls: int("BENCH_W5_CALLS", quick ? 1_000 : 10_000),
   w6Calls: int("BENCH_W6_CALLS", quick ? 1_000 : 10_000),
   /**

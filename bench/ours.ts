@@ -6,10 +6,11 @@
  * everything from `execute` on (argument decoding, the run context, the fiber, the first output,
  * delivery and the reply) is timed.
  */
-import { Deferred, Effect, Exit, Latch, Queue, Schema } from "effect"
+import { Deferred, Effect, Exit, Latch, Schema } from "effect"
 import type { Scope } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { begin, collect, end, expect } from "./harness.ts"
+import * as Mailbox from "./mailbox.ts"
 import * as Session from "./session.ts"
 
 /** `BENCH_SPANS=0` measures ours without the span per call (`spanPerCall: false`); the default keeps it. */
@@ -120,18 +121,18 @@ export const w3 = (n: number): Promise<{ readonly heap: number; readonly rss: nu
  */
 export const w4 = (history: number, updates: number): Promise<number> =>
   Effect.runPromise(Effect.gen(function*() {
-    const replied = yield* Queue.unbounded<void>()
-    const messages = yield* Queue.unbounded<string>()
+    const replied = Mailbox.make<void>()
+    const messages = Mailbox.make<string>()
     const stream = FunctionTool.make("stream", {
       description: "Streams progress",
       parameters: Parameters
     }, () =>
       Effect.gen(function*() {
         yield* AsyncRunContext.update("started")
-        while (true) yield* AsyncRunContext.update(yield* Queue.take(messages))
+        while (true) yield* AsyncRunContext.update(yield* messages.take)
       }))
     return yield* withSessionEffect(
-      { onReply: () => Queue.offerUnsafe(replied, undefined) },
+      { onReply: () => replied.offer(undefined) },
       (controls) =>
         Effect.gen(function*() {
           const items = yield* Effect.forEach(
@@ -144,8 +145,8 @@ export const w4 = (history: number, updates: number): Promise<number> =>
           expect(AsyncToolset.isPending(yield* toolset.execute(call!)), "ours W4: the call runs in the background")
           const t0 = begin()
           for (let i = 0; i < updates; i++) {
-            yield* Queue.offer(messages, `progress ${i}`)
-            yield* Queue.take(replied)
+            messages.offer(`progress ${i}`)
+            yield* replied.take
           }
           const us = (end(t0) * 1000) / updates
           const length = controls.chatLength()

@@ -165,8 +165,8 @@ const w1 = async () => {
     ours: m.ours,
     peer: m.peer,
     floor: m.floor,
-    target: "ours/peer ≥ 1.5; ours/W0 ≥ 0.5",
-    met: `${yesNo(vsPeer >= 1.5)}; ${yesNo(vsFloor >= 0.5)}`
+    target: "ours/peer > 1.0; ours/W0 ≥ 0.5",
+    met: `${yesNo(vsPeer > 1)}; ${yesNo(vsFloor >= 0.5)}`
   })
 }
 
@@ -210,8 +210,8 @@ const w2 = async () => {
       peer: m.peer,
       peerText,
       floor: m.floor,
-      target: isTenK ? "ours/peer ≤ 0.33; ours/W0 ≤ 2" : "ours/W0 ≤ 2",
-      met: isTenK ? `${yesNo(vsPeer <= 1 / 3)}; ${yesNo(vsFloor <= 2)}` : yesNo(vsFloor <= 2)
+      target: isTenK ? "ours/peer < 1 (lead kept); ours/W0 ≤ 2" : "ours/W0 ≤ 2",
+      met: isTenK ? `${yesNo(vsPeer < 1)}; ${yesNo(vsFloor <= 2)}` : yesNo(vsFloor <= 2)
     })
   }
   // Linear: the cost per call at the largest N is within 2× of the cheapest per-call cost at a
@@ -282,7 +282,7 @@ const w3 = async () => {
 const w4 = async () => {
   const perSize: Array<{ readonly n: number; readonly ours: number; readonly peer: number }> = []
   for (const n of config.w4Sizes) {
-    const updates = config.w4Updates
+    const updates = n > 10_000 ? config.w4UpdatesLarge : config.w4Updates
     const m = await sample(`W4 history=${n}`, config.rounds, {
       ours: () => ours.w4(n, updates),
       peer: () => peer.w4(n, updates),
@@ -290,14 +290,17 @@ const w4 = async () => {
     })
     perSize.push({ n, ours: m.ours!, peer: m.peer! })
     rows.push({
-      workload: `W4 deliver one later update (chat insert + reply), ${updates} updates`,
+      workload: `W4 deliver one later update (chat insert + reply), ${updates} updates per sample`,
       size: `${sizeLabel(n)} items in the chat`,
       unit: "µs/update",
       ours: m.ours,
       peer: m.peer,
       floor: m.floor,
-      target: "ours/W0 ≤ 2",
-      met: yesNo(m.ours! / m.floor! <= 2)
+      // The lead the issue keeps is at scale (the peer copies the history on every update).
+      target: n >= 100_000 ? "ours/peer < 1 (lead kept); ours/W0 ≤ 2" : "ours/W0 ≤ 2",
+      met: n >= 100_000
+        ? `${yesNo(m.ours! / m.peer! < 1)}; ${yesNo(m.ours! / m.floor! <= 2)}`
+        : yesNo(m.ours! / m.floor! <= 2)
     })
   }
   const first = perSize[0]!
@@ -335,8 +338,8 @@ const w5 = async () => {
     ours: m.ours,
     peer: m.peer,
     floor: m.floor,
-    target: "ours/W0 ≤ 2",
-    met: yesNo(m.ours! / m.floor! <= 2)
+    target: "ours/peer < 1 (lead kept); ours/W0 ≤ 2",
+    met: `${yesNo(m.ours! / m.peer! < 1)}; ${yesNo(m.ours! / m.floor! <= 2)}`
   })
   rows.push({
     workload: "W5 reply requests for those N finals",
@@ -366,8 +369,8 @@ const w6 = async () => {
     ours: m.ours,
     peer: m.peer,
     floor: m.floor,
-    target: "ours/W0 ≤ 2",
-    met: yesNo(m.ours! / m.floor! <= 2)
+    target: "ours/peer ≤ 0.8; ours/W0 ≤ 2",
+    met: `${yesNo(m.ours! / m.peer! <= 0.8)}; ${yesNo(m.ours! / m.floor! <= 2)}`
   })
 }
 
