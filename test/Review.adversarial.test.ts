@@ -445,8 +445,8 @@ describe("Review: C4 the chat read for the wording is kept across the last idle 
   })
 })
 
-describe("Review: no _update_n after _final", () => {
-  it.effect("a child fiber's update whose insertion is cut short when the call ends is not put after _final", () => {
+describe("Review: an update cut short is not lost (C3)", () => {
+  it.effect("a child fiber's update whose insertion is cut short when the call ends is retried: in the chat once (after _final, stamped when inserted), named in a reply", () => {
     // Inserting an update takes 5 s; inserting the final result is quick.
     const layer = Layer.effectContext(Effect.map(TestSession.make(), ({ controls, session }) => {
       const port = AgentSession.AgentSession.of({
@@ -471,8 +471,40 @@ describe("Review: no _update_n after _final", () => {
       yield* execute(toolset, "c1", "job")
       yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle" })
       const ids = chatCallIds(yield* session.chat)
-      const final = ids.indexOf("c1_final")
-      assert.deepStrictEqual(ids.slice(final).filter((id) => id !== "c1_final"), [], `chat: ${ids.join(", ")}`)
+      assert.deepStrictEqual(ids.filter((id) => id === "c1_update_1").length, 1, `once: ${ids.join(", ")}`)
+      assert.deepStrictEqual(ids.filter((id) => id === "c1_final").length, 1, `once: ${ids.join(", ")}`)
+      const named = (yield* session.replies).flatMap((r) => [...namedCallIds(r.instructions)])
+      assert.includeMembers(named, ["c1_update_1", "c1_final"])
+      assert.strictEqual(named.filter((id) => id === "c1_update_1").length, 1, "named in exactly one reply")
     }).pipe(Effect.provide(layer))
   })
+})
+
+describe("C3: an update whose insertion failed is delivered even when its call's final result got in first", () => {
+  for (const fault of ["fail", "die", "interrupt"] as const) {
+    it.effect(`the insertion of c1_update_1 ends with '${fault}' once; c1_final is inserted before the retry: both are in the chat once and named in a reply once`, () => {
+      const faulty = faultySession({
+        insert: (items, attempt) => items.some((i) => "callId" in i && i.callId === "c1_update_1") && attempt === 1 ? fault : "ok"
+      })
+      const background = FunctionTool.make("background", { description: "Updates twice, then returns" }, () =>
+        Effect.gen(function*() {
+          yield* AsyncRunContext.update("started")
+          yield* AsyncRunContext.update("halfway") // c1_update_1: its insertion fails; update returns all the same
+          return "done" // c1_final: inserted at once, before the coordinator retries c1_update_1
+        }))
+      const logs = captureLogs()
+      return Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* AsyncToolset.make({ id: "t", tools: [background] })
+        yield* execute(toolset, "c1", "background")
+        yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle" })
+        const ids = chatCallIds(yield* session.chat)
+        assert.deepStrictEqual([...ids].sort(), ["c1_final", "c1_update_1"], `chat: ${ids.join(", ")}`)
+        const named = (yield* session.replies).flatMap((r) => [...namedCallIds(r.instructions)])
+        assert.deepStrictEqual([...named].sort(), ["c1_final", "c1_update_1"], "each named in exactly one reply")
+        assert.deepStrictEqual(chatProblems(yield* session.chat), [])
+        assert.deepStrictEqual(logs.find(["Error"]).map((l) => l.text), [], "nothing reported lost")
+      }).pipe(Effect.provide(faulty.layer), Effect.provide(logs.layer))
+    })
+  }
 })

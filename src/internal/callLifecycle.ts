@@ -71,8 +71,6 @@ export interface Call<Tool> {
   timer: Fiber.Fiber<unknown, unknown> | undefined
   /** How many `_update_<n>` items it delivered. */
   updates: number
-  /** The step of its newest item in the chat (`n` of `_update_<n>`; `Infinity` once its final result is there). */
-  lastInserted: number
   /** What its synthetic call ids start with, once it made one. */
   base: string | undefined
 }
@@ -138,7 +136,6 @@ export const makeCall = <Tool>(
   fiber: undefined,
   timer: undefined,
   updates: 0,
-  lastInserted: 0,
   base: undefined
 })
 

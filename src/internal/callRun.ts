@@ -429,7 +429,6 @@ const prepareItem = (toolset: Toolset, c: Call, suffix: string, out: FunctionToo
   const item: Coordinator.Item = {
     owner: toolset.owner,
     callId,
-    step: suffix === "_final" ? Infinity : c.updates,
     items: [
       Items.functionCall(newId("fc"), callId, name, args, now),
       Items.functionCallOutput(newId("fco"), callId, name, out.output, out.isError, now)
@@ -437,7 +436,7 @@ const prepareItem = (toolset: Toolset, c: Call, suffix: string, out: FunctionToo
     inserted: false,
     insertedAt: 0,
     call: c,
-    dropped: () => Coordinator.dropped(c, force, item.step)
+    dropped: () => Coordinator.dropped(c, force)
   }
   Coordinator.begin(item)
   return item
@@ -464,15 +463,11 @@ const insertFailed = (toolset: Toolset, c: Call, item: Coordinator.Item, cause: 
       // Lost because the toolset closed: say so (before the count drops: an idle waiter may close).
       return Effect.andThen(lostAtClose(toolset, item.callId), Effect.sync(() => Coordinator.settle(item)))
     }
-    switch (item.dropped()) {
-      case "cancelled":
-        // Its call was cancelled: nothing of it reaches the chat. If its fiber was interrupted,
-        // the interruption goes on by itself as this region ends.
-        Coordinator.settle(item)
-        return Effect.void
-      case "superseded":
-        return Effect.logError(`could not insert ${item.callId} before a later result of its call; it is dropped (the later one is in the chat)`, cause)
-          .pipe(Effect.annotateLogs({ toolset: toolset.id, callId: item.callId }), Effect.andThen(Effect.sync(() => Coordinator.settle(item))))
+    if (item.dropped() === "cancelled") {
+      // Its call was cancelled: nothing of it reaches the chat. If its fiber was interrupted, the
+      // interruption goes on by itself as this region ends.
+      Coordinator.settle(item)
+      return Effect.void
     }
     Coordinator.handOver(toolset.coordinator, item)
     return Effect.logWarning("could not insert a tool result into the chat; the reply coordinator will retry", cause)

@@ -52,24 +52,20 @@ export interface Owner {
 export interface CallState {
   /** Why the call was stopped, once it was (`closed`: its toolset closed). */
   readonly stopCause: string | undefined
-  /** The step of its newest item in the chat (`Infinity` once its final result is there). */
-  lastInserted: number
 }
 
 /**
  * Why an item whose insertion failed is not inserted any more: its call was cancelled (nothing of
- * it reaches the chat after that, E2), or a later item of its call is in the chat already (an
- * update put after its call's final result would tell the user old news as new).
+ * it reaches the chat after that, E2). Nothing else drops an item (C3): an update retried after
+ * its call's final result is in the chat goes in after it, stamped when it is inserted (C4b).
  */
-export type DropReason = "cancelled" | "superseded"
+export type DropReason = "cancelled"
 
 /** A call/output pair a toolset put (or tried to put) into the chat, owed a reply. */
 export interface Item {
   readonly owner: Owner
   /** The synthetic call id (`<callId>_update_<n>`, `<callId>_final`). */
   readonly callId: string
-  /** `n` for `_update_<n>`, `Infinity` for `_final`. */
-  readonly step: number
   items: ReadonlyArray<ChatItem>
   inserted: boolean
   /** Clock time at which the insertion completed. */
@@ -217,12 +213,8 @@ export const claimBase = (session: Session, callId: string): string => {
 // --- items ---------------------------------------------------------------------------------------
 
 /** Why an item is not to be inserted (or answered) any more, if it is not. */
-export const dropped = (call: CallState, force: boolean, step: number): DropReason | undefined =>
-  !force && call.stopCause !== undefined && call.stopCause !== "closed"
-    ? "cancelled"
-    : step < call.lastInserted
-    ? "superseded"
-    : undefined
+export const dropped = (call: CallState, force: boolean): DropReason | undefined =>
+  !force && call.stopCause !== undefined && call.stopCause !== "closed" ? "cancelled" : undefined
 
 /** An item is being inserted by its toolset: it counts as pending from now on. */
 export const begin = (item: Item): void => {
@@ -233,7 +225,6 @@ export const begin = (item: Item): void => {
 export const inserted = (coordinator: Coordinator, item: Item): void => {
   item.inserted = true
   item.insertedAt = coordinator.clock.currentTimeMillisUnsafe()
-  if (item.step > item.call.lastInserted) item.call.lastInserted = item.step
 }
 
 /** The item is in the chat (or its insertion failed and is to be retried): queue it for the reply. */
@@ -548,8 +539,6 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
         // Logged before the count drops: a toolset waiting to be idle may close at once.
         const log = reason === "cancelled"
           ? Effect.logDebug(`${item.callId} is not inserted: its call was cancelled before the insertion worked`)
-          : reason === "superseded"
-          ? Effect.logError(`could not insert ${item.callId} before a later result of its call; it is dropped (the later one is in the chat)`)
           : Exit.isSuccess(exit)
           ? Effect.logError(`could not insert ${item.callId} into the chat in time; no reply is requested for it`)
           : Effect.logError(`could not insert ${item.callId} into the chat; no reply is requested for it`, portCause(exit.cause))
