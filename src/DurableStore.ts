@@ -207,7 +207,7 @@ export const layerEmbedded = (
   return layer(options).pipe(
     Layer.provideMerge(ClusterWorkflowEngine.layer),
     Layer.provideMerge(
-      SingleRunner.layer({ runnerStorage: "memory", shardingConfig: options.shardingConfig }).pipe(Layer.orDie)
+      SingleRunner.layer({ runnerStorage: "memory", shardingConfig: { entityTerminationTimeout: "1 second", ...options.shardingConfig } }).pipe(Layer.orDie)
     ),
     Layer.provide(Digest.layerWebCrypto),
     Layer.provideMerge(database)

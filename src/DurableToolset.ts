@@ -318,7 +318,7 @@ const execute = (
         return reject(call, `${call.name} was not run: a call with id ${clip(call.callId)} is already running.`)
       }
       // The duplicate check and the registration are one synchronous step (D5).
-      const key = p.scope === "name" ? call.name : `${call.name}\u0000${p.tool.canonicalArgs(args)}`
+      const key = p.scope === "name" ? call.name : `${call.name}\u001f${p.tool.canonicalArgs(args)}`
       const active = p.mode === "allow" ? [] : Calls.activeOfKey(state, key)
       const decision = decide(p.mode, confirmed, active)
       if (decision !== "start" && decision !== "replace") {

@@ -34,3 +34,13 @@ export const sessionLayer = <Tools extends ReadonlyArray<FunctionTool.Any>>(
     DurableChat.layer({ sessionId: options.sessionId ?? newSessionId() }),
     TestSession.layerWith(options.session ?? {})
   ).pipe(Layer.provideMerge(WorkflowEngine.layerMemory))
+
+/** Checks `check` every 10 ms until it holds (or fails the test after `seconds`). */
+export const eventually = <R>(check: Effect.Effect<boolean, never, R>, what: string, seconds = 10): Effect.Effect<void, never, R> =>
+  Effect.gen(function*() {
+    const until = Date.now() + seconds * 1000
+    while (!(yield* check)) {
+      if (Date.now() > until) return yield* Effect.die(new Error(`timed out waiting for: ${what}`))
+      yield* Effect.sleep("10 millis")
+    }
+  })

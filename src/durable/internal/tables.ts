@@ -232,11 +232,13 @@ export const loadChat = (sql: SqlClient, sessionId: string): Effect.Effect<Reado
     (rows) => rows.map(chatRow)
   )
 
-/** Items of a toolset whose reply is owed. */
+/** The pairs of a toolset owed a reply (the call and the output of each). */
 export const owedItems = (sql: SqlClient, sessionId: string, toolsetId: string) =>
   Effect.map(
     sql`SELECT item_id, seq, created_at, item, toolset_id, call_id, step, message, owed FROM async_toolset_chat
-      WHERE session_id = ${sessionId} AND toolset_id = ${toolsetId} AND owed ORDER BY seq`,
+      WHERE session_id = ${sessionId} AND toolset_id = ${toolsetId} AND call_id IN (
+        SELECT call_id FROM async_toolset_chat WHERE session_id = ${sessionId} AND toolset_id = ${toolsetId} AND owed
+      ) ORDER BY seq`,
     (rows) => rows.map(chatRow)
   )
 
