@@ -30,6 +30,7 @@ export default defineConfig({
     ]
   },
   test: {
-    include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"]
+    include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"],
+    globalSetup: ["test/support/globalSetup.ts"]
   }
 })

@@ -39,6 +39,13 @@ export class DurableChat extends Context.Service<DurableChat, {
   readonly adopt: (itemIds: ReadonlyArray<string>) => void
   /** Putting them into the agent's chat failed: they are not there. */
   readonly disown: (itemIds: ReadonlyArray<string>) => void
+  /**
+   * A reply about these items was asked for: the first assistant message saved from now on is
+   * stored in the same commit as the record that they are owed nothing (so a process that stops
+   * right after the reply never asks for it again). Returns the items of the previous call that no
+   * saved message marked: call it with `[]` once the reply is over, and mark those.
+   */
+  readonly replyFor: (itemIds: ReadonlyArray<string>) => ReadonlyArray<string>
 }>()("effect-async-toolset/DurableChat") {}
 
 /**
@@ -67,6 +74,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const rows = yield* loadChat(store.sql, sessionId)
   const history = new ChatContext({ items: rows.map((row) => decodeItem(row.item, row.createdAt)) })
   const known = new Set(rows.map((row) => row.itemId))
+  let awaitingReply: ReadonlyArray<string> = []
   const retry = Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 4 }))
   return DurableChat.of({
     sessionId,
@@ -78,16 +86,25 @@ export const make = Effect.fnUntraced(function*(options: Options) {
     disown: (itemIds) => {
       for (const id of itemIds) known.delete(id)
     },
+    replyFor: (itemIds) => {
+      const left = awaitingReply
+      awaitingReply = itemIds
+      return left
+    },
     save: (items) =>
       Effect.suspend(() => {
         const fresh = items.filter((item) => !known.has(item.id))
         if (fresh.length === 0) return Effect.void
         for (const item of fresh) known.add(item.id)
-        return saveItems(store.sql, sessionId, fresh).pipe(
+        // The agent's reply, when one was asked for: it answers those items, in the same commit.
+        const replied = fresh.some((item) => item._tag === "ChatMessage" && item.role === "assistant") ? awaitingReply : []
+        if (replied.length > 0) awaitingReply = []
+        return saveItems(store.sql, sessionId, fresh, replied).pipe(
           Effect.tap(() => Effect.sync(() => store.signal(sessionId))),
           Effect.retry(retry),
           Effect.catchCause((cause) => {
             for (const item of fresh) known.delete(item.id)
+            if (replied.length > 0 && awaitingReply.length === 0) awaitingReply = replied
             return Effect.logError(
               `could not store ${fresh.map((item) => item.id).join(", ")}; they are in the agent's chat but will be missing after a restart`,
               cause

@@ -211,7 +211,7 @@ export const make = Effect.fnUntraced(function*<Tools extends ReadonlyArray<Func
       if (subscribers > 0) PubSub.publishUnsafe(pubsub, event())
     }
   }
-  state.coordinator = yield* Coordinator.acquire(session, store, chat.sessionId, owner)
+  state.coordinator = yield* Coordinator.acquire(session, store, chat, owner)
   yield* Effect.orDie(Calls.load(state))
   const watcher = yield* Effect.forkDetach(Calls.watch(state), { startImmediately: true })
 

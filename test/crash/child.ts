@@ -11,7 +11,8 @@
  * runner listening on RUNNER_PORT, or a client when RUNNER_PORT is unset).
  *
  * CRASH_AT=<point> stops the process at that point: it prints `CRASH <point>` and freezes (the
- * whole thread waits, so nothing else happens), and the test kills it with SIGKILL. The points:
+ * whole thread waits, so nothing else happens), and the test kills it with SIGKILL. With
+ * CRASH_ONCE=<file>, only the first process of several to get there stops. The points:
  *   after-first-update  the tool's first update is recorded; the agent has not got it yet
  *   during-activity     inside charge_card: the provider charged the card, the step's result is not stored
  *   final-stored        the final result is recorded in the store, not yet in the agent's chat
@@ -23,7 +24,7 @@
  * `activity-start`, `activity-done`, `charge <key>`, `reply <call ids>`, `poll <pid>`. At the end the
  * process prints `REPORT <json>`: the chat and the calls still running.
  */
-import { appendFileSync, writeSync } from "node:fs"
+import { appendFileSync, closeSync, openSync, writeSync } from "node:fs"
 import { Effect, Layer, Redacted, Schema } from "effect"
 import type { SqlClient } from "effect/sql/SqlClient"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
@@ -43,9 +44,21 @@ const timing = (what: string) => {
   if (env("TIMING") !== undefined) writeSync(2, `AT ${Math.round(performance.now())} ${what}\n`)
 }
 
+/** With CRASH_ONCE (a file path), only the first process to get to the crash point stops there. */
+const firstToCrash = (): boolean => {
+  const once = env("CRASH_ONCE")
+  if (once === undefined) return true
+  try {
+    closeSync(openSync(once, "wx"))
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** Stops here if this is the crash point: says so, then freezes the whole process until it is killed. */
 const crashPoint = (point: string): void => {
-  if (crashAt !== point) return
+  if (crashAt !== point || !firstToCrash()) return
   writeSync(1, `CRASH ${point}\n`)
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 120_000)
   process.exit(3) // never reached when the test kills it
@@ -168,6 +181,8 @@ const agentProgram = Effect.gen(function*() {
   writeSync(1, `REPORT ${JSON.stringify({ chat, running: yield* toolset.runningTasks })}\n`)
 })
 
+const isClient = env("STORE") === "postgres" && env("RUNNER_PORT") === undefined
+
 const main = mode === "runner"
   ? Effect.andThen(Effect.sync(() => writeSync(1, `RUNNER READY ${process.pid}\n`)), Effect.never).pipe(
     Effect.provide(DurableToolset.layer(travel).pipe(Layer.provideMerge(storeLayer())))
@@ -176,7 +191,8 @@ const main = mode === "runner"
     Effect.provide(
       DurableChat.agentLayer({ instructions: "You book flights." }).pipe(
         Layer.provideMerge(DurableChat.layer({ sessionId: env("SESSION") ?? "crash" })),
-        Layer.provideMerge(DurableToolset.layer(travel)),
+        // a cluster client (PostgreSQL without RUNNER_PORT) runs no calls: the runners do
+        Layer.provideMerge(isClient ? Layer.empty : DurableToolset.layer(travel)),
         Layer.provide(model),
         Layer.provideMerge(storeLayer())
       )

@@ -12,6 +12,7 @@ import { Deferred, Duration, Effect, Exit, Fiber, References, Schedule } from "e
 import type { Clock } from "effect"
 import type { AgentSession } from "../../AgentSession.ts"
 import type { ChatItem } from "../../ChatContext.ts"
+import type { DurableChat } from "../../DurableChat.ts"
 import type { DurableStore } from "../../DurableStore.ts"
 import * as Prompts from "../../Prompts.ts"
 import type { ToolsetEvent } from "../../ToolsetEvent.ts"
@@ -52,7 +53,7 @@ export interface Item {
 export interface Coordinator {
   readonly session: Session
   readonly store: DurableStore["Service"]
-  readonly sessionId: string
+  readonly chat: DurableChat["Service"]
   readonly clock: Clock.Clock
   queue: Array<Item>
   parked: Deferred.Deferred<void> | undefined
@@ -67,7 +68,7 @@ const coordinators = new WeakMap<Session, Coordinator>()
 export const acquire = (
   session: Session,
   store: DurableStore["Service"],
-  sessionId: string,
+  chat: DurableChat["Service"],
   owner: Owner
 ): Effect.Effect<Coordinator> =>
   Effect.clockWith((clock) =>
@@ -80,7 +81,7 @@ export const acquire = (
       const made: Coordinator = {
         session,
         store,
-        sessionId,
+        chat,
         clock,
         queue: [],
         parked: undefined,
@@ -161,9 +162,10 @@ const round = (coordinator: Coordinator): Effect.Effect<void> => {
     session.awaitInactive,
     Effect.flatMap(session.items, (chat) => {
       if (decision._tag === "Nothing") decision = decide(coordinator, chat)
-      return decision._tag === "Ask"
-        ? session.generateReply({ instructions: decision.instructions, toolChoice: "none" })
-        : Effect.void
+      if (decision._tag !== "Ask") return Effect.void
+      // The reply the agent stores answers these items: recorded in the same commit (DurableChat).
+      coordinator.chat.replyFor(decision.batch.flatMap((item) => item.itemIds))
+      return session.generateReply({ instructions: decision.instructions, toolChoice: "none" })
     })
   ).pipe(Effect.provideService(References.PreventSchedulerYield, true))
   return Effect.suspend(() => {
@@ -213,7 +215,7 @@ const conclude = (coordinator: Coordinator, decision: Decision, exit: Exit.Exit<
     if (Exit.isSuccess(exit)) return Effect.void
     const left = coordinator.queue
     coordinator.queue = []
-    return report(coordinator, left, exit)
+    return report(coordinator, left, exit, false)
   }
   const at = coordinator.clock.currentTimeMillisUnsafe()
   const batch = decision.batch
@@ -225,13 +227,13 @@ const conclude = (coordinator: Coordinator, decision: Decision, exit: Exit.Exit<
           : { _tag: "ReplySkipped", toolsetId: owner.id, callIds, reason: "already-answered", at }
       )
     }
-    return settle(coordinator, batch)
+    return settle(coordinator, batch, decision._tag === "Ask")
   }
-  return report(coordinator, batch, exit)
+  return report(coordinator, batch, exit, decision._tag === "Ask")
 }
 
-const report = (coordinator: Coordinator, batch: ReadonlyArray<Item>, exit: Exit.Exit<unknown, unknown>) => {
-  if (batch.length === 0 || Exit.isSuccess(exit)) return settle(coordinator, batch)
+const report = (coordinator: Coordinator, batch: ReadonlyArray<Item>, exit: Exit.Exit<unknown, unknown>, asked: boolean) => {
+  if (batch.length === 0 || Exit.isSuccess(exit)) return settle(coordinator, batch, asked)
   const at = coordinator.clock.currentTimeMillisUnsafe()
   for (const [owner, callIds] of byOwner(batch)) {
     owner.emit({ _tag: "ReplySkipped", toolsetId: owner.id, callIds, reason: "session-failed", at })
@@ -243,13 +245,19 @@ const report = (coordinator: Coordinator, batch: ReadonlyArray<Item>, exit: Exit
       } (they are in the chat for the next reply)`,
       exit.cause
     ).pipe(Effect.annotateLogs({ toolset: [...new Set(batch.map((item) => item.owner.id))].join(", ") })),
-    settle(coordinator, batch)
+    settle(coordinator, batch, asked)
   )
 }
 
-/** Marks the items as owed nothing in the store, then counts them as answered. */
-const settle = (coordinator: Coordinator, batch: ReadonlyArray<Item>): Effect.Effect<void> =>
-  markReplied(coordinator.store.sql, coordinator.sessionId, batch.flatMap((item) => item.itemIds)).pipe(
+/**
+ * Marks the items as owed nothing in the store, then counts them as answered. When the reply was
+ * asked for (`asked`), those the agent's stored reply marked already are left out.
+ */
+const settle = (coordinator: Coordinator, batch: ReadonlyArray<Item>, asked: boolean): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const unmarked = asked ? coordinator.chat.replyFor([]) : batch.flatMap((item) => item.itemIds)
+    return markReplied(coordinator.store.sql, coordinator.chat.sessionId, unmarked)
+  }).pipe(
     Effect.retry(Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 4 }))),
     Effect.catchCause((cause) =>
       Effect.logWarning("could not record that a reply was asked for; after a restart it may be asked for again", cause)

@@ -220,9 +220,20 @@ const insertItems = (sql: SqlClient, sessionId: string, items: ReadonlyArray<New
     }
   })
 
-/** Saves items of the agent's own (messages, its calls and their outputs). */
-export const saveItems = (sql: SqlClient, sessionId: string, items: ReadonlyArray<ChatItem>) =>
-  sql.withTransaction(insertItems(sql, sessionId, items.map((item) => ({ item }))))
+/**
+ * Saves items of the agent's own (messages, its calls and their outputs). `replied`: items that
+ * these answer (the agent's reply to them is among the items), owed nothing from the same commit.
+ */
+export const saveItems = (
+  sql: SqlClient,
+  sessionId: string,
+  items: ReadonlyArray<ChatItem>,
+  replied: ReadonlyArray<string> = []
+) =>
+  sql.withTransaction(Effect.andThen(
+    insertItems(sql, sessionId, items.map((item) => ({ item }))),
+    markReplied(sql, sessionId, replied)
+  ))
 
 /** The whole chat of a session, in creation order. */
 export const loadChat = (sql: SqlClient, sessionId: string): Effect.Effect<ReadonlyArray<ChatRow>, SqlError> =>
