@@ -7,6 +7,8 @@
  *   npm start -- --script examples/travel-script.txt play a conversation from a file, print the transcript
  *   npm start < /dev/null                            no terminal: play the built-in conversation, exit
  *   npm start -- --debug                             also print the full cause of every logged error
+ *   npm start -- --durable [--data <folder>]         the durable toolset on the embedded store: quit in the
+ *                                                    middle of a booking, start again, and you are told its result
  *
  * A scripted run (a script file, or the built-in one) exits with code 1 if a turn of the agent
  * failed (the model failed), 0 otherwise. A logged error is one line: its message and the error's
@@ -20,6 +22,7 @@
  *   wait <seconds>   the user says nothing for that long (background calls go on)
  *   wait idle        the user waits until no call runs and the agent has said everything
  *   type <seconds>   the user is typing for that long: background replies wait until they stop
+ *   quit             the user leaves at once, whatever runs (with --durable: it goes on next time)
  *   # ...            a comment
  * At its end the demo waits until everything is said, then exits.
  */
@@ -30,11 +33,12 @@ import { parseArgs } from "node:util"
 import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, References, Stream } from "effect"
 import type { LanguageModel } from "effect/ai"
 import { AiAgent } from "effect-async-toolset"
-import type { AsyncToolset } from "effect-async-toolset"
+import type { AsyncToolset, ChatContext } from "effect-async-toolset"
+import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { instructions, travelModel } from "./travel/model.ts"
 import { causeLine, logText, Screen } from "./travel/terminal.ts"
-import { travelToolset } from "./travel/tools.ts"
+import { durableTravel, travelToolset } from "./travel/tools.ts"
 import type { Timing } from "./travel/tools.ts"
 
 // --- scripts --------------------------------------------------------------------------------------
@@ -44,11 +48,13 @@ export type Step =
   | { readonly _tag: "Wait"; readonly seconds: number }
   | { readonly _tag: "WaitIdle" }
   | { readonly _tag: "Type"; readonly seconds: number }
+  | { readonly _tag: "Quit" }
 
 export const parseScript = (source: string): Array<Step> =>
   source.split(/\r?\n/).flatMap((raw, i): Array<Step> => {
     const line = raw.trim()
     if (line === "" || line.startsWith("#")) return []
+    if (/^quit$/i.test(line)) return [{ _tag: "Quit" }]
     const command = /^(wait|type)\s+(\S+)$/i.exec(line)
     if (command === null) return [{ _tag: "Say", text: line }]
     const [, verb, arg] = command
@@ -125,6 +131,10 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
   Effect.gen(function*() {
     let typing = false
     for (const [i, step] of steps.entries()) {
+      if (step._tag === "Quit") {
+        screen.note("(you leave: the demo stops now, whatever still runs)")
+        return
+      }
       switch (step._tag) {
         case "Say": {
           // The message is in the chat and its turn queued before the user stops typing, so a
@@ -154,6 +164,21 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
     }
     yield* settle(agent, toolset)
   })
+
+/** A resumed conversation: what was said before, the last few lines of it. */
+const showHistory = (screen: Screen, history: ChatContext.ChatContext, dataDir: string) => {
+  const said = history.items.filter((item) => item._tag === "ChatMessage")
+  if (said.length === 0) {
+    screen.note(`Durable mode: a new conversation, stored in ${dataDir}. Quit in the middle of a booking and start again.`)
+    return
+  }
+  screen.note(`Durable mode: resuming the conversation stored in ${dataDir} (${history.items.length} items). It ended with:`)
+  for (const item of said.slice(-4)) {
+    if (item.role === "user") screen.user(item.content)
+    else if (item.role === "assistant") screen.agent(item.content)
+  }
+  screen.note("(what the bookings did meanwhile is told now)")
+}
 
 /** How long after the last keystroke the user counts as no longer typing. */
 const typingPause = 3000
@@ -208,10 +233,15 @@ const chat = (agent: AiAgent.AiAgent["Service"], screen: Screen) =>
     }
   })
 
-const session = (mode: Mode, screen: Screen, timing: Timing, tally: Tally) =>
+const session = <R>(
+  mode: Mode,
+  screen: Screen,
+  tally: Tally,
+  makeToolset: Effect.Effect<AsyncToolset.AsyncToolset, never, R>
+) =>
   Effect.gen(function*() {
     const agent = yield* AiAgent.AiAgent
-    const toolset = yield* travelToolset(timing)
+    const toolset = yield* makeToolset
     yield* agent.addToolset(toolset)
     yield* agent.events.pipe(
       Stream.runForEach((event) => Effect.sync(() => showAgent(screen, tally, event))),
@@ -262,9 +292,11 @@ export const runDemo = async <E>(
 ): Promise<DemoResult> => {
   const { values } = parseArgs({
     args: [...(options.argv ?? process.argv.slice(2))],
-    options: { script: { type: "string" }, debug: { type: "boolean" } }
+    options: { script: { type: "string" }, debug: { type: "boolean" }, durable: { type: "boolean" }, data: { type: "string" } }
   })
   const debug = values.debug === true
+  const durable = values.durable === true
+  const dataDir = values.data ?? ".travel-agent-data"
   const mode: Mode = values.script !== undefined
     ? { _tag: "Script", steps: parseScript(readFileSync(values.script, "utf8")), source: values.script }
     : process.stdin.isTTY
@@ -293,15 +325,33 @@ export const runDemo = async <E>(
     Layer.succeed(References.MinimumLogLevel, debug ? "Debug" : "Info")
   )
   // the logger goes under the agent too: its turns run in fibers it starts when it is built
-  const agent = AiAgent.layer({ instructions }).pipe(Layer.provide(model), Layer.provideMerge(logging))
+  const timing = options.timing ?? { search: "2 seconds", book: "2 seconds" }
   const tally: Tally = { failedTurns: 0 }
-  const exit = await Effect.runPromiseExit(
-    session(mode, screen, options.timing ?? { search: "2 seconds", book: "2 seconds" }, tally).pipe(
-      Effect.scoped,
-      Effect.provide(agent)
+  let exit: Exit.Exit<void, unknown>
+  if (durable) {
+    // The conversation and the calls are kept in the embedded store, in `dataDir`.
+    screen.note(`Opening the store in ${dataDir} (the first time takes several seconds)...`)
+    const travel = durableTravel(timing)
+    const agent = DurableChat.agentLayer({ instructions }).pipe(
+      Layer.provideMerge(DurableChat.layer({ sessionId: "travel-demo" })),
+      Layer.provideMerge(DurableToolset.layer(travel)),
+      Layer.provide(model),
+      Layer.provideMerge(DurableStore.layerEmbedded({ dataDir })),
+      Layer.provideMerge(logging)
     )
-  )
-  screen.close(mode._tag === "Interactive" ? "Bye!" : undefined)
+    exit = await Effect.runPromiseExit(
+      Effect.gen(function*() {
+        showHistory(screen, (yield* DurableChat.DurableChat).history, dataDir)
+        yield* session(mode, screen, tally, DurableToolset.make(travel))
+      }).pipe(Effect.scoped, Effect.provide(agent))
+    )
+  } else {
+    const agent = AiAgent.layer({ instructions }).pipe(Layer.provide(model), Layer.provideMerge(logging))
+    exit = await Effect.runPromiseExit(
+      session(mode, screen, tally, travelToolset(timing)).pipe(Effect.scoped, Effect.provide(agent))
+    )
+  }
+  screen.close(mode._tag === "Interactive" ? "Bye!" : undefined, durable)
   if (Exit.isFailure(exit)) throw new Error(Cause.pretty(exit.cause))
   return { failedTurns: tally.failedTurns, exitCode: mode._tag === "Script" && tally.failedTurns > 0 ? 1 : 0 }
 }
