@@ -1,7 +1,12 @@
 /**
- * Said once per `npm test`: whether the PostgreSQL tests run (they need TEST_PG_URL).
+ * Once per `npm test`, before the test files: the PGlite template folder the durable tests copy is
+ * made (once per machine: it takes PGlite's initdb, 5 to 15 seconds), and a line says whether the
+ * PostgreSQL tests run (they need TEST_PG_URL).
  */
-export const setup = (): void => {
+import { templateDir } from "./pglite.ts"
+
+export const setup = async (): Promise<void> => {
+  await templateDir()
   const url = process.env.TEST_PG_URL
   if (url === undefined || url === "") {
     console.log(
