@@ -100,7 +100,6 @@ export const make = Effect.fnUntraced(function*(options: Options) {
         const replied = fresh.some((item) => item._tag === "ChatMessage" && item.role === "assistant") ? awaitingReply : []
         if (replied.length > 0) awaitingReply = []
         return saveItems(store.sql, sessionId, fresh, replied).pipe(
-          Effect.tap(() => Effect.sync(() => store.signal(sessionId))),
           Effect.retry(retry),
           Effect.catchCause((cause) => {
             for (const item of fresh) known.delete(item.id)

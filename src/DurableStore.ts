@@ -33,13 +33,17 @@ export class DurableStore extends Context.Service<DurableStore, {
   readonly sql: SqlClient
   /** How often a session's watchers look for changes made by other processes. */
   readonly pollInterval: Duration.Duration
-  /** Wakes this process's watchers of a session (after a change was committed). */
+  /** Wakes this process's watchers of a session (after a change of its calls or chat was committed). */
   readonly signal: (sessionId: string) => void
   /**
    * Completes at the session's next signal in this process, or after `pollInterval` (a change made
    * by another process is seen then).
    */
   readonly awaitChange: (sessionId: string) => Effect.Effect<void>
+  /** Wakes the execution of a call in this process: it was asked to stop (its cancellation is committed). */
+  readonly signalCall: (sessionId: string, base: string) => void
+  /** Completes at the call's next signal in this process, or after `pollInterval`. */
+  readonly awaitCall: (sessionId: string, base: string) => Effect.Effect<void>
 }>()("effect-async-toolset/DurableStore") {}
 
 /**
@@ -64,22 +68,27 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const sql = yield* SqlClient
   yield* migrate(sql)
   const pollInterval = Duration.fromInputUnsafe(options.pollInterval ?? "1 second")
+  // Whoever waits for a key (a session, or a call: `<session>\u0000<base>`) in this process.
   const waiting = new Map<string, Deferred.Deferred<void>>()
+  const wake = (key: string) => {
+    const deferred = waiting.get(key)
+    if (deferred === undefined) return
+    waiting.delete(key)
+    Deferred.doneUnsafe(deferred, Exit.void)
+  }
+  const wait = (key: string) =>
+    Effect.suspend(() => {
+      let deferred = waiting.get(key)
+      if (deferred === undefined) waiting.set(key, deferred = Deferred.makeUnsafe<void>())
+      return Effect.raceFirst(Deferred.await(deferred), Effect.sleep(pollInterval))
+    })
   return DurableStore.of({
     sql,
     pollInterval,
-    signal: (sessionId) => {
-      const deferred = waiting.get(sessionId)
-      if (deferred === undefined) return
-      waiting.delete(sessionId)
-      Deferred.doneUnsafe(deferred, Exit.void)
-    },
-    awaitChange: (sessionId) =>
-      Effect.suspend(() => {
-        let deferred = waiting.get(sessionId)
-        if (deferred === undefined) waiting.set(sessionId, deferred = Deferred.makeUnsafe<void>())
-        return Effect.raceFirst(Deferred.await(deferred), Effect.sleep(pollInterval))
-      })
+    signal: wake,
+    awaitChange: wait,
+    signalCall: (sessionId, base) => wake(`${sessionId}\u0000${base}`),
+    awaitCall: (sessionId, base) => wait(`${sessionId}\u0000${base}`)
   })
 })
 

@@ -299,7 +299,6 @@ export const start = (state: State, entry: Entry, predecessors: ReadonlyArray<En
         at: entry.startedAt
       }))
       if (entry.cancelRequested) yield* recordCancel(state, entry)
-      store.signal(sessionId)
       return
     }
   }).pipe(
@@ -349,7 +348,12 @@ export const cancelEntry = (state: State, entry: Entry): Effect.Effect<void> => 
 
 const recordCancel = (state: State, entry: Entry): Effect.Effect<void> =>
   requestCancel(state.store.sql, state.chat.sessionId, entry.base!, cancelledOutput(state, entry)).pipe(
-    Effect.tap(() => Effect.sync(() => state.store.signal(state.chat.sessionId))),
+    Effect.tap(() =>
+      Effect.sync(() => {
+        state.store.signalCall(state.chat.sessionId, entry.base!)
+        state.store.signal(state.chat.sessionId)
+      })
+    ),
     Effect.retry(Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 5 }))),
     Effect.catchCause((cause) =>
       Effect.logError("could not record a cancellation; the call may go on after a restart", cause).pipe(

@@ -169,11 +169,14 @@ const runTool = (
   return Effect.raceFirst(timed, watchCancel(store, payload.sessionId, payload.base))
 }
 
-/** Completes once the call's row says it is being cancelled (woken by every change of the session). */
+/**
+ * Completes once the call's row says it is being cancelled: looked at when a cancel in this process
+ * signals it, else every `pollInterval` (a cancel from another process).
+ */
 const watchCancel = (store: DurableStore["Service"], sessionId: string, base: string): Effect.Effect<Outcome> =>
   Effect.gen(function*() {
     while (true) {
-      yield* store.awaitChange(sessionId)
+      yield* store.awaitCall(sessionId, base)
       const status = yield* Effect.orElseSucceed(callStatus(store.sql, sessionId, base), () => "running" as const)
       if (status !== "running") return { _tag: "Cancelled" } as const
     }
