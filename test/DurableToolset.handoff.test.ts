@@ -275,6 +275,25 @@ layer(storeLayer, { timeout: "120 seconds", excludeTestServices: true })("Durabl
       }).pipe(Effect.provide(sessionLayer(toolset)))
     }))
 
+  it.effect("many calls at once: each is listed once while it runs, each result reaches the chat once, and the toolset gets idle", () =>
+    Effect.gen(function*() {
+      const go = yield* Deferred.make<void>()
+      const toolset = DurableToolset.define({ id: "travel", tools: [bookingTool(go, [])], onDuplicateCall: "allow" })
+      yield* Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const t = yield* DurableToolset.make(toolset)
+        const ids = Array.from({ length: 30 }, (_, i) => `c${i}`)
+        const calls = yield* Effect.forEach(ids, (id) => call(id, "book_flight", { to: "NRT" }))
+        yield* Effect.forEach(calls, (c) => t.execute(c), { concurrency: "unbounded", discard: true })
+        assert.deepStrictEqual((yield* t.runningTasks).map((task) => task.callId).sort(), [...ids].sort())
+        yield* Deferred.succeed(go, undefined)
+        yield* t.awaitIdle
+        assert.deepStrictEqual(yield* t.runningTasks, [])
+        const chat = yield* session.chat
+        assert.deepStrictEqual([...callIdsInChat(chat)].sort(), ids.map((id) => `${id}_final`).sort())
+      }).pipe(Effect.provide(sessionLayer(toolset)))
+    }))
+
   // --- C: replies -----------------------------------------------------------------------------
 
   it.effect("C1 C2 an update is in the chat while the agent is busy; the reply waits for idle and names it, with tool choice none", () =>

@@ -38,6 +38,7 @@ import {
   isLive,
   liveCalls,
   owedItems,
+  recordEnd,
   requestCancel,
   restamp,
   restoreCall
@@ -71,6 +72,8 @@ export interface Entry {
   firstSettled: boolean
   /** Callers waiting for `first` now. */
   awaiting: number
+  /** Its record is in the store. */
+  recorded: boolean
   /** Cancelled before it was recorded: record the cancellation once it is. */
   cancelRequested: boolean
 }
@@ -160,6 +163,7 @@ export const newEntry = (
   cancellable: p?.cancellable ?? true,
   firstSettled: false,
   awaiting: 0,
+  recorded: false,
   cancelRequested: false
 })
 
@@ -274,6 +278,10 @@ export const start = (state: State, entry: Entry, predecessors: ReadonlyArray<En
         deadline
       }
       const executionId = yield* definition.workflow.executionId(payload)
+      // Known by its base before it is in the store: the watcher, reading the new row, finds it
+      // here (rather than taking it for a call of another process).
+      entry.base = base
+      state.byBase.set(base, entry)
       const existing = yield* claimCall(store.sql, {
         sessionId,
         base,
@@ -284,9 +292,12 @@ export const start = (state: State, entry: Entry, predecessors: ReadonlyArray<En
         cancellable: entry.cancellable,
         startedAt: entry.startedAt
       })
-      if (existing !== undefined && existing.callItemId !== entry.call.id) continue
-      entry.base = base
-      state.byBase.set(base, entry)
+      if (existing !== undefined && existing.callItemId !== entry.call.id) {
+        state.byBase.delete(base)
+        entry.base = undefined
+        continue
+      }
+      entry.recorded = true
       if (existing !== undefined) return yield* joinRecorded(state, entry, existing)
       yield* Effect.provideContext(definition.workflow.execute(payload, { discard: true }), state.engine)
       if (entry.status === "starting") entry.status = "running"
@@ -303,14 +314,24 @@ export const start = (state: State, entry: Entry, predecessors: ReadonlyArray<En
     }
   }).pipe(
     Effect.catchCause((cause) => {
-      // The store failed: the call did not start. The model hears so; the cause is logged.
-      const restores: Array<Restore> = []
-      settleFirst(state, entry, outputFor(state, entry, `${entry.call.name} could not be started (its store failed). Tell the user it did not work.`, true), restores)
+      // The store or the engine failed: the call did not start. The model hears so; the cause is
+      // logged; a record of it, if made, says it ended.
+      const output = outputFor(state, entry, `${entry.call.name} could not be started (its store failed). Tell the user it did not work.`, true)
+      settleFirst(state, entry, output, [])
       unregister(state, entry)
+      const base = entry.base
       return Effect.logError("could not start a durable call", cause).pipe(
+        Effect.andThen(base === undefined ? Effect.void : Effect.ignore(endUnstarted(state, base, output))),
         Effect.annotateLogs({ toolset: state.definition.id, callId: entry.call.callId })
       )
     })
+  )
+
+/** A call recorded whose execution could not be started: it ended, with the error its caller got. */
+const endUnstarted = (state: State, base: string, output: FunctionCallOutput) =>
+  state.store.sql.withTransaction(
+    recordEnd(state.store.sql, state.chat.sessionId, state.definition.id, base, () =>
+      Effect.succeed({ status: "error" as const, output, final: undefined, endedAt: now(state) }))
   )
 
 /** The same model call was recorded before (by a process that ended): it is that call. */
@@ -339,7 +360,7 @@ export const cancelEntry = (state: State, entry: Entry): Effect.Effect<void> => 
   settleFirst(state, entry, cancelledOutput(state, entry), restores)
   // A waiting call was never recorded: `start` sees it settled and lets it go.
   if (wasWaiting) return Effect.void
-  if (entry.base === undefined) {
+  if (!entry.recorded) {
     entry.cancelRequested = true
     return Effect.void
   }
@@ -400,6 +421,7 @@ const adopt = (state: State, row: CallRow): Entry => {
   const call = decodeCall(row.callItem)
   const entry = newEntry(call, state.definition.tools.get(call.name), row.dupKey, row.status === "cancelling" ? "cancelling" : "running", row.startedAt)
   entry.base = row.base
+  entry.recorded = true
   entry.cancellable = row.status === "running" && row.cancellable
   if (row.firstOutput !== null) {
     entry.firstSettled = true
