@@ -311,6 +311,13 @@ const execute = (
         args = rest
       }
       if (call.callId === "") return reject(call, `${call.name} was not run: the call has no call id. Call it again with a call id.`)
+      // The call id keys the call's record in the store: a database takes neither NUL nor any length.
+      if (call.callId.length > maxCallIdLength || call.callId.includes("\u0000")) {
+        return reject(
+          call,
+          `${call.name} was not run: its call id must be at most ${maxCallIdLength} characters, without NUL characters. Call it again with a shorter id.`
+        )
+      }
       // The same model call started again: it is the same call (it runs once).
       const same = state.byItem.get(call.id)
       if (same !== undefined) return restore(Calls.awaitFirst(same))
@@ -345,6 +352,9 @@ const execute = (
       )
     })
   )
+
+/** The longest call id a durable call takes (its record is keyed by it). */
+const maxCallIdLength = 200
 
 /** What the duplicate check decides for a new call, given the calls of its key running now. */
 const decide = (

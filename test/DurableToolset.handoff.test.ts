@@ -81,6 +81,26 @@ layer(storeLayer, { timeout: "120 seconds", excludeTestServices: true })("Durabl
     }).pipe(Effect.provide(sessionLayer(toolset)))
   })
 
+  it.effect("A1 a call id the store cannot key (NUL, over 200 characters) gets a clear error output; odd ones run", () =>
+    Effect.gen(function*() {
+      const go = yield* Deferred.make<void>()
+      yield* Deferred.succeed(go, undefined)
+      const toolset = DurableToolset.define({ id: "travel", tools: [bookingTool(go, [])], onDuplicateCall: "allow" })
+      yield* Effect.gen(function*() {
+        const t = yield* DurableToolset.make(toolset)
+        for (const id of ["a\u0000b", "c".repeat(201)]) {
+          const output = yield* t.execute(yield* call(id, "book_flight", { to: "NRT" }))
+          assert.isTrue(output.isError)
+          assert.include(output.output, "at most 200 characters")
+        }
+        for (const id of ["call/123", "call 1 2 3", "call\n\"1\"", "call_✈️", "c".repeat(200), "call_1_final"]) {
+          const output = yield* t.execute(yield* call(id, "book_flight", { to: "NRT" }))
+          assert.isTrue(AsyncToolset.isPending(output), id)
+        }
+        yield* t.awaitIdle
+      }).pipe(Effect.provide(sessionLayer(toolset)))
+    }))
+
   // --- B: the first-update hand-off -----------------------------------------------------------
 
   it.effect("B1 a tool reads its own call and toolset from AsyncRunContext", () => {
