@@ -13,7 +13,8 @@ if [ -z "$bin" ]; then
   echo "no PostgreSQL server found in /usr/lib/postgresql (apt-get install postgresql)" >&2
   exit 1
 fi
-as() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# (from /: the user postgres may not enter the current folder)
+as() { if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 case "${1:-}" in
 start)
   port=${2:-55432}
