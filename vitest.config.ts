@@ -23,11 +23,14 @@ export default defineConfig({
     // tests import the package by name, as users do; it resolves to src/
     alias: [
       { find: /^effect-async-toolset\/testing$/, replacement: fileURLToPath(new URL("./src/testing/index.ts", import.meta.url)) },
+      { find: /^effect-async-toolset\/durable\/postgres$/, replacement: fileURLToPath(new URL("./src/durable/postgres/index.ts", import.meta.url)) },
+      { find: /^effect-async-toolset\/durable$/, replacement: fileURLToPath(new URL("./src/durable/index.ts", import.meta.url)) },
       { find: /^effect-async-toolset\/openai-compat$/, replacement: fileURLToPath(new URL("./src/openai-compat/index.ts", import.meta.url)) },
       { find: /^effect-async-toolset$/, replacement: fileURLToPath(new URL("./src/index.ts", import.meta.url)) }
     ]
   },
   test: {
-    include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"]
+    include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"],
+    globalSetup: ["test/support/globalSetup.ts"]
   }
 })

@@ -9,6 +9,8 @@
  *   npm start < /dev/null                            no terminal: play the built-in conversation, exit
  *   npm start -- --debug                             also print the full cause of every logged error
  *   npm start -- --model openai-compat               the same on a real model (OPENAI_* variables, below)
+ *   npm start -- --durable [--data <folder>]         the durable toolset on the embedded store: quit in the
+ *                                                    middle of a booking, start again, and you are told its result
  *
  * A scripted run (a script file, or the built-in one) exits with code 1 if a turn of the agent
  * failed (the model failed), 0 otherwise. A logged error is one line: its message and the error's
@@ -30,6 +32,7 @@
  *   wait <seconds>   the user says nothing for that long (background calls go on)
  *   wait idle        the user waits until no call runs and the agent has said everything
  *   type <seconds>   the user is typing for that long: background replies wait until they stop
+ *   quit             the user leaves at once, whatever runs (with --durable: it goes on next time)
  *   # ...            a comment
  * At its end the demo waits until everything is said, then exits.
  */
@@ -41,11 +44,13 @@ import { Cause, Effect, Exit, Fiber, Layer, Logger, Queue, References, Stream } 
 import type { LanguageModel } from "effect/ai"
 import { FetchHttpClient } from "effect/http"
 import { AiAgent } from "effect-async-toolset"
+import type { ChatContext } from "effect-async-toolset"
+import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
 import { OpenAiCompat } from "effect-async-toolset/openai-compat"
 import { ScriptedModel } from "effect-async-toolset/testing"
 import { instructions, travelModel } from "./travel/model.ts"
 import { causeLine, logText, Screen } from "./travel/terminal.ts"
-import { travelTools } from "./travel/tools.ts"
+import { durableTravel, travelTools } from "./travel/tools.ts"
 import type { Timing } from "./travel/tools.ts"
 
 // --- scripts --------------------------------------------------------------------------------------
@@ -55,11 +60,13 @@ export type Step =
   | { readonly _tag: "Wait"; readonly seconds: number }
   | { readonly _tag: "WaitIdle" }
   | { readonly _tag: "Type"; readonly seconds: number }
+  | { readonly _tag: "Quit" }
 
 export const parseScript = (source: string): Array<Step> =>
   source.split(/\r?\n/).flatMap((raw, i): Array<Step> => {
     const line = raw.trim()
     if (line === "" || line.startsWith("#")) return []
+    if (/^quit$/i.test(line)) return [{ _tag: "Quit" }]
     const command = /^(wait|type)\s+(\S+)$/i.exec(line)
     if (command === null) return [{ _tag: "Say", text: line }]
     const [, verb, arg] = command
@@ -135,6 +142,10 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
   Effect.gen(function*() {
     let typing = false
     for (const [i, step] of steps.entries()) {
+      if (step._tag === "Quit") {
+        screen.note("(you leave: the demo stops now, whatever still runs)")
+        return
+      }
       switch (step._tag) {
         case "Say": {
           // The message is in the chat and its turn queued before the user stops typing, so a
@@ -164,6 +175,21 @@ const playScript = (steps: ReadonlyArray<Step>, agent: AiAgent.AiAgent["Service"
     }
     yield* settle(agent)
   })
+
+/** A resumed conversation: what was said before, the last few lines of it. */
+const showHistory = (screen: Screen, history: ChatContext.ChatContext, dataDir: string) => {
+  const said = history.items.filter((item) => item._tag === "ChatMessage")
+  if (said.length === 0) {
+    screen.note(`Durable mode: a new conversation, stored in ${dataDir}. Quit in the middle of a booking and start again.`)
+    return
+  }
+  screen.note(`Durable mode: resuming the conversation stored in ${dataDir} (${history.items.length} items). It ended with:`)
+  for (const item of said.slice(-4)) {
+    if (item.role === "user") screen.user(item.content)
+    else if (item.role === "assistant") screen.agent(item.content)
+  }
+  screen.note("(what the bookings did meanwhile is told now)")
+}
 
 /** How long after the last keystroke the user counts as no longer typing. */
 const typingPause = 3000
@@ -266,7 +292,9 @@ export interface DemoResult {
 const demoArgs = {
   script: { type: "string" },
   debug: { type: "boolean" },
-  model: { type: "string" }
+  model: { type: "string" },
+  durable: { type: "boolean" },
+  data: { type: "string" }
 } as const
 
 /**
@@ -279,6 +307,8 @@ export const runDemo = async <E>(
 ): Promise<DemoResult> => {
   const { values } = parseArgs({ args: [...(options.argv ?? process.argv.slice(2))], options: demoArgs })
   const debug = values.debug === true
+  const durable = values.durable === true
+  const dataDir = values.data ?? ".travel-agent-data"
   const mode: Mode = values.script !== undefined
     ? { _tag: "Script", steps: parseScript(readFileSync(values.script, "utf8")), source: values.script }
     : process.stdin.isTTY
@@ -306,16 +336,40 @@ export const runDemo = async <E>(
     Logger.layer([logger]),
     Layer.succeed(References.MinimumLogLevel, debug ? "Debug" : "Info")
   )
-  // The app is its layers, composed once: the toolset, the agent it registers with, the model.
-  // The logger goes under them all: the agent's turns run in fibers it starts when it is built.
-  const app = travelTools(options.timing ?? { search: "2 seconds", book: "2 seconds" }).pipe(
-    Layer.provideMerge(AiAgent.layer({ instructions })),
-    Layer.provide(model),
-    Layer.provideMerge(logging)
-  )
+  const timing = options.timing ?? { search: "2 seconds", book: "2 seconds" }
   const tally: Tally = { failedTurns: 0 }
-  const exit = await Effect.runPromiseExit(session(mode, screen, tally).pipe(Effect.scoped, Effect.provide(app)))
-  screen.close(mode._tag === "Interactive" ? "Bye!" : undefined)
+  let exit: Exit.Exit<void, unknown>
+  if (durable) {
+    // The conversation and the calls are kept in the embedded store, in `dataDir`; the durable
+    // toolset is added to the agent once the store has given back the conversation.
+    screen.note(`Opening the store in ${dataDir} (the first time takes several seconds)...`)
+    const travel = durableTravel(timing)
+    const app = DurableChat.agentLayer({ instructions }).pipe(
+      Layer.provideMerge(DurableChat.layer({ sessionId: "travel-demo" })),
+      Layer.provideMerge(DurableToolset.layer(travel)),
+      Layer.provide(model),
+      Layer.provideMerge(DurableStore.layerEmbedded({ dataDir })),
+      Layer.provideMerge(logging)
+    )
+    exit = await Effect.runPromiseExit(
+      Effect.gen(function*() {
+        showHistory(screen, (yield* DurableChat.DurableChat).history, dataDir)
+        const agent = yield* AiAgent.AiAgent
+        yield* agent.addToolset(yield* DurableToolset.make(travel))
+        yield* session(mode, screen, tally)
+      }).pipe(Effect.scoped, Effect.provide(app))
+    )
+  } else {
+    // The app is its layers, composed once: the toolset, the agent it registers with, the model.
+    // The logger goes under them all: the agent's turns run in fibers it starts when it is built.
+    const app = travelTools(timing).pipe(
+      Layer.provideMerge(AiAgent.layer({ instructions })),
+      Layer.provide(model),
+      Layer.provideMerge(logging)
+    )
+    exit = await Effect.runPromiseExit(session(mode, screen, tally).pipe(Effect.scoped, Effect.provide(app)))
+  }
+  screen.close(mode._tag === "Interactive" ? "Bye!" : undefined, durable)
   if (Exit.isFailure(exit)) throw new Error(Cause.pretty(exit.cause))
   return { failedTurns: tally.failedTurns, exitCode: mode._tag === "Script" && tally.failedTurns > 0 ? 1 : 0 }
 }

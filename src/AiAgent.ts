@@ -67,6 +67,12 @@ export interface Options {
   /** The conversation so far (default: empty). */
   readonly history?: ChatContext | undefined
   /**
+   * Keeps the chat beyond memory (e.g. `DurableChat`): every item the agent adds to its chat (user
+   * and assistant messages, its calls and their outputs, the toolsets' insertions) is handed to
+   * `save` once it is in the chat, before the agent goes on. `history` is what the store holds.
+   */
+  readonly store?: ChatStore | undefined
+  /**
    * Most model requests in one turn (default 10). The last one may not call tools, so a turn
    * always ends in words.
    */
@@ -124,6 +130,20 @@ export interface ReplyOptions {
   readonly instructions?: string | undefined
   /** `"none"`: the model may not call tools in this turn (default `"auto"`). */
   readonly toolChoice?: "auto" | "none" | undefined
+}
+
+/**
+ * Where an agent keeps its chat besides memory.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ChatStore {
+  /**
+   * Saves items just added to the chat (a store skips those it holds already). It does not fail:
+   * a store that cannot save reports it itself.
+   */
+  readonly save: (items: ReadonlyArray<ChatItem>) => Effect.Effect<void>
 }
 
 /**
@@ -260,6 +280,9 @@ export const make = Effect.fnUntraced(function*(
   const runningCall = options.runningCall ?? defaultRunningCall
   const clock = yield* Clock.clockWith(Effect.succeed)
   const now = () => clock.currentTimeMillisUnsafe()
+  const save = options.store === undefined
+    ? () => Effect.void
+    : (batch: ReadonlyArray<ChatItem>) => batch.length === 0 ? Effect.void : options.store!.save(batch)
 
   const pubsub = yield* PubSub.unbounded<Event>()
   yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
@@ -508,6 +531,7 @@ export const make = Effect.fnUntraced(function*(
       const placed = addAfter(anchor, batch)
       anchor = placed.at(-1) ?? anchor
       stored.push(...placed)
+      return save(placed)
     }
     return Effect.gen(function*() {
       emit({ _tag: "TurnStarted", turn, cause: job.cause, at: now() })
@@ -519,7 +543,7 @@ export const make = Effect.fnUntraced(function*(
         const answer = yield* (stream ? streamAnswer : generateAnswer)(turn, prompt, toolChoice)
         const text = answer.text
         if (text.trim() !== "") {
-          store([new ChatMessage({ id: answer.itemId, role: "assistant", content: text, createdAt: askedAt })])
+          yield* store([new ChatMessage({ id: answer.itemId, role: "assistant", content: text, createdAt: askedAt })])
           said.push(text)
         }
         const calls = answer.calls.filter((call) => !call.providerExecuted)
@@ -548,7 +572,7 @@ export const make = Effect.fnUntraced(function*(
             createdAt: askedAt
           })
           madeThisTurn.add(call.callId)
-          return Effect.map(dispatch(call), (output) => store([call, output]))
+          return Effect.flatMap(dispatch(call), (output) => store([call, output]))
         }, { concurrency: "unbounded", discard: true })
       }
       return { text: said.join("\n"), items: stored } satisfies Turn
@@ -617,19 +641,20 @@ export const make = Effect.fnUntraced(function*(
   )
   yield* Effect.forkScoped(worker, { startImmediately: true })
 
-  const enqueue = (job: Omit<Job, "done">): Effect.Effect<Turn, AiError.AiError> =>
+  /** Queues a turn; `before` runs once it is queued, before waiting for the turn. */
+  const enqueue = (job: Omit<Job, "done">, before: Effect.Effect<void> = Effect.void): Effect.Effect<Turn, AiError.AiError> =>
     Effect.suspend(() => {
       if (closed) return Effect.interrupt
       const done = Deferred.makeUnsafe<Turn, AiError.AiError>()
       pendingTurns++
       Queue.offerUnsafe(jobs, { ...job, done })
-      return Deferred.await(done)
+      return Effect.andThen(before, Deferred.await(done))
     })
 
   const session = AgentSession.of({
     chatContext: chat,
     items: Effect.sync((): ReadonlyArray<ChatItem> => items),
-    insert: (batch) => Effect.sync(() => add(batch)),
+    insert: (batch) => Effect.andThen(Effect.sync(() => add(batch)), save(batch)),
     awaitInactive,
     generateReply: (request) =>
       enqueue({ cause: "reply", instructions: request.instructions, toolChoice: request.toolChoice }).pipe(
@@ -643,8 +668,9 @@ export const make = Effect.fnUntraced(function*(
       Effect.suspend(() => {
         if (closed) return Effect.interrupt
         return Effect.flatMap(message("user", text), (user) => {
+          // In the chat and queued in one step (a background reply cannot come between); saved after.
           add([user])
-          return enqueue({ cause: "user", instructions: undefined, toolChoice: "auto" })
+          return enqueue({ cause: "user", instructions: undefined, toolChoice: "auto" }, save([user]))
         })
       }),
     generateReply: (reply = {}) =>

@@ -720,3 +720,33 @@ describe("AiAgent", () => {
       }
     }))
 })
+
+describe("AiAgent store", () => {
+  it.effect("with a store, every item the agent adds is saved once it is in the chat, and history is where it starts", () =>
+    Effect.gen(function*() {
+      const saved: Array<ReadonlyArray<string>> = []
+      const store: AiAgent.ChatStore = {
+        save: (items) => Effect.sync(() => void saved.push(items.map((item) => item._tag === "ChatMessage" ? `${item.role}: ${item.content}` : `${item._tag} ${item.callId}`)))
+      }
+      const earlier = yield* ChatContext.message("user", "Earlier question")
+      const history = ChatContext.ChatContext.fromItems([earlier])
+      yield* Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const session = yield* AgentSession.AgentSession
+        yield* travel
+        const turnFiber = yield* Effect.forkChild(agent.send("Book me a flight"))
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.join(turnFiber)
+        const extra = yield* ChatContext.message("assistant", "inserted by a toolset")
+        yield* session.insert([extra])
+        assert.deepStrictEqual(transcript(yield* agent.chat)[0], "user: Earlier question")
+      }).pipe(Effect.scoped, Effect.provide(agentLayer(bookingRules, { history, store })))
+      assert.deepStrictEqual(saved.slice(0, 3), [
+        ["user: Book me a flight"],
+        ["FunctionCall call_1_1", "FunctionCallOutput call_1_1"],
+        ["assistant: On it: I am looking up flights to Tokyo."]
+      ])
+      assert.deepStrictEqual(saved.at(-1), ["assistant: inserted by a toolset"])
+      assert.isFalse(saved.flat().includes("user: Earlier question"))
+    }))
+})

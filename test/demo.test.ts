@@ -5,15 +5,16 @@
  */
 import { execFile } from "node:child_process"
 import { EventEmitter } from "node:events"
-import { mkdtempSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import type { ToolsetEvent } from "effect-async-toolset"
 import { Screen } from "../examples/travel/terminal.ts"
 import * as OpenAiServer from "./support/openAiServer.ts"
+import { freshDataDir } from "./support/pglite.ts"
 
 /** Enough of a terminal for the screen: its width, what is written to it, `resize` events. */
 class FakeTerminal extends EventEmitter {
@@ -274,4 +275,21 @@ describe("demo: --model", () => {
     assert.strictEqual(unknown.code, 1)
     assert.include(unknown.stderr, `--model gpt-9: unknown model; the models are "scripted" (the default) and "openai-compat"`)
   }, 60_000)
+})
+
+describe("demo: --durable", () => {
+  it("quit in the middle of a booking, start again: the agent tells its result, once", async () => {
+    const data = dirname(await freshDataDir())
+    const scripts = join(root, "examples")
+    const first = await runScript("durable-1.txt", readFileSync(join(scripts, "travel-durable-1.txt"), "utf8"), "--durable", "--data", data)
+    assert.strictEqual(first.code, 0, first.stdout)
+    assert.include(first.stdout, "On it! Searching flights to Tokyo")
+    assert.include(first.stdout, "go on: start the demo again")
+    assert.notInclude(first.stdout, "is booked")
+    const second = await runScript("durable-2.txt", readFileSync(join(scripts, "travel-durable-2.txt"), "utf8"), "--durable", "--data", data)
+    assert.strictEqual(second.code, 0, second.stdout)
+    assert.include(second.stdout, "resuming the conversation")
+    assert.strictEqual(second.stdout.split("Your confirmation number is FL-").length - 1, 1, second.stdout)
+    assert.notInclude(second.stdout, "[error]")
+  }, 120_000)
 })

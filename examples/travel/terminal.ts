@@ -369,13 +369,22 @@ export class Screen {
     this.input.prompt(true)
   }
 
-  /** Stops redrawing; what is on screen stays. */
-  close(farewell?: string) {
+  /**
+   * Stops redrawing; what is on screen stays. `callsGoOn`: the calls still running are durable and
+   * go on (they are told next time), rather than stopped.
+   */
+  close(farewell?: string, callsGoOn = false) {
     if (this.closed) return
     this.cutDraft()
     this.releaseHeld()
     if (this.options.live) this.options.out.off("resize", this.onResize)
-    if (this.running.size > 0) this.note(`(${this.running.size} background call(s) still running were stopped)`)
+    if (this.running.size > 0) {
+      this.note(
+        callsGoOn
+          ? `(${this.running.size} background call(s) go on: start the demo again to hear how they ended)`
+          : `(${this.running.size} background call(s) still running were stopped)`
+      )
+    }
     if (farewell !== undefined) this.note(farewell)
     this.clear()
     this.closed = true

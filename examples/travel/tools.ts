@@ -1,9 +1,11 @@
 /**
  * The travel agent's tools: `book_flight`, a slow background tool (searching → found 3 flights →
- * booked, a couple of seconds apart), and `check_weather`, a quick plain one.
+ * booked, a couple of seconds apart), and `check_weather`, a quick plain one; as an in-memory
+ * toolset layer (`travelTools`) or a durable one (`durableTravel`, for `npm start -- --durable`).
  */
 import { Effect, Schema } from "effect"
 import { AiAgent, AsyncRunContext, FunctionTool } from "effect-async-toolset"
+import { DurableToolset } from "effect-async-toolset/durable"
 import type { Duration } from "effect"
 
 /** Real time between the booking's steps. */
@@ -28,6 +30,17 @@ export const Booking = Schema.Struct({
 
 const airlines = ["JL", "NH", "AF", "LH", "BA", "TP", "UA"]
 
+/** The seat the airline books: the same city always gets the same flight. */
+const seat = (to: string, callId: string): typeof Booking.Type => {
+  const h = hash(to)
+  return {
+    destination: to,
+    flight: `${airlines[h % airlines.length]} ${(h % 900) + 10}`,
+    departs: `tomorrow at ${String(7 + (h % 12)).padStart(2, "0")}:${String((h * 7) % 60).padStart(2, "0")}`,
+    confirmation: `FL-${String(100000 + (hash(to + callId) % 900000))}`
+  }
+}
+
 export const bookFlight = (timing: Timing) =>
   FunctionTool.make("book_flight", {
     description: "Find and book the best flight to a city. Takes a few seconds; it runs in the background.",
@@ -38,15 +51,14 @@ export const bookFlight = (timing: Timing) =>
       yield* AsyncRunContext.update(`Searching flights to ${to}...`) // the model gets this at once
       yield* Effect.sleep(timing.search)
       yield* AsyncRunContext.update(`Found 3 flights to ${to}; booking the best one...`)
-      yield* Effect.sleep(timing.book)
-      const h = hash(to)
       const { callId } = yield* AsyncRunContext.functionCall
-      return {
-        destination: to,
-        flight: `${airlines[h % airlines.length]} ${(h % 900) + 10}`,
-        departs: `tomorrow at ${String(7 + (h % 12)).padStart(2, "0")}:${String((h * 7) % 60).padStart(2, "0")}`,
-        confirmation: `FL-${String(100000 + (hash(to + callId) % 900000))}`
-      }
+      // Booking the seat must not happen twice: in a durable toolset it is a step that runs once
+      // (its result is stored); searching above may run again after a restart. In memory it just runs.
+      return yield* DurableToolset.activity(
+        "book_seat",
+        Effect.as(Effect.sleep(timing.book), seat(to, callId)),
+        { success: Booking }
+      )
     }))
 
 const skies = ["sunny", "partly cloudy", "cloudy", "rainy", "windy"]
@@ -67,6 +79,14 @@ export const checkWeather = FunctionTool.make("check_weather", {
  */
 export const travelTools = (timing: Timing) =>
   AiAgent.toolset({
+    id: "travel",
+    tools: [bookFlight(timing), checkWeather],
+    duplicateScope: "arguments"
+  })
+
+/** The same tools as a durable toolset: its calls survive the process (see `npm start -- --durable`). */
+export const durableTravel = (timing: Timing) =>
+  DurableToolset.define({
     id: "travel",
     tools: [bookFlight(timing), checkWeather],
     duplicateScope: "arguments"

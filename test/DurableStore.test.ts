@@ -1,0 +1,57 @@
+/**
+ * The durable store: the data folder's lock file (one process at a time, a dead process's lock taken
+ * over), and its tables made once however often the store is opened.
+ */
+import { assert, describe, it, layer } from "@effect/vitest"
+import { Effect, Exit } from "effect"
+import { SqlClient } from "effect/sql"
+import { spawnSync } from "node:child_process"
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { hostname, tmpdir } from "node:os"
+import { join } from "node:path"
+import { DurableStore } from "effect-async-toolset/durable"
+import { storeLayer } from "./support/durable.ts"
+
+const newFolder = () => mkdtempSync(join(tmpdir(), "eat-store-"))
+
+describe("DurableStore lock file", () => {
+  it.effect("a data folder is held by one opener at a time; the second is told who holds it", () =>
+    Effect.gen(function*() {
+      const dir = newFolder()
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* DurableStore.lockDataDir(dir)
+        assert.strictEqual(readFileSync(join(dir, "LOCK"), "utf8"), `${process.pid}@${hostname()}`)
+        const second = yield* Effect.exit(Effect.scoped(DurableStore.lockDataDir(dir)))
+        assert.isTrue(Exit.isFailure(second))
+        const error = yield* Effect.flip(Effect.scoped(DurableStore.lockDataDir(dir)))
+        assert.strictEqual(error._tag, "StoreLocked")
+        assert.include(error.message, `${process.pid}@${hostname()}`)
+      }))
+      // closed: the lock is gone, and the folder can be opened again
+      assert.isFalse(existsSync(join(dir, "LOCK")))
+      yield* Effect.scoped(DurableStore.lockDataDir(dir))
+    }))
+
+  it.effect("a lock left by a process that is gone (killed) is taken over", () =>
+    Effect.gen(function*() {
+      const dir = newFolder()
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid
+      writeFileSync(join(dir, "LOCK"), `${gone}@${hostname()}`)
+      yield* Effect.scoped(Effect.gen(function*() {
+        yield* DurableStore.lockDataDir(dir)
+        assert.strictEqual(readFileSync(join(dir, "LOCK"), "utf8"), `${process.pid}@${hostname()}`)
+      }))
+    }))
+})
+
+layer(storeLayer, { timeout: "60 seconds", excludeTestServices: true })("DurableStore tables", (it) => {
+  it.effect("are made once: opening the store again on the same database keeps what it holds", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`INSERT INTO async_toolset_sessions (session_id, seq) VALUES ('kept', 7)`
+      yield* Effect.scoped(DurableStore.make())
+      yield* Effect.scoped(DurableStore.make())
+      const rows = yield* sql<{ seq: number }>`SELECT seq FROM async_toolset_sessions WHERE session_id = 'kept'`
+      assert.deepStrictEqual(rows.map((r) => Number(r.seq)), [7])
+    }))
+})

@@ -1,0 +1,211 @@
+/**
+ * The process the crash tests start and kill: a travel agent (`AiAgent` on a scripted model, on a
+ * durable chat) with a durable toolset whose `book_flight` searches, polls the airline, charges the
+ * card (an activity, with the payment provider deduplicating by idempotency key) and books.
+ *
+ *   MODE=start   the user asks for a booking; the process runs until everything is said
+ *   MODE=resume  the process starts again on the same store and runs until everything is said
+ *   MODE=runner  a runner of a cluster on PostgreSQL (no agent): runs calls until killed
+ *
+ * Store: STORE=pglite with DATA_DIR (the embedded store), or STORE=postgres with PG_URL (then a
+ * runner listening on RUNNER_PORT, or a client when RUNNER_PORT is unset).
+ *
+ * CRASH_AT=<point> stops the process at that point: it prints `CRASH <point>` and freezes (the
+ * whole thread waits, so nothing else happens), and the test kills it with SIGKILL. With
+ * CRASH_ONCE=<file>, only the first process of several to get there stops. The points:
+ *   after-first-update  the tool's first update is recorded; the agent has not got it yet
+ *   during-activity     inside charge_card: the provider charged the card, the step's result is not stored
+ *   final-stored        the final result is recorded in the store, not yet in the agent's chat
+ *   final-inserted      the final result is in the agent's chat, the reply not yet asked for
+ *   after-cancel        the call was cancelled (CANCEL=1) and the cancellation recorded
+ *   holding             (a runner) the call is between its steps, polling the airline, on this runner
+ *
+ * Everything that must happen once is appended to MARKS (a file shared by the processes):
+ * `activity-start`, `activity-done`, `charge <key>`, `reply <call ids>`, `poll <pid>`. At the end the
+ * process prints `REPORT <json>`: the chat and the calls still running.
+ */
+import { appendFileSync, closeSync, openSync, writeSync } from "node:fs"
+import { Effect, Layer, Redacted, Schema } from "effect"
+import type { SqlClient } from "effect/sql/SqlClient"
+import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
+import { AgentSession, AiAgent, AsyncRunContext, FunctionTool } from "effect-async-toolset"
+import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
+import { ScriptedModel } from "effect-async-toolset/testing"
+
+const env = (name: string): string | undefined => process.env[name]
+const mode = env("MODE") ?? "start"
+const crashAt = env("CRASH_AT")
+const marks = env("MARKS")!
+
+const mark = (line: string) => appendFileSync(marks, `${line}\n`)
+
+/** With TIMING set, says when the process got where (milliseconds since it started). */
+const timing = (what: string) => {
+  if (env("TIMING") !== undefined) writeSync(2, `AT ${Math.round(performance.now())} ${what}\n`)
+}
+
+/** With CRASH_ONCE (a file path), only the first process to get to the crash point stops there. */
+const firstToCrash = (): boolean => {
+  const once = env("CRASH_ONCE")
+  if (once === undefined) return true
+  try {
+    closeSync(openSync(once, "wx"))
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Stops here if this is the crash point: says so, then freezes the whole process until it is killed. */
+const crashPoint = (point: string): void => {
+  if (crashAt !== point || !firstToCrash()) return
+  writeSync(1, `CRASH ${point}\n`)
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 120_000)
+  process.exit(3) // never reached when the test kills it
+}
+
+// --- the tool --------------------------------------------------------------------------------------
+
+/** The payment provider: charges a card once per idempotency key. */
+const chargeCard = (key: string) =>
+  Effect.sync(() => {
+    mark(`charge ${key}`)
+    return "FL-847293"
+  })
+
+const bookFlight = FunctionTool.make("book_flight", {
+  description: "Find and book the best flight to a city",
+  parameters: Schema.Struct({ to: Schema.String }),
+  success: Schema.Struct({ confirmation: Schema.String })
+}, ({ to }) =>
+  Effect.gen(function*() {
+    yield* AsyncRunContext.update(`Searching flights to ${to}`)
+    crashPoint("after-first-update")
+    // polling the airline: may run again after a restart
+    mark(`poll ${process.pid}`)
+    if (mode === "runner") writeSync(1, `POLLING ${process.pid}\n`)
+    crashPoint("holding")
+    yield* Effect.sleep(env("POLL_MS") === undefined ? "300 millis" : Number(env("POLL_MS")))
+    yield* AsyncRunContext.update(`Found 3 flights to ${to}; booking the best one`)
+    const confirmation = yield* DurableToolset.activity("charge_card", ({ idempotencyKey }) =>
+      Effect.gen(function*() {
+        mark("activity-start charge_card")
+        const confirmation = yield* chargeCard(idempotencyKey)
+        crashPoint("during-activity")
+        mark("activity-done charge_card")
+        return confirmation
+      }), { success: Schema.String })
+    return { confirmation }
+  }))
+
+export const travel = DurableToolset.define({ id: "travel", tools: [bookFlight] })
+
+// --- the model -------------------------------------------------------------------------------------
+
+const model = ScriptedModel.layer(({ lastUserText, resultsSinceUser, systemText, toolChoice }) => {
+  if (toolChoice === "none") return `Update (${/new results: ([^.]+)\./.exec(systemText)?.[1] ?? "?"})`
+  if (resultsSinceUser.length === 0 && lastUserText.includes("Book")) {
+    return { toolCalls: [{ name: "book_flight", params: { to: "Tokyo" } }] }
+  }
+  return "On it: looking up flights to Tokyo."
+})
+
+// --- the store -------------------------------------------------------------------------------------
+
+const storeLayer = (): Layer.Layer<DurableStore.DurableStore | WorkflowEngine | SqlClient, unknown> => {
+  if (env("STORE") !== "postgres") return DurableStore.layerEmbedded({ dataDir: env("DATA_DIR")!, pollInterval: "200 millis" })
+  return Layer.unwrap(Effect.promise(async () => {
+    const { DurablePostgres } = await import("effect-async-toolset/durable/postgres")
+    const port = env("RUNNER_PORT")
+    return DurablePostgres.layer({
+      url: Redacted.make(env("PG_URL")!),
+      runner: port === undefined ? undefined : { host: "127.0.0.1", port: Number(port) },
+      pollInterval: "200 millis",
+      shardingConfig: DurablePostgres.fastFailover
+    })
+  }))
+}
+
+// --- the agent -------------------------------------------------------------------------------------
+
+/**
+ * The agent's session as the toolset sees it, with the crash points of its chat: the final result
+ * reaching the agent's chat, and the reply being asked for. Reply requests that go on are marked.
+ */
+const withCrashPoints = (inner: AgentSession.AgentSession["Service"]) =>
+  AgentSession.AgentSession.of({
+    ...inner,
+    insert: (items) =>
+      Effect.suspend(() => {
+        if (items.some((item) => item._tag === "FunctionCallOutput" && item.callId.endsWith("_final"))) crashPoint("final-stored")
+        return inner.insert(items)
+      }),
+    generateReply: (request) =>
+      Effect.suspend(() => {
+        const named = /new results: ([^.]+)\./.exec(request.instructions)?.[1] ?? ""
+        if (named.includes("_final")) crashPoint("final-inserted")
+        mark(`reply ${named}`)
+        return inner.generateReply(request)
+      })
+  })
+
+const agentProgram = Effect.gen(function*() {
+  timing("ready")
+  const agent = yield* AiAgent.AiAgent
+  const session = withCrashPoints(yield* AgentSession.AgentSession)
+  const toolset = yield* DurableToolset.make(travel).pipe(Effect.provideService(AgentSession.AgentSession, session))
+  yield* agent.addToolset(toolset)
+  if (mode === "start") {
+    yield* agent.send("Book me a flight to Tokyo")
+    if (env("CANCEL") === "1") {
+      const [task] = yield* toolset.runningTasks
+      yield* toolset.cancel(task!.callId)
+      crashPoint("after-cancel")
+    }
+  }
+  timing("toolset made")
+  // until everything is said: no call running, no reply owed, no turn left
+  yield* Effect.gen(function*() {
+    yield* toolset.awaitIdle
+    timing("idle")
+    yield* agent.awaitInactive
+    yield* toolset.awaitIdle
+  }).pipe(Effect.timeout("90 seconds"))
+  const chat = (yield* agent.chat).items.map((item) =>
+    item._tag === "ChatMessage"
+      ? { tag: item._tag, id: item.id, role: item.role, content: item.content }
+      : item._tag === "FunctionCall"
+      ? { tag: item._tag, id: item.id, callId: item.callId }
+      : { tag: item._tag, id: item.id, callId: item.callId, output: item.output }
+  )
+  writeSync(1, `REPORT ${JSON.stringify({ chat, running: yield* toolset.runningTasks })}\n`)
+})
+
+const isClient = env("STORE") === "postgres" && env("RUNNER_PORT") === undefined
+
+const main = mode === "runner"
+  ? Effect.andThen(Effect.sync(() => writeSync(1, `RUNNER READY ${process.pid}\n`)), Effect.never).pipe(
+    Effect.provide(DurableToolset.layer(travel).pipe(Layer.provideMerge(storeLayer())))
+  )
+  : agentProgram.pipe(
+    Effect.provide(
+      DurableChat.agentLayer({ instructions: "You book flights." }).pipe(
+        Layer.provideMerge(DurableChat.layer({ sessionId: env("SESSION") ?? "crash" })),
+        // a cluster client (PostgreSQL without RUNNER_PORT) runs no calls: the runners do
+        Layer.provideMerge(isClient ? Layer.empty : DurableToolset.layer(travel)),
+        Layer.provide(model),
+        Layer.provideMerge(storeLayer())
+      )
+    )
+  )
+
+timing("main")
+Effect.runPromise(Effect.scoped(main)).then(
+  () => process.exit(0),
+  (error: unknown) => {
+    console.error(error)
+    process.exit(1)
+  }
+)
+
+
