@@ -97,9 +97,9 @@ describe("Review2: close requested while the request step runs inline leaves the
             yield* TestClock.adjust("1 second") // c1_final: the coordinator's round begins
             yield* Effect.yieldNow
             yield* promptly(Fiber.join(closer), "close")
-            // Let anything that could still end end (a slow answer takes 5 s).
-            yield* TestClock.adjust("10 seconds")
             yield* settleLong
+            // E6: once close returned, no fiber of the toolset is left (the clock has not moved:
+            // a 'slow' step would still call the port 5 s after close, a 'hang' one lives forever).
             assert.strictEqual(fibers.active, 0, "a fiber outlived the toolset's close")
           })).pipe(
             Effect.provide(hookedSession(op, shape, () => Deferred.doneUnsafe(trigger!, Effect.void))),
@@ -211,12 +211,52 @@ describe("Review2: two toolsets on one session close in either order while the s
                 const port = AgentSession.AgentSession.of({
                   ...session,
                   items: op === "items" ? once(session.items) : session.items,
-                  awaitInactive: op === "awaitInactive" ? once(session.awaitInactive) : session.awaitInactive,
+                  awaitInactive: op === "awaitInactive" ? Effect.orDie(once(session.awaitInactive)) : session.awaitInactive,
                   generateReply: (r) => op === "generateReply" ? once(session.generateReply(r)) : session.generateReply(r)
                 })
                 return Context.make(AgentSession.AgentSession, port).pipe(Context.add(TestSession.TestSession, controls))
               }))
             ),
+            Effect.provideService(References.MaxOpsBeforeYield, maxOps)
+          )
+        })
+      }
+    }
+  }
+})
+
+describe("Review2: close while the coordinator retries (an insertion, or a failed reply request)", () => {
+  type Where = "insert-retry" | "reply-retry"
+  for (const where of ["insert-retry", "reply-retry"] as const satisfies ReadonlyArray<Where>) {
+    for (const shape of ["fail", "die", "interrupt", "hang"] as const) {
+      for (const maxOps of yieldSettings) {
+        it.effect(`${where}: the port answers '${shape}' and the toolset closes during the retries: close returns, no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
+          const fibers = makeFiberCounter()
+          return fibers.track(Effect.gen(function*() {
+            const scope = yield* Scope.make()
+            const toolset = yield* AsyncToolset.make({
+              id: "t",
+              tools: [job],
+              replyTimeout: "1 hour",
+              sessionRetry: Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 100 }))
+            }).pipe(Scope.provide(scope))
+            yield* execute(toolset, "c1", "job")
+            yield* TestClock.adjust("1 second")
+            yield* settleLong
+            yield* TestClock.adjust("2500 millis") // in the middle of the retries
+            yield* settleLong
+            yield* promptly(Scope.close(scope, Exit.void), "close")
+            yield* settleLong
+            assert.strictEqual(fibers.active, 0, "a fiber outlived the toolset's close")
+          })).pipe(
+            Effect.provide(Layer.effectContext(Effect.map(TestSession.make(), ({ controls, session }) => {
+              const port = AgentSession.AgentSession.of({
+                ...session,
+                insert: (items) => where === "insert-retry" && items.some((i) => "callId" in i && i.callId === "c1_final") ? answer(shape, session.insert(items), "insert") : session.insert(items),
+                generateReply: (r) => where === "reply-retry" ? answer(shape, session.generateReply(r), "generateReply") : session.generateReply(r)
+              })
+              return Context.make(AgentSession.AgentSession, port).pipe(Context.add(TestSession.TestSession, controls))
+            }))),
             Effect.provideService(References.MaxOpsBeforeYield, maxOps)
           )
         })
