@@ -14,7 +14,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Metric, PubSub, Result, Schedule, Schema, Scope, Stream } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Metric, PubSub, Result, Schedule, Schema, Scope, Stream } from "effect"
 import { AgentSession } from "./AgentSession.ts"
 import type { AsyncRunContext } from "./AsyncRunContext.ts"
 import type { FunctionCall, FunctionCallOutput } from "./ChatContext.ts"
@@ -330,37 +330,58 @@ const reject = (toolset: CallRun.Toolset, call: FunctionCall, text: string): Eff
  * Runs one model call: a management tool at once; a tool of the toolset once its arguments are
  * decoded and admission lets it run.
  */
-const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOutput> =>
-  // From admission until the caller waits for the first output nothing may interrupt: a call
-  // admitted but never started, or started with nobody to abandon it, would stay for good.
-  Effect.uninterruptibleMask((restore) => {
-    // The mask's body runs on the caller's fiber: its context is what the call's fiber inherits.
+const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOutput> => {
+  const ticket: Ticket = { call: undefined }
+  // A caller interrupted once its call is admitted (while it waits for the first output, or just
+  // as that output is settled) does not get it: it abandons the call, which is cancelled.
+  // `onExitPrimitive`: the finalizer is synchronous and returns no effect, which saves the steps
+  // `onExit` spends running one. It runs uninterruptibly (`false`), as `onExit`'s do: with an
+  // interruptible one, a caller interrupted during the tool's inline run left its call running
+  // (test/Review2.callers.test.ts).
+  return Effect.onExitPrimitive(admitAndAwait(state, call, ticket), (exit) => {
+    if (ticket.call !== undefined && Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause)) {
+      CallRun.abandon(state.toolset, ticket.call)
+    }
+    return undefined
+  }, false)
+}
+
+/** What `execute` admitted, once it did. */
+interface Ticket {
+  call: Call | undefined
+}
+
+const admitAndAwait = (state: State, call: FunctionCall, ticket: Ticket): Effect.Effect<FunctionCallOutput> =>
+  // Decoding, the admission and the launch are one synchronous step: nothing can interrupt the
+  // caller in between. From the admission on, whatever interrupts it abandons the call (above).
+  Effect.suspend(() => {
+    // This runs on the caller's fiber: its context is what the call's fiber inherits.
     const caller = Fiber.getCurrent()!
     const { management, names, toolset } = state
-      if (call.name === names.getRunningTasks) return restore(FunctionTool.execute(management.getRunningTasks, call))
-      if (call.name === names.cancelTask) return restore(FunctionTool.execute(management.cancelTask, call))
-      const p = state.tools.get(call.name)
-      if (p === undefined) {
-        const available = [...state.tools.keys(), names.getRunningTasks, names.cancelTask].join(", ")
-        return reject(toolset, call, `Unknown tool "${clip(call.name)}". The available tools are: ${available}.`)
-      }
-      if (toolset.registry.closed) return reject(toolset, call, `${call.name} was not run: the toolset is shut down.`)
-      const decoded = FunctionTool.decodeArguments(p.visible, call.arguments, { maxLength: state.maxArgumentsLength })
-      if (Result.isFailure(decoded)) return reject(toolset, call, decoded.failure.message)
-      let args = decoded.success as Record<string, unknown>
-      let confirmed = false
-      if (p.mode === "confirm" && confirmParameter in args) {
-        const { [confirmParameter]: flag, ...rest } = args
-        confirmed = flag === true
-        args = rest
-      }
-      switch (checkCallId(call.callId, Lifecycle.isInUse(toolset.registry, call.callId))) {
-        case "empty":
-          return reject(toolset, call, `${call.name} was not run: the call has no call id. Call it again with a call id.`)
-        case "in-use":
-          return reject(toolset, call, `${call.name} was not run: a call with id ${clip(call.callId)} is already running.`)
-      }
-      return admit(state, call, p, args, confirmed, caller.context, restore)
+    if (call.name === names.getRunningTasks) return FunctionTool.execute(management.getRunningTasks, call)
+    if (call.name === names.cancelTask) return FunctionTool.execute(management.cancelTask, call)
+    const p = state.tools.get(call.name)
+    if (p === undefined) {
+      const available = [...state.tools.keys(), names.getRunningTasks, names.cancelTask].join(", ")
+      return reject(toolset, call, `Unknown tool "${clip(call.name)}". The available tools are: ${available}.`)
+    }
+    if (toolset.registry.closed) return reject(toolset, call, `${call.name} was not run: the toolset is shut down.`)
+    const decoded = FunctionTool.decodeArguments(p.visible, call.arguments, { maxLength: state.maxArgumentsLength })
+    if (Result.isFailure(decoded)) return reject(toolset, call, decoded.failure.message)
+    let args = decoded.success as Record<string, unknown>
+    let confirmed = false
+    if (p.mode === "confirm" && confirmParameter in args) {
+      const { [confirmParameter]: flag, ...rest } = args
+      confirmed = flag === true
+      args = rest
+    }
+    switch (checkCallId(call.callId, Lifecycle.isInUse(toolset.registry, call.callId))) {
+      case "empty":
+        return reject(toolset, call, `${call.name} was not run: the call has no call id. Call it again with a call id.`)
+      case "in-use":
+        return reject(toolset, call, `${call.name} was not run: a call with id ${clip(call.callId)} is already running.`)
+    }
+    return admit(state, call, p, args, confirmed, caller.context, ticket)
   })
 
 /**
@@ -374,7 +395,7 @@ const admit = (
   args: unknown,
   confirmed: boolean,
   caller: Context.Context<never>,
-  restore: CallRun.Restore
+  ticket: Ticket
 ): Effect.Effect<FunctionCallOutput> => {
   const { toolset } = state
   const { prompts, registry } = toolset
@@ -402,6 +423,7 @@ const admit = (
     }
   }
   const c = Lifecycle.makeCall(call, p, key, p.cancellable, toolset.clock.currentTimeMillisUnsafe())
+  ticket.call = c
   if (decision._tag === "Replace") {
     for (const r of decision.replaced) Lifecycle.stop(registry, r, "replaced", toolset.cancelled)
   }
@@ -410,8 +432,8 @@ const admit = (
   Lifecycle.register(registry, c, p.mode === "replace" && key !== undefined ? registry.byKey.get(key) ?? [] : [])
   Lifecycle.flush(registry)
   return c.status === "running"
-    ? CallRun.launch(toolset, c, args, caller, restore)
-    : CallRun.awaitTurn(toolset, c, args, caller, restore)
+    ? CallRun.launch(toolset, c, args, caller)
+    : CallRun.awaitTurn(toolset, c, args, caller)
 }
 
 const noneRunning: ReadonlyArray<Call> = []

@@ -39,9 +39,6 @@ export interface Prepared {
 
 export type Call = Lifecycle.Call<Prepared>
 
-/** What `Effect.uninterruptibleMask` hands its body: makes an effect interruptible again. */
-export type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-
 /** What the calls of one toolset share. */
 export interface Toolset {
   readonly id: string
@@ -123,8 +120,7 @@ export const launch = (
   toolset: Toolset,
   c: Call,
   args: unknown,
-  caller: Context.Context<never>,
-  restore: Restore
+  caller: Context.Context<never>
 ): Effect.Effect<FunctionCallOutput> => {
   const callScope = Scope.makeUnsafe()
   const context = contextOf(toolset, caller, c, callScope)
@@ -148,7 +144,7 @@ export const launch = (
     if (c.status === "stopping") fiber.interruptUnsafe()
     if (c.tool.timeout !== undefined && c.status === "running") startTimer(toolset, c, c.tool.timeout, context)
   }
-  return awaitFirst(toolset, c, restore)
+  return awaitFirst(c)
 }
 
 const startUninterruptible = { uninterruptible: true } as const
@@ -162,28 +158,26 @@ export const awaitTurn = (
   toolset: Toolset,
   c: Call,
   args: unknown,
-  caller: Context.Context<never>,
-  restore: Restore
+  caller: Context.Context<never>
 ): Effect.Effect<FunctionCallOutput> => {
-  return Effect.onInterrupt(restore(Deferred.await(c.gate!)), () => Effect.sync(() => abandon(toolset, c))).pipe(
-    Effect.flatMap(() => Lifecycle.start(c) ? launch(toolset, c, args, caller, restore) : awaitFirst(toolset, c, restore))
+  // A caller that stops waiting abandons the call (see `AsyncToolset.execute`).
+  return Effect.flatMap(
+    Deferred.await(c.gate!),
+    () => Lifecycle.start(c) ? launch(toolset, c, args, caller) : awaitFirst(c)
   )
 }
 
 /**
  * The first output: at once if it is settled (the call ran inline up to its first update, or was
- * stopped); else waited for. A caller that stops waiting abandons the call: it is cancelled.
+ * stopped); else waited for. A caller that stops waiting abandons the call (see `AsyncToolset.execute`).
  */
-const awaitFirst = (toolset: Toolset, c: Call, restore: Restore): Effect.Effect<FunctionCallOutput> => {
+const awaitFirst = (c: Call): Effect.Effect<FunctionCallOutput> => {
   const first = Lifecycle.takeFirst(c)
-  if (first !== undefined) return Effect.succeed(first)
-  return Effect.onInterrupt(
-    restore(Deferred.await(Lifecycle.firstWaiter(c))),
-    () => Effect.sync(() => abandon(toolset, c))
-  )
+  return first !== undefined ? Effect.succeed(first) : Deferred.await(Lifecycle.firstWaiter(c))
 }
 
-const abandon = (toolset: Toolset, c: Call) => {
+/** The caller stopped waiting for the call's first output (or never got it): the call is cancelled. */
+export const abandon = (toolset: Toolset, c: Call): void => {
   Lifecycle.stop(toolset.registry, c, "abandoned", toolset.cancelled)
   Lifecycle.flush(toolset.registry)
 }

@@ -89,6 +89,8 @@ export interface Coordinator {
   closed: boolean
   /** The reply decided in the round under way: what it covers and asks, with whose policy. */
   request: Request | undefined
+  /** The round's request step, while it runs: stopped when the round ends and when the coordinator stops. */
+  step: Fiber.Fiber<Step, PortFault> | undefined
   /** The round's request step suspended (on the chat read, the last idle wait, or the request). */
   stepSuspended: boolean
   /** The round read the chat again after a step that suspended (at most once per round). */
@@ -127,6 +129,7 @@ export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinat
         fiber: undefined,
         closed: false,
         request: undefined,
+        step: undefined,
         stepSuspended: false,
         reread: false,
         waiting: false
@@ -150,9 +153,23 @@ export const release = (coordinator: Coordinator, owner: Owner): Effect.Effect<v
     if (coordinator.owners.size > 0) return report
     coordinator.closed = true
     if (coordinators.get(coordinator.session) === coordinator) coordinators.delete(coordinator.session)
-    const fiber = coordinator.fiber
-    return fiber === undefined ? report : Effect.andThen(report, Fiber.interrupt(fiber))
+    // The fiber and the round's request step, if one runs (it may be inside a port operation, or
+    // just started by a round this very release interrupts).
+    const fibers: Array<Fiber.Fiber<unknown, unknown>> = []
+    if (coordinator.fiber !== undefined) fibers.push(coordinator.fiber)
+    const step = stopStep(coordinator)
+    if (step !== undefined) fibers.push(step)
+    return fibers.length === 0 ? report : Effect.andThen(report, Fiber.interruptAll(fibers))
   })
+
+/** Interrupts the round's request step if it still runs (without waiting); returns it. */
+const stopStep = (coordinator: Coordinator): Fiber.Fiber<unknown, unknown> | undefined => {
+  const step = coordinator.step
+  if (step === undefined) return undefined
+  coordinator.step = undefined
+  if (step.pollUnsafe() === undefined) step.interruptUnsafe()
+  return step
+}
 
 /**
  * The toolset is closing: nothing of it is inserted or answered from now on. Its items still
@@ -319,8 +336,9 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
     const step = Effect.runForkWith(Fiber.getCurrent()!.context)(requestStep)
     const exit = step.pollUnsafe()
     if (exit !== undefined && Exit.isSuccess(exit)) return exit.value === "again" ? prepare : Effect.void
+    coordinator.step = step
     coordinator.stepSuspended = true
-    return Effect.onInterrupt(slowRequest(coordinator, step, prepare), () => Fiber.interrupt(step))
+    return slowRequest(coordinator, step, prepare)
   })
 
   // One reply: everything pending once the session is idle. Never fails.
@@ -330,7 +348,13 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
     onFailure: (cause) =>
       coordinator.closed
         ? Effect.andThen(settled, Effect.interrupt)
-        : Effect.ensuring(roundFailed(coordinator, portCause(cause)), settled)
+        : Effect.ensuring(
+          // A defect of its own (not a port's answer, which comes as a `PortFault`) is a bug: say so.
+          cause.reasons.some(Cause.isDieReason)
+            ? Effect.andThen(Effect.logError("the reply coordinator's round failed", cause), roundFailed(coordinator, cause))
+            : roundFailed(coordinator, portCause(cause)),
+          settled
+        )
   })
 
   // Waits for an item, then until the synchronous run that handed it over is over (a microtask):
@@ -343,7 +367,13 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
     else coordinator.parked = go
   })
 
-  return Effect.forever(Effect.andThen(awaitWork, round), { disableYield: true })
+  // However the fiber ends (interrupted by `release`, at any point of a round), the round's request
+  // step ends with it: an interrupted fiber skips recovery handlers, not finalizers.
+  const stopStepAndWait = Effect.suspend(() => {
+    const step = stopStep(coordinator)
+    return step === undefined ? Effect.void : Effect.asVoid(Fiber.await(step))
+  })
+  return Effect.ensuring(Effect.forever(Effect.andThen(awaitWork, round), { disableYield: true }), stopStepAndWait)
 }
 
 /**
@@ -394,6 +424,8 @@ const slowRequest = (
   prepare: Effect.Effect<void, PortFault>
 ): Effect.Effect<void, PortFault> => {
   const policy = coordinator.request?.policy ?? newestPolicy(coordinator)
+  // Nothing left to answer (the toolsets of the batch closed meanwhile): the step is not needed.
+  if (policy === undefined) return Effect.sync(() => void stopStep(coordinator))
   const joined: Effect.Effect<Option.Option<Exit.Exit<Step, PortFault>>> = Effect.flatMap(
     Effect.timeoutOption(Fiber.await(step), policy.replyTimeout),
     (exit) => Option.isNone(exit) && coordinator.waiting ? joined : Effect.succeed(exit)
@@ -441,7 +473,8 @@ const retryRequest = (coordinator: Coordinator, request: Request, first: Cause.C
 }
 
 /** The policy of the newest item in the batch (whose toolset's bounds apply to the round). */
-const newestPolicy = (coordinator: Coordinator): ReplyPolicy => coordinator.batch[coordinator.batch.length - 1]!.owner.policy
+const newestPolicy = (coordinator: Coordinator): ReplyPolicy | undefined =>
+  coordinator.batch[coordinator.batch.length - 1]?.owner.policy
 
 /** The reply could not be requested: reported with the call ids it was for. */
 const giveUp = (coordinator: Coordinator, cause: Cause.Cause<unknown>) => {
@@ -509,13 +542,20 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
     const owner = item.owner
     const attempt = Effect.suspend((): Effect.Effect<"inserted" | "skipped", PortFault> => {
       if (owner.closed || item.dropped() !== undefined) return Effect.succeed("skipped")
-      // An insertion cut short may have happened all the same: look before inserting again.
+      // An insertion cut short may have happened all the same: look before inserting again. If
+      // the chat cannot be read, the attempt fails (and is retried): inserting blindly could put
+      // the item in twice (C3).
       return Effect.flatMap(Effect.exit(coordinator.session.items), (read) => {
-        if (Exit.isSuccess(read) && contains(read.value, item.items[0]!.id)) return Effect.succeed("inserted" as const)
+        if (Exit.isFailure(read)) return coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(read.cause))
+        // Only what is missing goes in (an insertion cut short may have put part of it there),
+        // stamped now (C4b).
+        const missing = item.items.filter((i) => !contains(read.value, i.id))
+        if (missing.length === 0) return Effect.succeed("inserted" as const)
         const now = coordinator.clock.currentTimeMillisUnsafe()
-        item.items = item.items.map((i) => withCreatedAt(i, now))
+        const stamped = missing.map((i) => withCreatedAt(i, now))
+        item.items = item.items.map((i) => stamped.find((s) => s.id === i.id) ?? i)
         return Effect.as(
-          Effect.catchCause(coordinator.session.insert(item.items), (cause) =>
+          Effect.catchCause(coordinator.session.insert(stamped), (cause) =>
             coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))),
           "inserted" as const
         )
@@ -541,7 +581,10 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
           ? Effect.logDebug(`${item.callId} is not inserted: its call was cancelled before the insertion worked`)
           : Exit.isSuccess(exit)
           ? Effect.logError(`could not insert ${item.callId} into the chat in time; no reply is requested for it`)
-          : Effect.logError(`could not insert ${item.callId} into the chat; no reply is requested for it`, portCause(exit.cause))
+          : Effect.logError(
+            `could not insert ${item.callId} into the chat (or read the chat to see whether an insertion cut short put it there); no reply is requested for it`,
+            portCause(exit.cause)
+          )
         return log.pipe(
           Effect.annotateLogs({ toolset: owner.id }),
           Effect.andThen(Effect.sync(() => unbatch(coordinator, item)))
@@ -589,6 +632,8 @@ const skipped = (
 
 /** The batch is answered (or given up): its items no longer count as pending. */
 const settleBatch = (coordinator: Coordinator): void => {
+  // A step still running when its round ends (the round failed, or gave up on it) must not ask.
+  stopStep(coordinator)
   const batch = coordinator.batch
   coordinator.request = undefined
   coordinator.reread = false
