@@ -14,16 +14,18 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Metric, PubSub, Result, Schedule, Schema, Scope, Stream } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Metric, PubSub, Result, Schedule, Scope, Stream } from "effect"
 import { AgentSession } from "./AgentSession.ts"
 import type { AsyncRunContext } from "./AsyncRunContext.ts"
 import type { FunctionCall, FunctionCallOutput } from "./ChatContext.ts"
 import * as FunctionTool from "./FunctionTool.ts"
-import { checkCallId, decide } from "./internal/admission.ts"
+import { decide } from "./internal/admission.ts"
 import * as Lifecycle from "./internal/callLifecycle.ts"
 import * as CallRun from "./internal/callRun.ts"
-import type { Call, Prepared } from "./internal/callRun.ts"
+import type { Call } from "./internal/callRun.ts"
 import * as Coordinator from "./internal/replyCoordinator.ts"
+import * as ToolTable from "./internal/toolTable.ts"
+import type { Names, Prepared } from "./internal/toolTable.ts"
 import * as Prompts from "./Prompts.ts"
 import type { Outcome, ToolsetEvent } from "./ToolsetEvent.ts"
 
@@ -49,7 +51,7 @@ export const isPending = (output: FunctionCallOutput): boolean => output.extra?.
  * @since 0.1.0
  * @category constants
  */
-export const confirmParameter = "confirm_duplicate"
+export const confirmParameter: "confirm_duplicate" = ToolTable.confirmParameter
 
 /**
  * @since 0.1.0
@@ -210,7 +212,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const prompts: Prompts.Prompts = { ...Prompts.defaults, ...options.prompts }
   const maxArgumentsLength = options.maxArgumentsLength ?? FunctionTool.defaultMaxArgumentsLength
   const names = { getRunningTasks: `get_running_tasks_${id}`, cancelTask: `cancel_task_${id}` }
-  const prepared = prepare(options, prompts, names)
+  const prepared = ToolTable.prepare("AsyncToolset.make", options, prompts, names)
   if (Result.isFailure(prepared)) return yield* Effect.die(prepared.failure)
   const tools = prepared.success
 
@@ -292,7 +294,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
     )
   })
   yield* Effect.addFinalizer(() => close)
-  const state: State = { toolset, tools, names, maxArgumentsLength, management: managementTools(toolset, names) }
+  const state: State = { toolset, tools, names, maxArgumentsLength, management: management(toolset, names) }
   return {
     id,
     tools: [...Array.from(tools.values(), (p) => p.visible), state.management.getRunningTasks, state.management.cancelTask],
@@ -312,13 +314,7 @@ interface State {
   readonly tools: ReadonlyMap<string, Prepared>
   readonly names: Names
   readonly maxArgumentsLength: number
-  readonly management: ReturnType<typeof managementTools>
-}
-
-/** The names of a toolset's management tools. */
-interface Names {
-  readonly getRunningTasks: string
-  readonly cancelTask: string
+  readonly management: ReturnType<typeof ToolTable.managementTools>
 }
 
 // --- execute -------------------------------------------------------------------------------------
@@ -358,29 +354,17 @@ const admitAndAwait = (state: State, call: FunctionCall, ticket: Ticket): Effect
     // This runs on the caller's fiber: its context is what the call's fiber inherits.
     const caller = Fiber.getCurrent()!
     const { management, names, toolset } = state
-    if (call.name === names.getRunningTasks) return FunctionTool.execute(management.getRunningTasks, call)
-    if (call.name === names.cancelTask) return FunctionTool.execute(management.cancelTask, call)
-    const p = state.tools.get(call.name)
-    if (p === undefined) {
-      const available = [...state.tools.keys(), names.getRunningTasks, names.cancelTask].join(", ")
-      return reject(toolset, call, `Unknown tool "${clip(call.name)}". The available tools are: ${available}.`)
+    const reading = ToolTable.read(state.tools, names, call, toolset.registry.closed, state.maxArgumentsLength)
+    switch (reading._tag) {
+      case "GetRunningTasks":
+        return FunctionTool.execute(management.getRunningTasks, call)
+      case "CancelTask":
+        return FunctionTool.execute(management.cancelTask, call)
+      case "Refused":
+        return reject(toolset, call, reading.text)
     }
-    if (toolset.registry.closed) return reject(toolset, call, `${call.name} was not run: the toolset is shut down.`)
-    const decoded = FunctionTool.decodeArguments(p.visible, call.arguments, { maxLength: state.maxArgumentsLength })
-    if (Result.isFailure(decoded)) return reject(toolset, call, decoded.failure.message)
-    let args = decoded.success as Record<string, unknown>
-    let confirmed = false
-    if (p.mode === "confirm" && confirmParameter in args) {
-      const { [confirmParameter]: flag, ...rest } = args
-      confirmed = flag === true
-      args = rest
-    }
-    switch (checkCallId(call.callId, Lifecycle.isInUse(toolset.registry, call.callId))) {
-      case "empty":
-        return reject(toolset, call, `${call.name} was not run: the call has no call id. Call it again with a call id.`)
-      case "in-use":
-        return reject(toolset, call, `${call.name} was not run: a call with id ${clip(call.callId)} is already running.`)
-    }
+    if (Lifecycle.isInUse(toolset.registry, call.callId)) return reject(toolset, call, ToolTable.inUse(call))
+    const { args, confirmed, prepared: p } = reading
     return admit(state, call, p, args, confirmed, caller.context, ticket)
   })
 
@@ -439,7 +423,7 @@ const admit = (
 const noneRunning: ReadonlyArray<Call> = []
 
 const describeRunning = (calls: Iterable<Call>) =>
-  Array.from(calls, (c) => `- call_id ${clip(c.functionCall.callId)}, arguments ${clip(c.functionCall.arguments)}`)
+  Array.from(calls, (c) => `- call_id ${ToolTable.clip(c.functionCall.callId)}, arguments ${ToolTable.clip(c.functionCall.arguments)}`)
     .join("\n")
 
 // --- cancel, drain, close ------------------------------------------------------------------------
@@ -534,76 +518,11 @@ const waitFor = (registry: Lifecycle.Registry<Prepared>, ready: () => boolean): 
 // --- management tools ----------------------------------------------------------------------------
 
 /** `get_running_tasks_<id>` and `cancel_task_<id>`: what the model uses to see and stop calls (E1). */
-const managementTools = (toolset: CallRun.Toolset, names: Names) => ({
-  getRunningTasks: FunctionTool.make(names.getRunningTasks, {
-    description: `List the calls of the "${toolset.id}" tools still running in the background.`
-  }, () =>
-    Effect.sync(() =>
-      runningTasks(toolset.registry).map((t) => ({
-        call_id: t.callId,
-        name: t.name,
-        arguments: t.arguments,
-        status: t.status,
-        cancellable: t.cancellable
-      }))
-    )),
-  cancelTask: FunctionTool.make(names.cancelTask, {
-    description: `Cancel a call of the "${toolset.id}" tools still running in the background, by its call id.`,
-    parameters: Schema.Struct({ call_id: Schema.String.annotate({ description: "The call id to cancel" }) })
-  }, ({ call_id }) =>
-    Effect.sync(() => {
-      const name = toolset.registry.byId.get(call_id)?.functionCall.name ?? "this tool"
-      switch (cancel(toolset, call_id)) {
-        case "cancelled":
-          return `Call ${clip(call_id)} was cancelled.`
-        case "not-found":
-          return `No running call has id ${clip(call_id)}; it may have finished already. ${names.getRunningTasks} lists the running calls.`
-        case "not-cancellable":
-          return `Call ${clip(call_id)} cannot be cancelled: ${name} does not allow it once started. It will finish on its own.`
-      }
-    }))
-})
+const management = (toolset: CallRun.Toolset, names: Names) =>
+  ToolTable.managementTools(names, {
+    id: toolset.id,
+    running: () => runningTasks(toolset.registry),
+    cancel: (callId) => Effect.sync(() => cancel(toolset, callId)),
+    nameOf: (callId) => toolset.registry.byId.get(callId)?.functionCall.name
+  })
 
-/** Checks the toolset's tools and prepares each as the model sees it. */
-const prepare = <Tools extends ReadonlyArray<FunctionTool.Any>>(
-  options: Options<Tools>,
-  prompts: Prompts.Prompts,
-  names: { readonly getRunningTasks: string; readonly cancelTask: string }
-): Result.Result<Map<string, Prepared>, Error> => {
-  const prepared = new Map<string, Prepared>()
-  for (const tool of options.tools) {
-    if (prepared.has(tool.name) || tool.name === names.getRunningTasks || tool.name === names.cancelTask) {
-      return Result.fail(new Error(`AsyncToolset.make: two tools are named "${tool.name}"`))
-    }
-    const mode = tool.options.onDuplicateCall ?? options.onDuplicateCall ?? "confirm"
-    if (mode === "confirm" && confirmParameter in tool.parameters.fields) {
-      return Result.fail(
-        new Error(`AsyncToolset.make: ${tool.name} has a parameter named "${confirmParameter}", which confirm mode adds`)
-      )
-    }
-    const visible = mode === "confirm"
-      ? FunctionTool.mapParameters(
-        tool,
-        Schema.Struct({
-          ...tool.parameters.fields,
-          [confirmParameter]: Schema.optionalKey(Schema.Boolean).annotate({
-            description: Prompts.render(prompts.confirmParameter, { functionName: tool.name })
-          })
-        }),
-        tool.handler
-      )
-      : tool
-    prepared.set(tool.name, {
-      tool,
-      visible,
-      mode,
-      scope: tool.options.duplicateScope ?? options.duplicateScope ?? "name",
-      cancellable: tool.options.cancellable ?? true,
-      timeout: tool.options.timeout === undefined ? undefined : Duration.fromInputUnsafe(tool.options.timeout)
-    })
-  }
-  return Result.succeed(prepared)
-}
-
-/** Model input echoed in an output is cut short: the model needs to recognise it, not read it back. */
-const clip = (s: string, max = 200): string => s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`

@@ -30,7 +30,6 @@ import * as Activity from "effect/workflow/Activity"
 import { AgentSession } from "./AgentSession.ts"
 import { AsyncRunContext } from "./AsyncRunContext.ts"
 import type { AsyncToolset } from "./AsyncToolset.ts"
-import { confirmParameter } from "./AsyncToolset.ts"
 import { FunctionCallOutput, functionCallOutput } from "./ChatContext.ts"
 import type { FunctionCall } from "./ChatContext.ts"
 import { DurableChat } from "./DurableChat.ts"
@@ -38,8 +37,11 @@ import { DurableStore } from "./DurableStore.ts"
 import * as Calls from "./durable/internal/calls.ts"
 import * as Coordinator from "./durable/internal/coordinator.ts"
 import { body, DurableRun, makeWorkflow } from "./durable/internal/run.ts"
-import type { CallWorkflow, Definition, Prepared } from "./durable/internal/run.ts"
+import type { CallWorkflow, Definition } from "./durable/internal/run.ts"
 import * as FunctionTool from "./FunctionTool.ts"
+import { decide } from "./internal/admission.ts"
+import * as ToolTable from "./internal/toolTable.ts"
+import { clip, confirmParameter } from "./internal/toolTable.ts"
 import * as Prompts from "./Prompts.ts"
 import { ToolError } from "./ToolError.ts"
 import type { ToolsetEvent } from "./ToolsetEvent.ts"
@@ -124,7 +126,9 @@ export const define = <const Tools extends ReadonlyArray<FunctionTool.Any>>(opti
   if (!idPattern.test(options.id)) throw new Error(`DurableToolset.define: id "${options.id}" must match ${idPattern}`)
   const prompts: Prompts.Prompts = { ...Prompts.defaults, ...options.prompts }
   const names = { getRunningTasks: `get_running_tasks_${options.id}`, cancelTask: `cancel_task_${options.id}` }
-  const tools = prepare(options, prompts, names)
+  const prepared = ToolTable.prepare("DurableToolset.define", options, prompts, names)
+  if (Result.isFailure(prepared)) throw prepared.failure
+  const tools = prepared.success
   const workflow = makeWorkflow(options.id)
   return {
     [TypeId]: TypeId,
@@ -292,25 +296,16 @@ const execute = (
   // started would hold its duplicate key for good. Waiting for its output is interruptible.
   Effect.uninterruptibleMask((restore) =>
     Effect.suspend(() => {
-      if (call.name === names.getRunningTasks) return restore(FunctionTool.execute(management.getRunningTasks, call))
-      if (call.name === names.cancelTask) return restore(FunctionTool.execute(management.cancelTask, call))
-      const tools = state.definition.tools
-      const p = tools.get(call.name)
-      if (p === undefined) {
-        const available = [...tools.keys(), names.getRunningTasks, names.cancelTask].join(", ")
-        return reject(call, `Unknown tool "${clip(call.name)}". The available tools are: ${available}.`)
+      const reading = ToolTable.read(state.definition.tools, names, call, state.closed, maxArgumentsLength)
+      switch (reading._tag) {
+        case "GetRunningTasks":
+          return restore(FunctionTool.execute(management.getRunningTasks, call))
+        case "CancelTask":
+          return restore(FunctionTool.execute(management.cancelTask, call))
+        case "Refused":
+          return reject(call, reading.text)
       }
-      if (state.closed) return reject(call, `${call.name} was not run: the toolset is shut down.`)
-      const decoded = FunctionTool.decodeArguments(p.visible, call.arguments, { maxLength: maxArgumentsLength })
-      if (Result.isFailure(decoded)) return reject(call, decoded.failure.message)
-      let args = decoded.success as Record<string, unknown>
-      let confirmed = false
-      if (p.mode === "confirm" && confirmParameter in args) {
-        const { [confirmParameter]: flag, ...rest } = args
-        confirmed = flag === true
-        args = rest
-      }
-      if (call.callId === "") return reject(call, `${call.name} was not run: the call has no call id. Call it again with a call id.`)
+      const { args, confirmed, prepared: p } = reading
       // The call id keys the call's record in the store: a database takes neither NUL nor any length.
       if (call.callId.length > maxCallIdLength || call.callId.includes("\u0000")) {
         return reject(
@@ -321,17 +316,15 @@ const execute = (
       // The same model call started again: it is the same call (it runs once).
       const same = state.byItem.get(call.id)
       if (same !== undefined) return restore(Calls.awaitFirst(same))
-      if (Calls.byCallId(state, call.callId) !== undefined) {
-        return reject(call, `${call.name} was not run: a call with id ${clip(call.callId)} is already running.`)
-      }
+      if (Calls.byCallId(state, call.callId) !== undefined) return reject(call, ToolTable.inUse(call))
       // The duplicate check and the registration are one synchronous step (D5).
       const key = p.scope === "name" ? call.name : `${call.name}\u001f${p.tool.canonicalArgs(args)}`
       const active = p.mode === "allow" ? [] : Calls.activeOfKey(state, key)
       const decision = decide(p.mode, confirmed, active)
-      if (decision !== "start" && decision !== "replace") {
-        const runningCalls = describeRunning(decision === "not-cancellable" ? active.filter((e) => !e.cancellable) : active)
+      if (decision._tag === "Reject") {
+        const runningCalls = describeRunning(decision.running)
         const vars = { functionName: call.name, runningCalls, cancelTool: names.cancelTask }
-        switch (decision) {
+        switch (decision.reason) {
           case "duplicate":
             return reject(call, Prompts.render(state.definition.prompts.duplicateReject, vars))
           case "unconfirmed":
@@ -342,10 +335,10 @@ const execute = (
       }
       // Under `replace` two calls of a key never run at once: the new one waits for every call of
       // the key to end, those still stopping from earlier cancels included (D4).
-      const predecessors = decision === "replace" ? Calls.liveOfKey(state, key) : []
+      const predecessors = decision._tag === "Replace" ? Calls.liveOfKey(state, key) : []
       const entry = Calls.newEntry(call, p, key, predecessors.length > 0 ? "waiting" : "starting", state.clock.currentTimeMillisUnsafe())
       Calls.register(state, entry)
-      const cancels = decision === "replace" ? active.map((r) => Calls.cancelEntry(state, r)) : []
+      const cancels = decision._tag === "Replace" ? decision.replaced.map((r) => Calls.cancelEntry(state, r)) : []
       return Effect.andThen(
         Effect.andThen(Effect.all(cancels, { discard: true }), Calls.start(state, entry, predecessors)),
         restore(Calls.awaitFirst(entry))
@@ -356,101 +349,20 @@ const execute = (
 /** The longest call id a durable call takes (its record is keyed by it). */
 const maxCallIdLength = 200
 
-/** What the duplicate check decides for a new call, given the calls of its key running now. */
-const decide = (
-  mode: FunctionTool.DuplicateMode,
-  confirmed: boolean,
-  running: ReadonlyArray<Calls.Entry>
-): "start" | "replace" | "duplicate" | "unconfirmed" | "not-cancellable" => {
-  if (running.length === 0) return "start"
-  switch (mode) {
-    case "allow":
-      return "start"
-    case "reject":
-      return "duplicate"
-    case "confirm":
-      return confirmed ? "start" : "unconfirmed"
-    case "replace":
-      return running.some((entry) => !entry.cancellable) ? "not-cancellable" : "replace"
-  }
-}
-
 const describeRunning = (entries: ReadonlyArray<Calls.Entry>) =>
   entries.map((e) => `- call_id ${clip(e.call.callId)}, arguments ${clip(e.call.arguments)}`).join("\n")
 
 // --- management tools ----------------------------------------------------------------------------
 
 /** `get_running_tasks_<id>` and `cancel_task_<id>`, over the session's live calls (E1). */
-const managementTools = (state: Calls.State, names: { readonly getRunningTasks: string; readonly cancelTask: string }) => ({
-  getRunningTasks: FunctionTool.make(names.getRunningTasks, {
-    description: `List the calls of the "${state.definition.id}" tools still running in the background.`
-  }, () =>
-    Effect.sync(() =>
-      Calls.runningTasks(state).map((t) => ({
-        call_id: t.callId,
-        name: t.name,
-        arguments: t.arguments,
-        status: t.status,
-        cancellable: t.cancellable
-      }))
-    )),
-  cancelTask: FunctionTool.make(names.cancelTask, {
-    description: `Cancel a call of the "${state.definition.id}" tools still running in the background, by its call id.`,
-    parameters: Schema.Struct({ call_id: Schema.String.annotate({ description: "The call id to cancel" }) })
-  }, ({ call_id }) =>
-    Effect.map(Calls.cancel(state, call_id), (result) => {
-      const name = Calls.byCallId(state, call_id)?.call.name ?? "this tool"
-      switch (result) {
-        case "cancelled":
-          return `Call ${clip(call_id)} was cancelled.`
-        case "not-found":
-          return `No running call has id ${clip(call_id)}; it may have finished already. ${names.getRunningTasks} lists the running calls.`
-        case "not-cancellable":
-          return `Call ${clip(call_id)} cannot be cancelled: ${name} does not allow it once started. It will finish on its own.`
-      }
-    }))
-})
+const managementTools = (state: Calls.State, names: ToolTable.Names) =>
+  ToolTable.managementTools(names, {
+    id: state.definition.id,
+    running: () => Calls.runningTasks(state),
+    cancel: (callId) => Calls.cancel(state, callId),
+    nameOf: (callId) => Calls.byCallId(state, callId)?.call.name
+  })
 
-/** Checks the tools and prepares each as the model sees it. */
-const prepare = <Tools extends ReadonlyArray<FunctionTool.Any>>(
-  options: Options<Tools>,
-  prompts: Prompts.Prompts,
-  names: { readonly getRunningTasks: string; readonly cancelTask: string }
-): Map<string, Prepared> => {
-  const prepared = new Map<string, Prepared>()
-  for (const tool of options.tools) {
-    if (prepared.has(tool.name) || tool.name === names.getRunningTasks || tool.name === names.cancelTask) {
-      throw new Error(`DurableToolset.define: two tools are named "${tool.name}"`)
-    }
-    const mode = tool.options.onDuplicateCall ?? options.onDuplicateCall ?? "confirm"
-    if (mode === "confirm" && confirmParameter in tool.parameters.fields) {
-      throw new Error(`DurableToolset.define: ${tool.name} has a parameter named "${confirmParameter}", which confirm mode adds`)
-    }
-    const visible = mode === "confirm"
-      ? FunctionTool.mapParameters(
-        tool,
-        Schema.Struct({
-          ...tool.parameters.fields,
-          [confirmParameter]: Schema.optionalKey(Schema.Boolean).annotate({
-            description: Prompts.render(prompts.confirmParameter, { functionName: tool.name })
-          })
-        }),
-        tool.handler
-      )
-      : tool
-    prepared.set(tool.name, {
-      tool,
-      visible,
-      mode,
-      scope: tool.options.duplicateScope ?? options.duplicateScope ?? "name",
-      cancellable: tool.options.cancellable ?? true,
-      timeout: tool.options.timeout === undefined ? undefined : Duration.fromInputUnsafe(tool.options.timeout)
-    })
-  }
-  return prepared
-}
-
-const clip = (s: string, max = 200): string => s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`
 
 // --- steps that run once -------------------------------------------------------------------------
 

@@ -57,10 +57,3 @@ export const decide = <C extends Running>(
     }
   }
 }
-
-/**
- * Why a call id cannot be used, if it cannot: empty (`""` is no id a model can refer to again), or
- * in use by a call that is still running.
- */
-export const checkCallId = (callId: string, inUse: boolean): "empty" | "in-use" | undefined =>
-  callId === "" ? "empty" : inUse ? "in-use" : undefined

@@ -18,24 +18,13 @@ import * as Lifecycle from "./callLifecycle.ts"
 import { newId } from "./id.ts"
 import * as Items from "./items.ts"
 import * as Coordinator from "./replyCoordinator.ts"
+import type { Prepared } from "./toolTable.ts"
 
 /** The key set in a first-update output's `extra`: the call is still running in the background. */
 export const pendingKey = "asyncToolsetPending"
 
 /** The `extra` of every first-update output (one frozen object, shared). */
 const pendingExtra: Readonly<Record<string, unknown>> = Object.freeze({ [pendingKey]: true })
-
-/** A tool as a toolset runs it. */
-export interface Prepared {
-  /** The tool as the user wrote it. */
-  readonly tool: FunctionTool.Any
-  /** The tool as the model sees it (with the confirmation flag in `confirm` mode). */
-  readonly visible: FunctionTool.Any
-  readonly mode: FunctionTool.DuplicateMode
-  readonly scope: FunctionTool.DuplicateScope
-  readonly cancellable: boolean
-  readonly timeout: Duration.Duration | undefined
-}
 
 export type Call = Lifecycle.Call<Prepared>
 

@@ -3,7 +3,7 @@
  * running, does a new call start, replace them, or get refused?
  */
 import { assert, describe, it } from "@effect/vitest"
-import { checkCallId, decide } from "../../src/internal/admission.ts"
+import { decide } from "../../src/internal/admission.ts"
 
 const cancellable = { id: "a", cancellable: true }
 const pinned = { id: "p", cancellable: false }
@@ -55,18 +55,6 @@ describe("admission", () => {
         reason: "not-cancellable",
         running: [pinned]
       })
-    })
-  })
-
-  describe("checkCallId", () => {
-    it("an empty call id is refused, whether or not one is in use", () => {
-      assert.strictEqual(checkCallId("", false), "empty")
-      assert.strictEqual(checkCallId("", true), "empty")
-    })
-
-    it("a call id in use is refused; a free one passes", () => {
-      assert.strictEqual(checkCallId("c1", true), "in-use")
-      assert.isUndefined(checkCallId("c1", false))
     })
   })
 })

@@ -24,20 +24,13 @@ import { pendingKey } from "../../AsyncToolset.ts"
 import { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import type { DurableStore } from "../../DurableStore.ts"
 import * as FunctionTool from "../../FunctionTool.ts"
+import type { Prepared } from "../../internal/toolTable.ts"
 import * as Prompts from "../../Prompts.ts"
 import type { End } from "./tables.ts"
 import { callStatus, decodeCall, isLive, recordEnd, recordFirst, recordPair } from "./tables.ts"
 
-/** A tool as a durable toolset runs it. */
-export interface Prepared {
-  readonly tool: FunctionTool.Any
-  /** As the model sees it (with the confirmation flag in `confirm` mode). */
-  readonly visible: FunctionTool.Any
-  readonly mode: FunctionTool.DuplicateMode
-  readonly scope: FunctionTool.DuplicateScope
-  readonly cancellable: boolean
-  readonly timeout: Duration.Duration | undefined
-}
+/** A tool as a durable toolset runs it (as the in-memory toolset does). */
+export type { Prepared }
 
 /** What the runner side needs of a toolset. */
 export interface Definition {
