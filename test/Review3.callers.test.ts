@@ -10,7 +10,7 @@
  * from 16 on.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Option, References, Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, Option, References, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
@@ -22,7 +22,7 @@ import { yieldSettings } from "./support/review3.ts"
 const strict = (maxOps: number) => maxOps >= 16
 
 /** Sleeps `before`, says "started", then "half way" 1 s later, then ends 1 s after that. */
-const worker = (before: string) =>
+const worker = (before: Duration.Input) =>
   FunctionTool.make("w", { description: "w", onDuplicateCall: "allow" }, () =>
     Effect.gen(function*() {
       yield* Effect.sleep(before)

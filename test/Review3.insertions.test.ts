@@ -9,7 +9,7 @@
  * ("an assistant message with tool_calls must be followed by tool messages").
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, References, Schedule, Scope } from "effect"
+import { Effect, Exit, References, Schedule, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
@@ -124,4 +124,4 @@ describe("Review3: a partial insertion whose call stops before the retry leaves 
   }
 })
 
-void Fiber
+

@@ -15,7 +15,6 @@ import { makeFiberCounter, namedCallIds } from "./support/reliability.ts"
 import { promptlyLong as promptly, settleLong } from "./support/review2.ts"
 import { sessionError, wrappedSession, yieldSettings } from "./support/review3.ts"
 
-type Op = "items" | "awaitInactive" | "generateReply"
 type Shape = "ok" | "fail" | "die" | "interrupt"
 
 const answer = <A>(shape: Shape, ok: Effect.Effect<A, AgentSession.SessionError>): Effect.Effect<A, AgentSession.SessionError> =>
