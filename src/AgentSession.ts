@@ -46,7 +46,9 @@ export class AgentSession extends Context.Service<AgentSession, {
   readonly items: Effect.Effect<ReadonlyArray<ChatItem>, SessionError>
   /**
    * Inserts items into the current agent's chat context, by creation time. Must cost O(k) (or
-   * O(k log n)) for k items: never a copy of the whole history.
+   * O(k log n)) for k items: never a copy of the whole history. All or nothing, as far as it can:
+   * the toolset inserts a function call with its output in one call, and after a failure it looks
+   * in the chat and inserts what is missing, but it cannot once its toolset has closed.
    */
   readonly insert: (items: ReadonlyArray<ChatItem>) => Effect.Effect<void, SessionError>
   /**

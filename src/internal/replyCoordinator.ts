@@ -14,7 +14,7 @@
  * but the wait for the session to be inactive.
  */
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, References, Schedule } from "effect"
-import type { AgentSession } from "../AgentSession.ts"
+import type { AgentSession, SessionError } from "../AgentSession.ts"
 import type { ChatItem } from "../ChatContext.ts"
 import * as Prompts from "../Prompts.ts"
 import type { ToolsetEvent } from "../ToolsetEvent.ts"
@@ -91,6 +91,16 @@ export interface Coordinator {
   request: Request | undefined
   /** The round's request step, while it runs: stopped when the round ends and when the coordinator stops. */
   step: Fiber.Fiber<Step, PortFault> | undefined
+  /**
+   * Request steps interrupted that have not ended yet (inside an uninterruptible port operation):
+   * the coordinator's stop waits for them too.
+   */
+  readonly stopping: Set<Fiber.Fiber<unknown, unknown>>
+  /**
+   * When the request step's time bound started: when the step started, and again when its wait
+   * for idle ended (the bound counts the chat read and the request, not the wait).
+   */
+  boundFrom: number
   /** The round's request step suspended (on the chat read, the last idle wait, or the request). */
   stepSuspended: boolean
   /** The round read the chat again after a step that suspended (at most once per round). */
@@ -103,6 +113,8 @@ interface Request {
   readonly ready: ReadonlyArray<Item>
   readonly instructions: string
   readonly policy: ReplyPolicy
+  /** The agent spoke after the items (the wording that lets the model answer empty). */
+  readonly covered: boolean
 }
 
 const coordinators = new WeakMap<Session, Coordinator>()
@@ -130,6 +142,8 @@ export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinat
         closed: false,
         request: undefined,
         step: undefined,
+        stopping: new Set(),
+        boundFrom: 0,
         stepSuspended: false,
         reread: false,
         waiting: false
@@ -157,18 +171,24 @@ export const release = (coordinator: Coordinator, owner: Owner): Effect.Effect<v
     // just started by a round this very release interrupts).
     const fibers: Array<Fiber.Fiber<unknown, unknown>> = []
     if (coordinator.fiber !== undefined) fibers.push(coordinator.fiber)
-    const step = stopStep(coordinator)
-    if (step !== undefined) fibers.push(step)
+    stopStep(coordinator)
+    for (const fiber of coordinator.stopping) fibers.push(fiber)
     return fibers.length === 0 ? report : Effect.andThen(report, Fiber.interruptAll(fibers))
   })
 
-/** Interrupts the round's request step if it still runs (without waiting); returns it. */
-const stopStep = (coordinator: Coordinator): Fiber.Fiber<unknown, unknown> | undefined => {
+/**
+ * Interrupts the round's request step if it still runs (without waiting for it: until it ends it
+ * is kept in `stopping`, which the coordinator's stop waits for).
+ */
+const stopStep = (coordinator: Coordinator): void => {
   const step = coordinator.step
-  if (step === undefined) return undefined
+  if (step === undefined) return
   coordinator.step = undefined
-  if (step.pollUnsafe() === undefined) step.interruptUnsafe()
-  return step
+  if (step.pollUnsafe() !== undefined) return
+  step.interruptUnsafe()
+  if (step.pollUnsafe() !== undefined) return
+  coordinator.stopping.add(step)
+  step.addObserver(() => coordinator.stopping.delete(step))
 }
 
 /**
@@ -330,6 +350,7 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
     if (!coordinator.batch.some(answerable)) return Effect.void
     coordinator.stepSuspended = false
     coordinator.waiting = false
+    coordinator.boundFrom = coordinator.clock.currentTimeMillisUnsafe()
     // Started here and now, on this fiber's context; when it answers at once (the usual case) it
     // is over before this returns. A step that suspends is waited for, and interrupted with the
     // coordinator.
@@ -370,8 +391,8 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
   // However the fiber ends (interrupted by `release`, at any point of a round), the round's request
   // step ends with it: an interrupted fiber skips recovery handlers, not finalizers.
   const stopStepAndWait = Effect.suspend(() => {
-    const step = stopStep(coordinator)
-    return step === undefined ? Effect.void : Effect.asVoid(Fiber.await(step))
+    stopStep(coordinator)
+    return coordinator.stopping.size === 0 ? Effect.void : Fiber.awaitAll(coordinator.stopping)
   })
   return Effect.ensuring(Effect.forever(Effect.andThen(awaitWork, round), { disableYield: true }), stopStepAndWait)
 }
@@ -381,7 +402,10 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
  * the first request. Nothing here suspends before the request.
  */
 const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefined): Effect.Effect<Step, PortFault> => {
-  coordinator.waiting = false
+  if (coordinator.waiting) {
+    coordinator.waiting = false
+    coordinator.boundFrom = coordinator.clock.currentTimeMillisUnsafe()
+  }
   const late = take(coordinator)
   if (late > 0 && lateAwaitInsertion(coordinator, late)) return Effect.succeed("again")
   // The step suspended (a session that reads its chat asynchronously, or that was busy at the
@@ -403,7 +427,7 @@ const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefi
   const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
     pendingCallIds: callIdsOf(ready)
   })
-  coordinator.request = { ready, instructions, policy }
+  coordinator.request = { ready, instructions, policy, covered }
   return Effect.matchCauseEffect(coordinator.session.generateReply({ instructions, toolChoice: "none" }), {
     onSuccess: () => {
       delivered(coordinator, ready, instructions)
@@ -426,10 +450,17 @@ const slowRequest = (
   const policy = coordinator.request?.policy ?? newestPolicy(coordinator)
   // Nothing left to answer (the toolsets of the batch closed meanwhile): the step is not needed.
   if (policy === undefined) return Effect.sync(() => void stopStep(coordinator))
-  const joined: Effect.Effect<Option.Option<Exit.Exit<Step, PortFault>>> = Effect.flatMap(
-    Effect.timeoutOption(Fiber.await(step), policy.replyTimeout),
-    (exit) => Option.isNone(exit) && coordinator.waiting ? joined : Effect.succeed(exit)
-  )
+  // The bound counts from `boundFrom` (the step's start, or the end of its wait for idle); while
+  // the step waits for idle it is not counted.
+  const limit = Duration.toMillis(policy.replyTimeout)
+  const joined: Effect.Effect<Option.Option<Exit.Exit<Step, PortFault>>> = Effect.suspend(() => {
+    const left = coordinator.waiting ? limit : limit - (coordinator.clock.currentTimeMillisUnsafe() - coordinator.boundFrom)
+    if (left <= 0) return Effect.succeed(Option.none())
+    return Effect.flatMap(
+      Effect.timeoutOption(Fiber.await(step), Duration.millis(left)),
+      (exit) => Option.isNone(exit) ? joined : Effect.succeed(exit)
+    )
+  })
   return Effect.flatMap(joined, (result): Effect.Effect<void, PortFault> => {
     if (Option.isNone(result)) {
       // A request that does not answer in time is not retried: the session may still make that
@@ -451,11 +482,18 @@ const slowRequest = (
 const retryRequest = (coordinator: Coordinator, request: Request, first: Cause.Cause<PortFault>): Effect.Effect<void> => {
   const session = coordinator.session
   let attempt = 0
+  // What the latest attempt asked about: the items of toolsets still open (a toolset that closes
+  // meanwhile has said that no reply is requested for its items).
+  let asked: Request | undefined = request
+  const ask = Effect.suspend((): Effect.Effect<void, SessionError> => {
+    asked = stillOpen(request)
+    return asked === undefined ? Effect.void : session.generateReply({ instructions: asked.instructions, toolChoice: "none" })
+  })
   const once = Effect.suspend((): Effect.Effect<void, PortFault> =>
     attempt++ === 0
       ? Effect.failCause(first) // the step's own attempt: the schedule decides when to ask again
       : Effect.catchCause(
-        Effect.andThen(session.awaitInactive, session.generateReply({ instructions: request.instructions, toolChoice: "none" })),
+        Effect.andThen(session.awaitInactive, ask),
         (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
       )
   )
@@ -464,12 +502,27 @@ const retryRequest = (coordinator: Coordinator, request: Request, first: Cause.C
     Effect.timeoutOption(request.policy.replyTimeout),
     Effect.matchCauseEffect({
       onSuccess: (answered) => {
-        if (Option.isSome(answered)) return Effect.sync(() => delivered(coordinator, request.ready, request.instructions))
+        if (Option.isSome(answered)) {
+          return Effect.sync(() => {
+            if (asked !== undefined) delivered(coordinator, asked.ready, asked.instructions)
+            else coordinator.request = undefined
+          })
+        }
         return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(request.policy.replyTimeout)}`))
       },
       onFailure: (cause) => coordinator.closed ? Effect.interrupt : giveUp(coordinator, portCause(cause))
     })
   )
+}
+
+/** The request again, for the items of toolsets still open (worded anew if some closed); none: undefined. */
+const stillOpen = (request: Request): Request | undefined => {
+  if (request.ready.every((item) => !item.owner.closed)) return request
+  const ready = request.ready.filter((item) => !item.owner.closed)
+  if (ready.length === 0) return undefined
+  const policy = ready[ready.length - 1]!.owner.policy
+  const prompt = request.covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail
+  return { ready, instructions: Prompts.render(prompt, { pendingCallIds: callIdsOf(ready) }), policy, covered: request.covered }
 }
 
 /** The policy of the newest item in the batch (whose toolset's bounds apply to the round). */
@@ -541,7 +594,7 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
   Effect.forEach(coordinator.batch.filter(awaitsInsertion), (item) => {
     const owner = item.owner
     const attempt = Effect.suspend((): Effect.Effect<"inserted" | "skipped", PortFault> => {
-      if (owner.closed || item.dropped() !== undefined) return Effect.succeed("skipped")
+      if (owner.closed) return Effect.succeed("skipped")
       // An insertion cut short may have happened all the same: look before inserting again. If
       // the chat cannot be read, the attempt fails (and is retried): inserting blindly could put
       // the item in twice (C3).
@@ -551,6 +604,10 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
         // stamped now (C4b).
         const missing = item.items.filter((i) => !contains(read.value, i.id))
         if (missing.length === 0) return Effect.succeed("inserted" as const)
+        // Its call was cancelled (or a later item of it is in the chat): nothing more of it goes
+        // in, unless part of it is there already (a function call without its output, which a
+        // provider refuses): then the pair is completed.
+        if (item.dropped() !== undefined && missing.length === item.items.length) return Effect.succeed("skipped" as const)
         const now = coordinator.clock.currentTimeMillisUnsafe()
         const stamped = missing.map((i) => withCreatedAt(i, now))
         item.items = item.items.map((i) => stamped.find((s) => s.id === i.id) ?? i)
