@@ -83,7 +83,7 @@ if (isMain()) {
   const endpoint = process.env.OTEL_EXPORTER_OTLP_ENDPOINT ?? "http://localhost:4318"
   // The telemetry layer goes outermost: it flushes what is left when the program is over.
   program.pipe(
-    Effect.andThen(Console.log(`Sent the spans and metrics to ${endpoint}.`)),
+    Effect.andThen(Console.log(`Exported the spans, metrics and logs to ${endpoint} (the exporter drops what it cannot send, without an error).`)),
     Effect.provide(Telemetry(endpoint)),
     Effect.runPromise
   )
