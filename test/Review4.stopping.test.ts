@@ -5,12 +5,12 @@
  * such a step, and a toolset made again on the session while the last close waits must work.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, References, Scope } from "effect"
+import { Effect, Exit, Fiber, References, Schedule, Scope } from "effect"
 import { TestClock } from "effect/testing"
-import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "./support/lifetime.ts"
-import { makeFiberCounter, namedCallIds } from "./support/reliability.ts"
+import { captureLogs, makeFiberCounter, namedCallIds } from "./support/reliability.ts"
 import { promptlyLong as promptly, settleLong } from "./support/review2.ts"
 import { wrappedSession, yieldSettings } from "./support/review3.ts"
 
@@ -102,5 +102,50 @@ describe("Review4: a timed-out request step still inside an uninterruptible port
         })).pipe(Effect.provide(firstSlow(op)), Effect.provideService(References.MaxOpsBeforeYield, maxOps))
       })
     }
+  }
+})
+
+/** The first reply request fails; the second (the retry) runs 10 minutes, uninterruptibly. */
+const retryStuck = wrappedSession((session) => {
+  let n = 0
+  return {
+    generateReply: (r) =>
+      Effect.suspend(() => {
+        n++
+        if (n === 1) return Effect.andThen(session.generateReply(r), Effect.fail(new AgentSession.SessionError({ operation: "generateReply", message: "injected" })))
+        if (n === 2) return Effect.uninterruptible(Effect.andThen(Effect.sleep("10 minutes"), session.generateReply(r)))
+        return session.generateReply(r)
+      })
+  }
+})
+
+describe("Review4: a retried reply request stuck inside an uninterruptible port operation", () => {
+  for (const maxOps of yieldSettings) {
+    it.effect(`A's request fails, its retry is stuck for 10 minutes (replyTimeout 1 minute): given up in time, B's result answered before the 10 minutes end (MaxOpsBeforeYield ${maxOps})`, () => {
+      const logs = captureLogs()
+      return Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 5 }))
+        const a = yield* AsyncToolset.make({ id: "a", tools: [job], sessionRetry: retry, replyTimeout: "1 minute" })
+        const b = yield* AsyncToolset.make({ id: "b", tools: [job], sessionRetry: retry, replyTimeout: "1 minute" })
+        yield* execute(a, "a1", "job")
+        yield* TestClock.adjust("1 second") // a1_final; its request fails
+        yield* settleLong
+        yield* TestClock.adjust("1 second") // the retry: stuck
+        yield* settleLong
+        yield* execute(b, "b1", "job")
+        for (let i = 0; i < 90; i++) {
+          yield* TestClock.adjust("1 second")
+          yield* settleLong
+        }
+        const givenUp = logs.find(["Error"], "a1_final", "could not be requested").length > 0
+        const answeredB = (yield* named(session)).includes("b1_final")
+        assert.deepStrictEqual(
+          { givenUp, answeredB },
+          { givenUp: true, answeredB: true },
+          "92 s in: A's retry stuck in an uninterruptible request (10 minutes) holds the coordinator far past replyTimeout 1 minute"
+        )
+      }).pipe(Effect.ensuring(TestClock.adjust("1 hour")), Effect.provide(retryStuck), Effect.provide(logs.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps))
+    })
   }
 })
