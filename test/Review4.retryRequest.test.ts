@@ -12,6 +12,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, References, Schedule, Scope, Stream } from "effect"
+import type { Duration } from "effect"
 import { TestClock } from "effect/testing"
 import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import type { ToolsetEvent } from "effect-async-toolset"
@@ -45,7 +46,7 @@ const replyEvents = (events: ReadonlyArray<ToolsetEvent.ToolsetEvent>) =>
     e._tag === "ReplyDelivered" ? [`delivered ${e.callIds.join(",")}`] : e._tag === "ReplySkipped" ? [`skipped ${e.callIds.join(",")} ${e.reason}`] : []
   )
 
-const advance = (times: number, step: string) =>
+const advance = (times: number, step: Duration.Input) =>
   Effect.gen(function*() {
     for (let i = 0; i < times; i++) {
       yield* TestClock.adjust(step)
