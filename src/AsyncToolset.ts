@@ -77,8 +77,10 @@ export interface Options<Tools extends ReadonlyArray<FunctionTool.Any>> {
   /** How a failed chat insertion or reply request is retried (default: 3 retries, from 100 ms). */
   readonly sessionRetry?: Schedule.Schedule<unknown, unknown> | undefined
   /**
-   * How long a reply request (with its retries) may take before it is given up and reported, so
-   * a stalled session never holds back later replies. Default 2 minutes.
+   * How long one reply request may take (reading the chat and asking; waits for the session to be
+   * inactive are not counted) before it is given up and reported, so a stalled session never
+   * holds back later replies. A request that failed is asked again by `sessionRetry`, each time
+   * within this bound; one that did not answer in time is not repeated. Default 2 minutes.
    */
   readonly replyTimeout?: Duration.Input | undefined
   /**

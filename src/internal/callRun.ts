@@ -446,11 +446,10 @@ const insertFailed = (toolset: Toolset, c: Call, item: Coordinator.Item, cause: 
       // Lost because the toolset closed: say so (before the count drops: an idle waiter may close).
       return Effect.andThen(lostAtClose(toolset, item.callId), Effect.sync(() => Coordinator.settle(item)))
     }
-    // Retried by the reply coordinator, which looks in the chat first. If its call was cancelled
-    // meanwhile, nothing more of it reaches the chat, unless the failed insertion put part of it
-    // there: then the pair is completed (a function call without its output breaks the chat).
-    // If the call's fiber was interrupted, the interruption goes on by itself as this region ends.
-    if (item.dropped() === "cancelled" && item.items.length === 1) {
+    if (item.dropped() === "cancelled") {
+      // Its call was cancelled: nothing of it reaches the chat. If its fiber was interrupted, the
+      // interruption goes on by itself as this region ends. (An item already handed over when
+      // its call is cancelled is retried by the coordinator, which completes a half-inserted pair.)
       Coordinator.settle(item)
       return Effect.void
     }

@@ -14,7 +14,7 @@
  * but the wait for the session to be inactive.
  */
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, References, Schedule } from "effect"
-import type { AgentSession, SessionError } from "../AgentSession.ts"
+import type { AgentSession } from "../AgentSession.ts"
 import type { ChatItem } from "../ChatContext.ts"
 import * as Prompts from "../Prompts.ts"
 import type { ToolsetEvent } from "../ToolsetEvent.ts"
@@ -89,8 +89,8 @@ export interface Coordinator {
   closed: boolean
   /** The reply decided in the round under way: what it covers and asks, with whose policy. */
   request: Request | undefined
-  /** The round's request step, while it runs: stopped when the round ends and when the coordinator stops. */
-  step: Fiber.Fiber<Step, PortFault> | undefined
+  /** The round's request step (or retried request), while it runs: stopped when the round ends and when the coordinator stops. */
+  step: Fiber.Fiber<unknown, unknown> | undefined
   /**
    * Request steps interrupted that have not ended yet (inside an uninterruptible port operation):
    * the coordinator's stop waits for them too.
@@ -101,6 +101,8 @@ export interface Coordinator {
    * for idle ended (the bound counts the chat read and the request, not the wait).
    */
   boundFrom: number
+  /** Called when the request step's wait for idle ends (set while `bounded` waits through it). */
+  waitEnded: (() => void) | undefined
   /** The round's request step suspended (on the chat read, the last idle wait, or the request). */
   stepSuspended: boolean
   /** The round read the chat again after a step that suspended (at most once per round). */
@@ -144,6 +146,7 @@ export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinat
         step: undefined,
         stopping: new Set(),
         boundFrom: 0,
+        waitEnded: undefined,
         stepSuspended: false,
         reread: false,
         waiting: false
@@ -405,6 +408,7 @@ const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefi
   if (coordinator.waiting) {
     coordinator.waiting = false
     coordinator.boundFrom = coordinator.clock.currentTimeMillisUnsafe()
+    coordinator.waitEnded?.()
   }
   const late = take(coordinator)
   if (late > 0 && lateAwaitInsertion(coordinator, late)) return Effect.succeed("again")
@@ -450,22 +454,10 @@ const slowRequest = (
   const policy = coordinator.request?.policy ?? newestPolicy(coordinator)
   // Nothing left to answer (the toolsets of the batch closed meanwhile): the step is not needed.
   if (policy === undefined) return Effect.sync(() => void stopStep(coordinator))
-  // The bound counts from `boundFrom` (the step's start, or the end of its wait for idle); while
-  // the step waits for idle it is not counted.
-  const limit = Duration.toMillis(policy.replyTimeout)
-  const joined: Effect.Effect<Option.Option<Exit.Exit<Step, PortFault>>> = Effect.suspend(() => {
-    const left = coordinator.waiting ? limit : limit - (coordinator.clock.currentTimeMillisUnsafe() - coordinator.boundFrom)
-    if (left <= 0) return Effect.succeed(Option.none())
-    return Effect.flatMap(
-      Effect.timeoutOption(Fiber.await(step), Duration.millis(left)),
-      (exit) => Option.isNone(exit) ? joined : Effect.succeed(exit)
-    )
-  })
-  return Effect.flatMap(joined, (result): Effect.Effect<void, PortFault> => {
+  return Effect.flatMap(bounded(coordinator, step, policy.replyTimeout), (result): Effect.Effect<void, PortFault> => {
     if (Option.isNone(result)) {
       // A request that does not answer in time is not retried: the session may still make that
       // reply (an agent queues it), and a second request would repeat it.
-      step.interruptUnsafe()
       return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(policy.replyTimeout)}`))
     }
     const exit = result.value
@@ -478,37 +470,102 @@ const slowRequest = (
   })
 }
 
-/** Asks again for a reply whose request failed (`first`): each time once the session is inactive, bounded in time. */
+/**
+ * Waits for the round's step (or a retried request) to end, within `limit` counted from
+ * `boundFrom` (the step's start, or the end of its wait for idle): the wait for idle is not
+ * counted. Not in time: `None`, and the fiber is stopped (and kept in `stopping` until it ends).
+ */
+const bounded = <A, E>(
+  coordinator: Coordinator,
+  fiber: Fiber.Fiber<A, E>,
+  limit: Duration.Duration
+): Effect.Effect<Option.Option<Exit.Exit<A, E>>> => {
+  const millis = Duration.toMillis(limit)
+  const loop: Effect.Effect<Option.Option<Exit.Exit<A, E>>> = Effect.suspend(() => {
+    if (coordinator.waiting) {
+      return Effect.flatMap(endOrWaitEnd(coordinator, fiber), (exit) => exit === undefined ? loop : Effect.succeed(Option.some(exit)))
+    }
+    const left = millis - (coordinator.clock.currentTimeMillisUnsafe() - coordinator.boundFrom)
+    if (left <= 0) {
+      const exit = fiber.pollUnsafe()
+      if (exit !== undefined) return Effect.succeed(Option.some(exit))
+      stopStep(coordinator)
+      return Effect.succeed(Option.none())
+    }
+    return Effect.flatMap(
+      Effect.timeoutOption(Fiber.await(fiber), Duration.millis(left)),
+      (exit) => Option.isNone(exit) ? loop : Effect.succeed(exit)
+    )
+  })
+  return loop
+}
+
+/** The fiber's exit when it ends, or `undefined` when the step's wait for idle ends first. */
+const endOrWaitEnd = <A, E>(coordinator: Coordinator, fiber: Fiber.Fiber<A, E>) =>
+  Effect.callback<Exit.Exit<A, E> | undefined>((resume) => {
+    const remove = fiber.addObserver((exit) => resume(Effect.succeed(exit)))
+    // Once the step's synchronous run is over (a microtask): a request that answers at once has
+    // ended the step by then, whatever the bound.
+    coordinator.waitEnded = () => void Promise.resolve().then(() => resume(Effect.succeed(undefined)))
+    return Effect.sync(() => {
+      remove()
+      coordinator.waitEnded = undefined
+    })
+  })
+
+/**
+ * Asks again for a reply whose request failed (`first`), by the toolsets' retry schedule: each
+ * time once the session is inactive (that wait not counted), each request bounded in time (one
+ * that does not answer in time is given up, not repeated), each about the items of toolsets still
+ * open. Ends at once when every toolset the request was for has closed.
+ */
 const retryRequest = (coordinator: Coordinator, request: Request, first: Cause.Cause<PortFault>): Effect.Effect<void> => {
   const session = coordinator.session
+  const portFault = (cause: Cause.Cause<unknown>) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
   let attempt = 0
-  // What the latest attempt asked about: the items of toolsets still open (a toolset that closes
-  // meanwhile has said that no reply is requested for its items).
+  // What the latest attempt asked about: a toolset that closes meanwhile has said that no reply
+  // is requested for its items.
   let asked: Request | undefined = request
-  const ask = Effect.suspend((): Effect.Effect<void, SessionError> => {
+  // The request in a fiber of its own, started right after the idle wait (nothing suspends in
+  // between: C2), so that one that does not answer in time can be set aside.
+  const ask = Effect.suspend((): Effect.Effect<"asked" | "nothing" | "late", PortFault> => {
     asked = stillOpen(request)
-    return asked === undefined ? Effect.void : session.generateReply({ instructions: asked.instructions, toolChoice: "none" })
+    if (asked === undefined) return Effect.succeed("nothing")
+    coordinator.waiting = false
+    coordinator.boundFrom = coordinator.clock.currentTimeMillisUnsafe()
+    const fiber = Effect.runForkWith(Fiber.getCurrent()!.context)(
+      Effect.catchCause(session.generateReply({ instructions: asked.instructions, toolChoice: "none" }), portFault)
+    )
+    const exit = fiber.pollUnsafe()
+    if (exit !== undefined) return Effect.as(exit, "asked" as const)
+    coordinator.step = fiber
+    return Effect.flatMap(bounded(coordinator, fiber, request.policy.replyTimeout), (result) => {
+      if (Option.isNone(result)) return Effect.succeed("late" as const)
+      coordinator.step = undefined
+      return Effect.as(result.value, "asked" as const)
+    })
   })
-  const once = Effect.suspend((): Effect.Effect<void, PortFault> =>
+  const once = Effect.suspend((): Effect.Effect<"asked" | "nothing" | "late", PortFault> =>
     attempt++ === 0
       ? Effect.failCause(first) // the step's own attempt: the schedule decides when to ask again
-      : Effect.catchCause(
-        Effect.andThen(session.awaitInactive, ask),
-        (cause) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
-      )
+      : Effect.andThen(Effect.catchCause(session.awaitInactive, portFault), ask)
   )
-  return once.pipe(
-    Effect.retry(request.policy.sessionRetry),
-    Effect.timeoutOption(request.policy.replyTimeout),
+  const owners = new Set(request.ready.map((item) => item.owner))
+  const allClosed = Effect.as(
+    Effect.forEach(owners, (owner) => Deferred.await(owner.closing), { discard: true }),
+    "nothing" as const
+  )
+  return Effect.raceFirst(Effect.retry(once, request.policy.sessionRetry), allClosed).pipe(
     Effect.matchCauseEffect({
-      onSuccess: (answered) => {
-        if (Option.isSome(answered)) {
-          return Effect.sync(() => {
-            if (asked !== undefined) delivered(coordinator, asked.ready, asked.instructions)
-            else coordinator.request = undefined
-          })
+      onSuccess: (result) => {
+        switch (result) {
+          case "asked":
+            return Effect.sync(() => delivered(coordinator, asked!.ready, asked!.instructions))
+          case "nothing":
+            return Effect.sync(() => void (coordinator.request = undefined))
+          case "late":
+            return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(request.policy.replyTimeout)}`))
         }
-        return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(request.policy.replyTimeout)}`))
       },
       onFailure: (cause) => coordinator.closed ? Effect.interrupt : giveUp(coordinator, portCause(cause))
     })
@@ -531,7 +588,9 @@ const newestPolicy = (coordinator: Coordinator): ReplyPolicy | undefined =>
 
 /** The reply could not be requested: reported with the call ids it was for. */
 const giveUp = (coordinator: Coordinator, cause: Cause.Cause<unknown>) => {
-  const ready = coordinator.request?.ready ?? coordinator.batch.filter(answerable)
+  // A toolset closed meanwhile has said that no reply is requested for its items.
+  const ready = (coordinator.request?.ready ?? coordinator.batch).filter(answerable)
+  if (ready.length === 0) return Effect.void
   return Effect.logError(
     `the reply for ${callIdsOf(ready)} could not be requested; the results are in the chat for the next reply`,
     cause
@@ -634,8 +693,14 @@ const retryInsertions = (coordinator: Coordinator): Effect.Effect<void> =>
         if (coordinator.closed) return Effect.interrupt
         const reason = item.dropped()
         // Logged before the count drops: a toolset waiting to be idle may close at once.
-        const log = reason === "cancelled"
+        const clean = Exit.isSuccess(exit) && Option.isSome(exit.value) // "skipped": nothing of it is in the chat
+        const log = reason === "cancelled" && clean
           ? Effect.logDebug(`${item.callId} is not inserted: its call was cancelled before the insertion worked`)
+          : reason === "cancelled"
+          ? Effect.logError(
+            `${item.callId}: its call was cancelled, but a failed insertion may have left part of it in the chat (a function call without its output) and it could not be completed`,
+            Exit.isFailure(exit) ? portCause(exit.cause) : Cause.fail("no answer in time")
+          )
           : Exit.isSuccess(exit)
           ? Effect.logError(`could not insert ${item.callId} into the chat in time; no reply is requested for it`)
           : Effect.logError(
