@@ -447,10 +447,11 @@ const insertFailed = (toolset: Toolset, c: Call, item: Coordinator.Item, cause: 
       return Effect.andThen(lostAtClose(toolset, item.callId), Effect.sync(() => Coordinator.settle(item)))
     }
     if (item.dropped() === "cancelled") {
-      // Its call was cancelled: nothing of it reaches the chat. If its fiber was interrupted, the
-      // interruption goes on by itself as this region ends. (An item already handed over when
-      // its call is cancelled is retried by the coordinator, which completes a half-inserted pair.)
-      Coordinator.settle(item)
+      // Its call was cancelled: nothing more of it reaches the chat. The insertion cut short may
+      // have put part of it there (a function call without its output, which a provider refuses):
+      // the coordinator looks, lets it go if nothing is there, and completes it if part is. If
+      // the call's fiber was interrupted, the interruption goes on by itself as this region ends.
+      Coordinator.handOver(toolset.coordinator, item)
       return Effect.void
     }
     Coordinator.handOver(toolset.coordinator, item)

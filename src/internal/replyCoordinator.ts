@@ -72,6 +72,8 @@ export interface Item {
   insertedAt: number
   readonly call: CallState
   readonly dropped: () => DropReason | undefined
+  /** Its call was cancelled after its insertion failed, and the chat was looked at for part of it. */
+  looked?: boolean
 }
 
 /** The coordinator of one session. */
@@ -103,6 +105,10 @@ export interface Coordinator {
   boundFrom: number
   /** Called when the request step's wait for idle ends (set while `bounded` waits through it). */
   waitEnded: (() => void) | undefined
+  /** The round retries a failed reply request (a request failing inside a retry fails the attempt). */
+  retrying: boolean
+  /** Called when the batch of a retrying round is left with nothing of an open toolset. */
+  nothingLeft: (() => void) | undefined
   /** The round's request step suspended (on the chat read, the last idle wait, or the request). */
   stepSuspended: boolean
   /** The round read the chat again after a step that suspended (at most once per round). */
@@ -115,8 +121,6 @@ interface Request {
   readonly ready: ReadonlyArray<Item>
   readonly instructions: string
   readonly policy: ReplyPolicy
-  /** The agent spoke after the items (the wording that lets the model answer empty). */
-  readonly covered: boolean
 }
 
 const coordinators = new WeakMap<Session, Coordinator>()
@@ -147,6 +151,8 @@ export const acquire = (session: Session, owner: Owner): Effect.Effect<Coordinat
         stopping: new Set(),
         boundFrom: 0,
         waitEnded: undefined,
+        retrying: false,
+        nothingLeft: undefined,
         stepSuspended: false,
         reread: false,
         waiting: false
@@ -209,6 +215,7 @@ export const closeOwner = (coordinator: Coordinator, owner: Owner): ReadonlyArra
   owner.pending = 0
   owner.settled()
   Deferred.doneUnsafe(owner.closing, Exit.void)
+  if (coordinator.nothingLeft !== undefined && coordinator.batch.length === 0) coordinator.nothingLeft()
   return left
 }
 
@@ -348,7 +355,14 @@ const run = (coordinator: Coordinator): Effect.Effect<never> => {
   const prepare: Effect.Effect<void, PortFault> = Effect.suspend(() => {
     take(coordinator)
     if (coordinator.batch.some(awaitsInsertion)) {
-      return Effect.andThen(awaitInactive, Effect.andThen(Effect.suspend(() => retryInsertions(coordinator)), prepare))
+      return Effect.andThen(
+        letGoCancelled(coordinator),
+        Effect.suspend(() =>
+          coordinator.batch.some(awaitsInsertion)
+            ? Effect.andThen(awaitInactive, Effect.andThen(Effect.suspend(() => retryInsertions(coordinator)), prepare))
+            : prepare
+        )
+      )
     }
     if (!coordinator.batch.some(answerable)) return Effect.void
     coordinator.stepSuspended = false
@@ -431,7 +445,7 @@ const decide = (coordinator: Coordinator, chat: ReadonlyArray<ChatItem> | undefi
   const instructions = Prompts.render(covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail, {
     pendingCallIds: callIdsOf(ready)
   })
-  coordinator.request = { ready, instructions, policy, covered }
+  coordinator.request = { ready, instructions, policy }
   return Effect.matchCauseEffect(coordinator.session.generateReply({ instructions, toolChoice: "none" }), {
     onSuccess: () => {
       delivered(coordinator, ready, instructions)
@@ -465,8 +479,9 @@ const slowRequest = (
     if (coordinator.closed) return Effect.interrupt
     const request = coordinator.request
     // The step failed before it asked (reading the chat, or the idle wait): the round's failure.
-    if (request === undefined) return Effect.failCause(exit.cause)
-    return retryRequest(coordinator, request, exit.cause)
+    // A request that failed in a retry fails that attempt (the retry's schedule goes on).
+    if (request === undefined || coordinator.retrying) return Effect.failCause(exit.cause)
+    return retryRound(coordinator, request.policy, exit.cause, prepare)
   })
 }
 
@@ -514,72 +529,65 @@ const endOrWaitEnd = <A, E>(coordinator: Coordinator, fiber: Fiber.Fiber<A, E>) 
   })
 
 /**
- * Asks again for a reply whose request failed (`first`), by the toolsets' retry schedule: each
- * time once the session is inactive (that wait not counted), each request bounded in time (one
- * that does not answer in time is given up, not repeated), each about the items of toolsets still
- * open. Ends at once when every toolset the request was for has closed.
+ * A reply request failed (`first`): the round is prepared again by the toolset's retry schedule.
+ * Each attempt takes what arrived meanwhile (one reply for everything pending), reads the chat
+ * again (the agent may have spoken: C4), waits for idle and asks, its request bounded in time (one
+ * that does not answer in time is given up, not repeated). Ends at once when the batch is left
+ * with nothing of an open toolset.
  */
-const retryRequest = (coordinator: Coordinator, request: Request, first: Cause.Cause<PortFault>): Effect.Effect<void> => {
-  const session = coordinator.session
-  const portFault = (cause: Cause.Cause<unknown>) => coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause))
+const retryRound = (
+  coordinator: Coordinator,
+  policy: ReplyPolicy,
+  first: Cause.Cause<PortFault>,
+  prepare: Effect.Effect<void, PortFault>
+): Effect.Effect<void> => {
   let attempt = 0
-  // What the latest attempt asked about: a toolset that closes meanwhile has said that no reply
-  // is requested for its items.
-  let asked: Request | undefined = request
-  // The request in a fiber of its own, started right after the idle wait (nothing suspends in
-  // between: C2), so that one that does not answer in time can be set aside.
-  const ask = Effect.suspend((): Effect.Effect<"asked" | "nothing" | "late", PortFault> => {
-    asked = stillOpen(request)
-    if (asked === undefined) return Effect.succeed("nothing")
-    coordinator.waiting = false
-    coordinator.boundFrom = coordinator.clock.currentTimeMillisUnsafe()
-    const fiber = Effect.runForkWith(Fiber.getCurrent()!.context)(
-      Effect.catchCause(session.generateReply({ instructions: asked.instructions, toolChoice: "none" }), portFault)
-    )
-    const exit = fiber.pollUnsafe()
-    if (exit !== undefined) return Effect.as(exit, "asked" as const)
-    coordinator.step = fiber
-    return Effect.flatMap(bounded(coordinator, fiber, request.policy.replyTimeout), (result) => {
-      if (Option.isNone(result)) return Effect.succeed("late" as const)
-      coordinator.step = undefined
-      return Effect.as(result.value, "asked" as const)
+  const once = Effect.suspend((): Effect.Effect<void, PortFault> => {
+    if (attempt++ === 0) return Effect.failCause(first) // the step's own attempt: the schedule decides when to ask again
+    coordinator.reread = false
+    return prepare
+  })
+  const nothingLeft = Effect.callback<void>((resume) => {
+    coordinator.nothingLeft = () => resume(Effect.void)
+    return Effect.sync(() => {
+      coordinator.nothingLeft = undefined
     })
   })
-  const once = Effect.suspend((): Effect.Effect<"asked" | "nothing" | "late", PortFault> =>
-    attempt++ === 0
-      ? Effect.failCause(first) // the step's own attempt: the schedule decides when to ask again
-      : Effect.andThen(Effect.catchCause(session.awaitInactive, portFault), ask)
-  )
-  const owners = new Set(request.ready.map((item) => item.owner))
-  const allClosed = Effect.as(
-    Effect.forEach(owners, (owner) => Deferred.await(owner.closing), { discard: true }),
-    "nothing" as const
-  )
-  return Effect.raceFirst(Effect.retry(once, request.policy.sessionRetry), allClosed).pipe(
-    Effect.matchCauseEffect({
-      onSuccess: (result) => {
-        switch (result) {
-          case "asked":
-            return Effect.sync(() => delivered(coordinator, asked!.ready, asked!.instructions))
-          case "nothing":
-            return Effect.sync(() => void (coordinator.request = undefined))
-          case "late":
-            return giveUp(coordinator, Cause.fail(`no answer within ${Duration.format(request.policy.replyTimeout)}`))
-        }
-      },
-      onFailure: (cause) => coordinator.closed ? Effect.interrupt : giveUp(coordinator, portCause(cause))
-    })
+  return Effect.suspend(() => {
+    coordinator.retrying = true
+    return Effect.raceFirst(Effect.retry(once, policy.sessionRetry), nothingLeft)
+  }).pipe(
+    Effect.ensuring(Effect.sync(() => {
+      coordinator.retrying = false
+    })),
+    Effect.catchCause((cause) => coordinator.closed ? Effect.interrupt : giveUp(coordinator, portCause(cause)))
   )
 }
 
-/** The request again, for the items of toolsets still open (worded anew if some closed); none: undefined. */
-const stillOpen = (request: Request): Request | undefined => {
-  if (request.ready.every((item) => !item.owner.closed)) return request
-  const ready = request.ready.filter((item) => !item.owner.closed)
-  if (ready.length === 0) return undefined
-  const policy = ready[ready.length - 1]!.owner.policy
-  const prompt = request.covered ? policy.prompts.replyMaybeCovered : policy.prompts.replyAtTail
-  return { ready, instructions: Prompts.render(prompt, { pendingCallIds: callIdsOf(ready) }), policy, covered: request.covered }
+/**
+ * Items of calls cancelled after their insertion failed: let go at once when nothing of them is
+ * in the chat (no wait for the session to be idle); kept, to be completed, when part of them is
+ * (a function call without its output, which a provider refuses). If the chat cannot be read,
+ * they are left to the retry, which reads it again.
+ */
+const letGoCancelled = (coordinator: Coordinator): Effect.Effect<void> => {
+  const cancelled = coordinator.batch.filter((item) => awaitsInsertion(item) && item.dropped() !== undefined && item.looked !== true)
+  if (cancelled.length === 0) return Effect.void
+  for (const item of cancelled) item.looked = true
+  return Effect.matchCauseEffect(coordinator.session.items, {
+    onSuccess: (chat) => {
+      const absent = cancelled.filter((item) => !item.items.some((i) => contains(chat, i.id)))
+      if (absent.length === 0) return Effect.void
+      return Effect.andThen(
+        Effect.logDebug(`${callIdsOf(absent)} not inserted: their calls were cancelled before the insertion worked`)
+          .pipe(Effect.annotateLogs({ toolset: ownersOf(absent) })),
+        Effect.sync(() => {
+          for (const item of absent) unbatch(coordinator, item)
+        })
+      )
+    },
+    onFailure: () => coordinator.closed ? Effect.interrupt : Effect.void
+  })
 }
 
 /** The policy of the newest item in the batch (whose toolset's bounds apply to the round). */
