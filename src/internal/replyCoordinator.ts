@@ -27,7 +27,7 @@ export interface ReplyPolicy {
   readonly prompts: Prompts.Prompts
   readonly whenAlreadyAnswered: "ask" | "skip"
   readonly sessionRetry: Schedule.Schedule<unknown, unknown>
-  /** Bounds a reply request with its retries, and an insertion retried with its retries. */
+  /** Bounds each reply request (its chat read and the request, not its wait for idle), and an insertion retried with its retries. */
   readonly replyTimeout: Duration.Duration
 }
 
@@ -545,6 +545,7 @@ const retryRound = (
   const once = Effect.suspend((): Effect.Effect<void, PortFault> => {
     if (attempt++ === 0) return Effect.failCause(first) // the step's own attempt: the schedule decides when to ask again
     coordinator.reread = false
+    coordinator.request = undefined
     return prepare
   })
   const nothingLeft = Effect.callback<void>((resume) => {
@@ -560,34 +561,61 @@ const retryRound = (
     Effect.ensuring(Effect.sync(() => {
       coordinator.retrying = false
     })),
-    Effect.catchCause((cause) => coordinator.closed ? Effect.interrupt : giveUp(coordinator, portCause(cause)))
+    // Given up: a failed request reports what the round covers; a failure before asking (the
+    // idle wait) reports also what still waited to be inserted.
+    Effect.catchCause((cause) =>
+      coordinator.closed
+        ? Effect.interrupt
+        : coordinator.request === undefined
+        ? roundFailed(coordinator, portCause(cause))
+        : giveUp(coordinator, portCause(cause))
+    )
   )
 }
 
 /**
  * Items of calls cancelled after their insertion failed: let go at once when nothing of them is
  * in the chat (no wait for the session to be idle); kept, to be completed, when part of them is
- * (a function call without its output, which a provider refuses). If the chat cannot be read,
- * they are left to the retry, which reads it again.
+ * (a function call without its output, which a provider refuses). The look is retried by the
+ * schedule and bounded in time like an insertion; if the chat cannot be read, they are let go with
+ * an error saying that part of them may be in the chat.
  */
 const letGoCancelled = (coordinator: Coordinator): Effect.Effect<void> => {
   const cancelled = coordinator.batch.filter((item) => awaitsInsertion(item) && item.dropped() !== undefined && item.looked !== true)
   if (cancelled.length === 0) return Effect.void
   for (const item of cancelled) item.looked = true
-  return Effect.matchCauseEffect(coordinator.session.items, {
-    onSuccess: (chat) => {
-      const absent = cancelled.filter((item) => !item.items.some((i) => contains(chat, i.id)))
-      if (absent.length === 0) return Effect.void
-      return Effect.andThen(
-        Effect.logDebug(`${callIdsOf(absent)} not inserted: their calls were cancelled before the insertion worked`)
-          .pipe(Effect.annotateLogs({ toolset: ownersOf(absent) })),
-        Effect.sync(() => {
-          for (const item of absent) unbatch(coordinator, item)
-        })
-      )
-    },
-    onFailure: () => coordinator.closed ? Effect.interrupt : Effect.void
+  const policy = cancelled[cancelled.length - 1]!.owner.policy
+  const read = Effect.catchCause(coordinator.session.items, (cause) =>
+    coordinator.closed ? Effect.interrupt : Effect.fail(new PortFault(cause)))
+  const letGo = (items: ReadonlyArray<Item>) => Effect.sync(() => {
+    for (const item of items) unbatch(coordinator, item)
   })
+  return read.pipe(
+    Effect.retry(policy.sessionRetry),
+    Effect.timeoutOption(policy.replyTimeout),
+    Effect.matchCauseEffect({
+      onSuccess: (chat) => {
+        const absent = Option.isSome(chat)
+          ? cancelled.filter((item) => !item.items.some((i) => contains(chat.value, i.id)))
+          : cancelled
+        if (absent.length === 0) return Effect.void
+        const log = Option.isSome(chat)
+          ? Effect.logDebug(`${callIdsOf(absent)} not inserted: their calls were cancelled before the insertion worked`)
+          : Effect.logError(
+            `${callIdsOf(absent)}: their calls were cancelled, but a failed insertion may have left part of them in the chat (a function call without its output); the chat could not be read in time to complete them`
+          )
+        return Effect.andThen(log.pipe(Effect.annotateLogs({ toolset: ownersOf(absent) })), letGo(absent))
+      },
+      onFailure: (cause) =>
+        coordinator.closed ? Effect.interrupt : Effect.andThen(
+          Effect.logError(
+            `${callIdsOf(cancelled)}: their calls were cancelled, but a failed insertion may have left part of them in the chat (a function call without its output); the chat could not be read to complete them`,
+            portCause(cause)
+          ).pipe(Effect.annotateLogs({ toolset: ownersOf(cancelled) })),
+          letGo(cancelled)
+        )
+    })
+  )
 }
 
 /** The policy of the newest item in the batch (whose toolset's bounds apply to the round). */
@@ -597,7 +625,8 @@ const newestPolicy = (coordinator: Coordinator): ReplyPolicy | undefined =>
 /** The reply could not be requested: reported with the call ids it was for. */
 const giveUp = (coordinator: Coordinator, cause: Cause.Cause<unknown>) => {
   // A toolset closed meanwhile has said that no reply is requested for its items.
-  const ready = (coordinator.request?.ready ?? coordinator.batch).filter(answerable)
+  // Everything of the round in the chat (a retry may have taken more than the last request named).
+  const ready = coordinator.batch.filter(answerable)
   if (ready.length === 0) return Effect.void
   return Effect.logError(
     `the reply for ${callIdsOf(ready)} could not be requested; the results are in the chat for the next reply`,
