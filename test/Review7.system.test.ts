@@ -3,7 +3,7 @@
  * finals (results, void, tool errors, defects, never-ending); cancels; closes of single toolsets;
  * busy/idle flips; awaitIdle callers; and a session port whose `insert`, `items`, `awaitInactive`
  * and `generateReply` each answer from a seeded random script of shapes (ok, typed fail, defect,
- * interrupt cause, slow, partial insertion). After each run:
+ * interrupt cause, slow, hang, partial insertion). After each run:
  * - every awaitIdle / drain / close returned (the clock runs bounded);
  * - no reply was requested while the session was busy;
  * - the chat has no dangling function call, unless an error line names it;
@@ -15,7 +15,9 @@
  *
  * Seeded (mulberry32): a failure prints the seed and the script. CI runs a few runs per yield
  * setting; `REVIEW7_RUNS=200` runs more, `REVIEW7_SEED=n` starts elsewhere, `REVIEW7_ONLY=seed`
- * runs one seed.
+ * runs one seed, `REVIEW7_NO_HANG=1` leaves hangs out, `REVIEW7_SKIP_KNOWN=1` tolerates the
+ * defect of test/Review7.closeHalfPair.test.ts (to look for others), `REVIEW7_DEBUG=1` prints
+ * the logs, timeline and chat of a run with a dangling call.
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Fiber, References, Schedule, Schema, Scope, Stream } from "effect"
@@ -26,7 +28,7 @@ import { TestSession } from "effect-async-toolset/testing"
 import { captureLogs, chatProblems, makeFiberCounter, modelCall, namedCallIds, whileClockRuns } from "./support/reliability.ts"
 import { wrappedSession } from "./support/review3.ts"
 
-const runs = Number(process.env["REVIEW7_RUNS"] ?? 6)
+const runs = Number(process.env["REVIEW7_RUNS"] ?? 20)
 const baseSeed = Number(process.env["REVIEW7_SEED"] ?? 7000)
 const only = process.env["REVIEW7_ONLY"] === undefined ? undefined : Number(process.env["REVIEW7_ONLY"])
 const yieldSettings = (process.env["REVIEW7_YIELDS"] ?? "3,4,16,64,2048").split(",").map(Number)
@@ -41,7 +43,7 @@ const mulberry32 = (seed: number) => () => {
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
 }
 
-type Shape = "ok" | "fail" | "die" | "interrupt" | "slow1" | "slow3" | "partial"
+type Shape = "ok" | "fail" | "die" | "interrupt" | "slow1" | "slow3" | "partial" | "hang"
 type Ending = "result" | "void" | "toolError" | "defect" | "never"
 interface Plan {
   readonly start: number
@@ -70,15 +72,16 @@ interface Script {
   readonly busyAtStart: boolean
 }
 
-const makeScript = (seed: number): Script => {
+const makeScript = (seed: number, hangs = process.env["REVIEW7_NO_HANG"] === undefined): Script => {
   const rng = mulberry32(seed)
   const int = (n: number) => Math.floor(rng() * n)
   const pick = <A>(xs: ReadonlyArray<A>): A => xs[int(xs.length)]!
   const faultRate = pick([0, 0.2, 0.4, 0.6])
-  const shapes = (partial: boolean, n: number): Array<Shape> =>
+  const shapes = (partial: boolean, n: number, hang = hangs): Array<Shape> =>
     Array.from({ length: n }, () => {
       if (rng() >= faultRate) return "ok"
-      return pick<Shape>(partial ? ["fail", "die", "interrupt", "slow1", "slow3", "partial", "partial"] : ["fail", "die", "interrupt", "slow1", "slow3"])
+      const base: Array<Shape> = partial ? ["fail", "die", "interrupt", "slow1", "slow3", "partial", "partial"] : ["fail", "die", "interrupt", "slow1", "slow3"]
+      return pick<Shape>(hang ? [...base, "hang"] : base)
     })
   const toolsets = 1 + int(3)
   const plans = Array.from({ length: 1 + int(5) }, (): Plan => ({
@@ -109,7 +112,7 @@ const makeScript = (seed: number): Script => {
     toolsets,
     plans,
     ops,
-    port: { insert: shapes(true, 40), items: shapes(false, 40), awaitInactive: shapes(false, 40), generateReply: shapes(false, 40) },
+    port: { insert: shapes(true, 40), items: shapes(false, 40), awaitInactive: shapes(false, 40, false), generateReply: shapes(false, 40) },
     busyAtStart: rng() < 0.5
   }
 }
@@ -147,6 +150,8 @@ const scriptedPort = (script: Script, requests: Array<Request>, timeline: { read
               return Effect.interrupt
             case "partial":
               return Effect.andThen(session.insert(items.slice(0, 1)), Effect.fail(err("insert")))
+            case "hang":
+              return Effect.never
             default:
               return Effect.andThen(Effect.sleep(slow(shape)), session.insert(items))
           }
@@ -163,6 +168,8 @@ const scriptedPort = (script: Script, requests: Array<Request>, timeline: { read
             return Effect.die(new Error("injected die in items"))
           case "interrupt":
             return Effect.interrupt
+          case "hang":
+            return Effect.never
           default:
             return Effect.andThen(Effect.sleep(slow(shape)), session.items)
         }
@@ -200,6 +207,8 @@ const scriptedPort = (script: Script, requests: Array<Request>, timeline: { read
               return Effect.die(new Error("injected die in generateReply"))
             case "interrupt":
               return Effect.interrupt
+            case "hang":
+              return Effect.andThen(session.generateReply(request), Effect.never)
             default:
               // the session takes the request at once (recorded, busy state checked), answers late
               return Effect.andThen(session.generateReply(request), Effect.sleep(slow(shape)))
@@ -480,5 +489,20 @@ describe("Review7: several toolsets on one session, a port answering from a rand
         }
         assert.deepStrictEqual(failures, [])
       }), { timeout: 60_000 })
+  }
+})
+
+// Seeds the property found (scripts made without hangs, as they were when found): each leaves a
+// cancelled call's half pair in the chat, unreported, as its toolset closes (the defect of
+// test/Review7.closeHalfPair.test.ts).
+describe("Review7: pinned seeds", () => {
+  for (const [seed, maxOps] of [[71054, 64], [10092, 3]] as const) {
+    it.effect(`seed ${seed} (no hangs), MaxOpsBeforeYield ${maxOps}: no dangling call in the chat unless an error line names it`, () =>
+      Effect.gen(function*() {
+        const script = makeScript(seed, false)
+        const exit = yield* Effect.exit(runOne(script).pipe(Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
+        if (Exit.isFailure(exit)) console.log(`REVIEW7 FAILURE ${describeFailure(script, exit.cause)}`)
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause).split("\n")[0] : "")
+      }))
   }
 })
