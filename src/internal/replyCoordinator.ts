@@ -221,15 +221,23 @@ export const closeOwner = (coordinator: Coordinator, owner: Owner): ReadonlyArra
 
 /** Says which items a closing toolset lets go: those not in the chat, and those owed a reply. */
 export const letGo = (owner: Owner, items: ReadonlyArray<Item>): Effect.Effect<void> => {
+  // Not in the chat, as far as the toolset knows: an insertion that failed may have put part of
+  // one there (a function call without its output), which no one completes after close. An item
+  // of a cancelled call is left out unless its insertion failed (it was handed over for a look).
   const lost = items.filter((item) => !item.inserted && item.dropped() !== "cancelled").map((item) => item.callId)
+  const cancelled = items.filter((item) => !item.inserted && item.dropped() === "cancelled").map((item) => item.callId)
   const unanswered = items.filter((item) => item.inserted).map((item) => item.callId)
-  if (lost.length === 0 && unanswered.length === 0) return Effect.void
-  return Effect.andThen(
-    lost.length > 0 ? Effect.logError(`closing: ${lost.join(", ")} never reached the chat`) : Effect.void,
+  if (lost.length === 0 && cancelled.length === 0 && unanswered.length === 0) return Effect.void
+  const half = "(a failed insertion may have left part of it there: a function call without its output)"
+  return Effect.all([
+    lost.length > 0 ? Effect.logError(`closing: ${lost.join(", ")} never reached the chat ${half}`) : Effect.void,
+    cancelled.length > 0
+      ? Effect.logError(`closing: ${cancelled.join(", ")} of cancelled calls: a failed insertion may have left part of it in the chat (a function call without its output), not completed`)
+      : Effect.void,
     unanswered.length > 0
       ? Effect.logInfo(`closing: no reply will be requested for ${unanswered.join(", ")} (they are in the chat)`)
       : Effect.void
-  ).pipe(Effect.annotateLogs({ toolset: owner.id }))
+  ], { discard: true }).pipe(Effect.annotateLogs({ toolset: owner.id }))
 }
 
 // --- synthetic call ids (B7) ---------------------------------------------------------------------

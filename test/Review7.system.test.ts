@@ -1,0 +1,508 @@
+/**
+ * Review 7: a whole-system property. Several toolsets on one session; calls with updates and
+ * finals (results, void, tool errors, defects, never-ending); cancels; closes of single toolsets;
+ * busy/idle flips; awaitIdle callers; and a session port whose `insert`, `items`, `awaitInactive`
+ * and `generateReply` each answer from a seeded random script of shapes (ok, typed fail, defect,
+ * interrupt cause, slow, hang, partial insertion). After each run:
+ * - every awaitIdle / drain / close returned (the clock runs bounded);
+ * - no reply was requested while the session was busy;
+ * - the chat has no dangling function call, unless an error line names it;
+ * - every item in the chat was named in some reply request, or reported (a log line at Info or
+ *   above, or a ReplySkipped event);
+ * - no item is named by two requests unless the earlier one failed;
+ * - every item a live call handed over is in the chat or reported as an error;
+ * - no fiber outlives the closes.
+ *
+ * Seeded (mulberry32): a failure prints the seed and the script. CI runs a few runs per yield
+ * setting; `REVIEW7_RUNS=200` runs more, `REVIEW7_SEED=n` starts elsewhere, `REVIEW7_ONLY=seed`
+ * runs one seed, `REVIEW7_NO_HANG=1` leaves hangs out, `REVIEW7_SKIP_KNOWN=1` tolerates the
+ * defect of test/Review7.closeHalfPair.test.ts (to look for others), `REVIEW7_DEBUG=1` prints
+ * the logs, timeline and chat of a run with a dangling call.
+ */
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { Cause, Duration, Effect, Exit, Fiber, References, Schedule, Schema, Scope, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool, ToolError } from "effect-async-toolset"
+import type { ChatContext } from "effect-async-toolset"
+import { TestSession } from "effect-async-toolset/testing"
+import { captureLogs, chatProblems, makeFiberCounter, modelCall, namedCallIds, whileClockRuns } from "./support/reliability.ts"
+import { wrappedSession } from "./support/review3.ts"
+
+const runs = Number(process.env["REVIEW7_RUNS"] ?? 20)
+const baseSeed = Number(process.env["REVIEW7_SEED"] ?? 7000)
+const only = process.env["REVIEW7_ONLY"] === undefined ? undefined : Number(process.env["REVIEW7_ONLY"])
+const yieldSettings = (process.env["REVIEW7_YIELDS"] ?? "3,4,16,64,2048").split(",").map(Number)
+
+// --- the script ------------------------------------------------------------------------------------
+
+const mulberry32 = (seed: number) => () => {
+  seed |= 0
+  seed = (seed + 0x6d2b79f5) | 0
+  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+
+type Shape = "ok" | "fail" | "die" | "interrupt" | "slow1" | "slow3" | "partial" | "hang"
+type Ending = "result" | "void" | "toolError" | "defect" | "never"
+interface Plan {
+  readonly start: number
+  readonly steps: ReadonlyArray<number>
+  readonly end: number
+  readonly ending: Ending
+}
+type Op =
+  | { readonly at: number; readonly kind: "call"; readonly toolset: number; readonly plan: number }
+  | { readonly at: number; readonly kind: "cancel"; readonly target: number }
+  | { readonly at: number; readonly kind: "close"; readonly toolset: number }
+  | { readonly at: number; readonly kind: "awaitIdle"; readonly toolset: number }
+  | { readonly at: number; readonly kind: "busy" | "idle" | "idleThenBusy" }
+
+interface Script {
+  readonly seed: number
+  readonly toolsets: number
+  readonly plans: ReadonlyArray<Plan>
+  readonly ops: ReadonlyArray<Op>
+  readonly port: {
+    readonly insert: ReadonlyArray<Shape>
+    readonly items: ReadonlyArray<Shape>
+    readonly awaitInactive: ReadonlyArray<Shape>
+    readonly generateReply: ReadonlyArray<Shape>
+  }
+  readonly busyAtStart: boolean
+}
+
+const makeScript = (seed: number, hangs = process.env["REVIEW7_NO_HANG"] === undefined): Script => {
+  const rng = mulberry32(seed)
+  const int = (n: number) => Math.floor(rng() * n)
+  const pick = <A>(xs: ReadonlyArray<A>): A => xs[int(xs.length)]!
+  const faultRate = pick([0, 0.2, 0.4, 0.6])
+  const shapes = (partial: boolean, n: number, hang = hangs): Array<Shape> =>
+    Array.from({ length: n }, () => {
+      if (rng() >= faultRate) return "ok"
+      const base: Array<Shape> = partial ? ["fail", "die", "interrupt", "slow1", "slow3", "partial", "partial"] : ["fail", "die", "interrupt", "slow1", "slow3"]
+      return pick<Shape>(hang ? [...base, "hang"] : base)
+    })
+  const toolsets = 1 + int(3)
+  const plans = Array.from({ length: 1 + int(5) }, (): Plan => ({
+    start: int(3),
+    steps: Array.from({ length: int(4) }, () => int(3)),
+    end: int(3),
+    ending: pick<Ending>(["result", "result", "void", "toolError", "defect", "never"])
+  }))
+  const kinds = ["call", "call", "call", "call", "cancel", "cancel", "close", "awaitIdle", "busy", "idle", "idleThenBusy"] as const
+  const ops = Array.from({ length: 4 + int(14) }, (): Op => {
+    const at = int(31)
+    const kind = pick(kinds)
+    switch (kind) {
+      case "call":
+        return { at, kind, toolset: int(toolsets), plan: int(plans.length) }
+      case "cancel":
+        return { at, kind, target: int(8) }
+      case "close":
+        return { at, kind, toolset: int(toolsets) }
+      case "awaitIdle":
+        return { at, kind, toolset: int(toolsets) }
+      default:
+        return { at, kind }
+    }
+  }).sort((a, b) => a.at - b.at)
+  return {
+    seed,
+    toolsets,
+    plans,
+    ops,
+    port: { insert: shapes(true, 40), items: shapes(false, 40), awaitInactive: shapes(false, 40, false), generateReply: shapes(false, 40) },
+    busyAtStart: rng() < 0.5
+  }
+}
+
+// --- the port --------------------------------------------------------------------------------------
+
+const err = (operation: AgentSession.SessionError["operation"]) => new AgentSession.SessionError({ operation, message: `injected fail in ${operation}` })
+
+interface Request {
+  readonly named: ReadonlyArray<string>
+  readonly shape: Shape
+  /** named ids whose function call was not in the chat when the request came */
+  readonly notInChat: ReadonlyArray<string>
+  /** how many timeline events had happened when the request came */
+  readonly at: number
+}
+
+const scriptedPort = (script: Script, requests: Array<Request>, timeline: { readonly length: number }) =>
+  wrappedSession((session) => {
+    const n = { insert: 0, items: 0, awaitInactive: 0, generateReply: 0 }
+    const next = (op: keyof typeof n): Shape => script.port[op][n[op]++] ?? "ok"
+    const slow = (shape: Shape) => Duration.seconds(shape === "slow1" ? 1 : 3)
+    return {
+      insert: (items) =>
+        Effect.suspend(() => {
+          const shape = next("insert")
+          switch (shape) {
+            case "ok":
+              return session.insert(items)
+            case "fail":
+              return Effect.fail(err("insert"))
+            case "die":
+              return Effect.die(new Error("injected die in insert"))
+            case "interrupt":
+              return Effect.interrupt
+            case "partial":
+              return Effect.andThen(session.insert(items.slice(0, 1)), Effect.fail(err("insert")))
+            case "hang":
+              return Effect.never
+            default:
+              return Effect.andThen(Effect.sleep(slow(shape)), session.insert(items))
+          }
+        }),
+      items: Effect.suspend(() => {
+        const shape = next("items")
+        switch (shape) {
+          case "ok":
+          case "partial":
+            return session.items
+          case "fail":
+            return Effect.fail(err("chatContext"))
+          case "die":
+            return Effect.die(new Error("injected die in items"))
+          case "interrupt":
+            return Effect.interrupt
+          case "hang":
+            return Effect.never
+          default:
+            return Effect.andThen(Effect.sleep(slow(shape)), session.items)
+        }
+      }),
+      awaitInactive: Effect.suspend(() => {
+        const shape = next("awaitInactive")
+        switch (shape) {
+          case "ok":
+          case "partial":
+            return session.awaitInactive
+          case "fail":
+          case "die":
+            return Effect.die(new Error("injected die in awaitInactive"))
+          case "interrupt":
+            return Effect.interrupt
+          default:
+            // waits, then waits for the session to be inactive (completes only while it is)
+            return Effect.andThen(Effect.sleep(slow(shape)), session.awaitInactive)
+        }
+      }),
+      generateReply: (request) =>
+        Effect.suspend(() => {
+          const shape = next("generateReply")
+          const named = namedCallIds(request.instructions)
+          return Effect.flatMap(session.items, (chat) => {
+          const notInChat = named.filter((id) => !chat.some((i) => i._tag === "FunctionCall" && i.callId === id))
+          requests.push({ named, shape, notInChat, at: timeline.length })
+          switch (shape) {
+            case "ok":
+            case "partial":
+              return session.generateReply(request)
+            case "fail":
+              return Effect.fail(err("generateReply"))
+            case "die":
+              return Effect.die(new Error("injected die in generateReply"))
+            case "interrupt":
+              return Effect.interrupt
+            case "hang":
+              return Effect.andThen(session.generateReply(request), Effect.never)
+            default:
+              // the session takes the request at once (recorded, busy state checked), answers late
+              return Effect.andThen(session.generateReply(request), Effect.sleep(slow(shape)))
+          }
+          })
+        })
+    }
+  })
+
+// --- one run ---------------------------------------------------------------------------------------
+
+type Event =
+  | { readonly _tag: "produced"; readonly call: string; readonly item: string }
+  | { readonly _tag: "cancelled"; readonly call: string }
+  | { readonly _tag: "closing"; readonly toolset: number }
+
+const baseOf = (id: string) => id.replace(/_(update_\d+|final)$/, "")
+
+const stats = { runs: 0, calls: 0, chatItems: 0, requests: 0, failedRequests: 0, errorLogs: 0 }
+
+const runOne = (script: Script) => {
+  const timeline: Array<Event> = []
+  const requests: Array<Request> = []
+  const logs = captureLogs()
+  const fibers = makeFiberCounter()
+  const ownerOf = new Map<string, number>()
+  const skippedIds = new Set<string>()
+  const outcomes = new Map<string, string>()
+
+  const tool = FunctionTool.make("job", {
+    description: "scripted",
+    parameters: Schema.Struct({ plan: Schema.Int }),
+    onDuplicateCall: "allow"
+  }, ({ plan }) =>
+    Effect.gen(function*() {
+      const { end, ending, start, steps } = script.plans[plan]!
+      const { callId } = yield* AsyncRunContext.functionCall
+      const pause = (s: number) => s > 0 ? Effect.sleep(Duration.seconds(s)) : Effect.void
+      const produced = (item: string) => Effect.sync(() => timeline.push({ _tag: "produced", call: callId, item }))
+      yield* pause(start)
+      yield* AsyncRunContext.update(`${callId} started`)
+      for (const [i, s] of steps.entries()) {
+        yield* pause(s)
+        yield* Effect.andThen(produced(`${callId}_update_${i + 1}`), AsyncRunContext.update(`${callId} step ${i + 1}`))
+          .pipe(Effect.provideService(References.PreventSchedulerYield, true))
+      }
+      yield* pause(end)
+      switch (ending) {
+        case "result":
+          yield* produced(`${callId}_final`)
+          return `${callId} done`
+        case "void":
+          return undefined
+        case "toolError":
+          yield* produced(`${callId}_final`)
+          return yield* new ToolError.ToolError({ message: `${callId} failed` })
+        case "defect":
+          yield* produced(`${callId}_final`)
+          return yield* Effect.die(new Error(`${callId} crashed`))
+        case "never":
+          return yield* Effect.never
+      }
+    }))
+
+  return fibers.track(Effect.gen(function*() {
+    yield* TestClock.adjust("0 millis")
+    const session = yield* TestSession.TestSession
+    if (script.busyAtStart) yield* session.setBusy
+    const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 3 }))
+    const scopes: Array<Scope.Closeable> = []
+    const toolsets: Array<AsyncToolset.AsyncToolset> = []
+    const listeners: Array<Fiber.Fiber<void>> = []
+    for (let i = 0; i < script.toolsets; i++) {
+      const scope = yield* Scope.make()
+      const toolset = yield* AsyncToolset.make({ id: `t${i}`, tools: [tool], sessionRetry: retry, replyTimeout: "10 seconds" })
+        .pipe(Scope.provide(scope))
+      scopes.push(scope)
+      toolsets.push(toolset)
+      listeners.push(
+        yield* toolset.events.pipe(
+          Stream.runForEach((e) =>
+            Effect.sync(() => {
+              if (e._tag === "ReplySkipped") for (const id of e.callIds) skippedIds.add(id)
+              if (e._tag === "CallEnded") outcomes.set(e.callId, e.outcome)
+            })
+          ),
+          Effect.provideService(References.PreventSchedulerYield, true),
+          Effect.forkChild({ startImmediately: true })
+        )
+      )
+    }
+    const closing: Array<Fiber.Fiber<void> | undefined> = toolsets.map(() => undefined)
+    const startClose = (i: number) =>
+      Effect.gen(function*() {
+        if (closing[i] !== undefined) return
+        closing[i] = yield* Effect.forkChild(
+          Effect.suspend(() => {
+            timeline.push({ _tag: "closing", toolset: i })
+            return Effect.andThen(toolsets[i]!.close, Scope.close(scopes[i]!, Exit.void))
+          }).pipe(Effect.provideService(References.PreventSchedulerYield, true)),
+          { startImmediately: true }
+        )
+      })
+    const executes: Array<Fiber.Fiber<ChatContext.FunctionCallOutput>> = []
+    const waiters: Array<{ readonly what: string; readonly fiber: Fiber.Fiber<void> }> = []
+    const calls: Array<string> = []
+    let now = 0
+    for (const op of script.ops) {
+      if (op.at > now) {
+        yield* TestClock.adjust(Duration.millis((op.at - now) * 500))
+        now = op.at
+      }
+      switch (op.kind) {
+        case "call": {
+          const callId = `c${calls.length}`
+          calls.push(callId)
+          ownerOf.set(callId, op.toolset)
+          executes.push(
+            yield* Effect.flatMap(modelCall(callId, "job", { plan: op.plan }), toolsets[op.toolset]!.execute).pipe(
+              Effect.forkChild({ startImmediately: true })
+            )
+          )
+          break
+        }
+        case "cancel": {
+          if (calls.length === 0) break
+          const callId = calls[op.target % calls.length]!
+          const toolset = toolsets[ownerOf.get(callId)!]!
+          yield* Effect.map(toolset.cancel(callId), (result) => {
+            if (result === "cancelled") timeline.push({ _tag: "cancelled", call: callId })
+          }).pipe(Effect.provideService(References.PreventSchedulerYield, true))
+          break
+        }
+        case "close":
+          yield* startClose(op.toolset)
+          break
+        case "awaitIdle":
+          waiters.push({
+            what: `awaitIdle of t${op.toolset} at ${op.at}`,
+            fiber: yield* Effect.forkChild(toolsets[op.toolset]!.awaitIdle, { startImmediately: true })
+          })
+          break
+        case "busy":
+          yield* session.setBusy
+          break
+        case "idle":
+          yield* session.setIdle
+          break
+        case "idleThenBusy":
+          yield* session.setIdle
+          yield* session.setBusy
+          break
+      }
+    }
+
+    // the end: quiet, finite work finishes, drain and await each open toolset, then close all
+    yield* session.setIdle
+    yield* TestClock.adjust("1 minute")
+    for (let i = 0; i < toolsets.length; i++) {
+      if (closing[i] !== undefined) continue
+      const draining = yield* Effect.gen(function*() {
+        for (const task of yield* toolsets[i]!.runningTasks) {
+          if (task.status === "running" && task.cancellable) timeline.push({ _tag: "cancelled", call: task.callId })
+        }
+        return yield* Effect.forkChild(toolsets[i]!.drain, { startImmediately: true })
+      }).pipe(Effect.provideService(References.PreventSchedulerYield, true))
+      yield* whileClockRuns(Fiber.join(draining), { what: `drain of t${i}`, step: "10 seconds", steps: 1000 })
+      yield* whileClockRuns(toolsets[i]!.awaitIdle, { what: `awaitIdle of t${i}`, step: "10 seconds", steps: 1000 })
+    }
+    for (const w of waiters) yield* whileClockRuns(Fiber.join(w.fiber), { what: w.what, step: "10 seconds", steps: 1000 })
+    for (let i = 0; i < toolsets.length; i++) yield* startClose(i)
+    for (let i = 0; i < toolsets.length; i++) {
+      yield* whileClockRuns(Fiber.join(closing[i]!), { what: `close of t${i}`, step: "10 seconds", steps: 1000 })
+    }
+    for (const e of executes) {
+      const exit = yield* whileClockRuns(Fiber.await(e), { what: "an execute", step: "10 seconds", steps: 100 })
+      assert.isTrue(Exit.isSuccess(exit), "execute succeeded")
+    }
+    for (const l of listeners) yield* Fiber.await(l)
+
+    // --- invariants ---
+    const chat = yield* session.chat
+    const replies = yield* session.replies
+    assert.deepStrictEqual(replies.filter((r) => r.whileBusy).map((r) => r.instructions), [], "no reply was requested while busy")
+
+    const errorNames = (id: string) => logs.find(["Error"], id).length > 0
+    const reportedAtAll = (id: string) => logs.find(["Info", "Warn", "Error"], id).length > 0 || skippedIds.has(id)
+    // REVIEW7_SKIP_KNOWN=1 tolerates the defect of test/Review7.closeHalfPair.test.ts (a cancelled
+    // call's half pair left, unreported, when its toolset closes), to look for others
+    const knownHalfPair = (id: string) =>
+      process.env["REVIEW7_SKIP_KNOWN"] !== undefined &&
+      timeline.some((e) => e._tag === "cancelled" && e.call === id.replace(/_(update_\d+|final)$/, ""))
+    const dangling = chatProblems(chat).filter((p) => {
+      const id = p.slice(0, p.indexOf(":"))
+      return !errorNames(id) && !knownHalfPair(id)
+    })
+    if (dangling.length > 0 && process.env["REVIEW7_DEBUG"]) {
+      console.log("DEBUG logs", logs.lines.map((l) => `${l.level} ${l.text} ${JSON.stringify(l.annotations)}`).join("\n"))
+      console.log("DEBUG timeline", JSON.stringify(timeline))
+      console.log("DEBUG chat", chat.items.map((i) => `${i._tag} ${"callId" in i ? i.callId : ""}`).join("\n"))
+    }
+    assert.deepStrictEqual(dangling, [], "no dangling call in the chat unless an error line names it")
+
+    const named = new Set(requests.flatMap((r) => r.named))
+    const inChat = new Set(chat.items.flatMap((i) => i._tag === "FunctionCall" ? [i.callId] : []))
+    for (const id of inChat) {
+      assert.isTrue(named.has(id) || reportedAtAll(id), `${id} is in the chat: named in a reply request, or reported`)
+    }
+
+    const failedShape = (s: Shape) => s === "fail" || s === "die" || s === "interrupt"
+    const firstOk = new Map<string, number>()
+    requests.forEach((r, i) => {
+      for (const id of r.named) {
+        const earlier = firstOk.get(id)
+        assert.isUndefined(earlier, `${id} named by request ${earlier} (answered) and again by request ${i}`)
+        if (!failedShape(r.shape)) firstOk.set(id, i)
+      }
+    })
+
+    // a request names only items in the chat, and none of a toolset that had begun to close
+    for (const r of requests) {
+      assert.deepStrictEqual(r.notInChat, [], `a reply request named items not in the chat`)
+      for (const id of r.named) {
+        const t = ownerOf.get(baseOf(id))
+        const closed = timeline.findIndex((e) => e._tag === "closing" && e.toolset === t)
+        assert.isTrue(closed < 0 || closed >= r.at, `${id} named in a request after its toolset t${t} began to close`)
+      }
+    }
+
+    // every item a live call handed over is in the chat, or reported as an error
+    const cancelledAt = new Map<string, number>()
+    const closedAt = new Map<number, number>()
+    timeline.forEach((e, i) => {
+      if (e._tag === "cancelled" && !cancelledAt.has(e.call)) cancelledAt.set(e.call, i)
+      if (e._tag === "closing" && !closedAt.has(e.toolset)) closedAt.set(e.toolset, i)
+    })
+    timeline.forEach((e, i) => {
+      if (e._tag !== "produced") return
+      const live = i < (cancelledAt.get(e.call) ?? Infinity) && i < (closedAt.get(ownerOf.get(e.call)!) ?? Infinity)
+      const handedOver = !e.item.endsWith("_final") || ["done", "error"].includes(outcomes.get(e.call) ?? "")
+      if (live && handedOver && !cancelledAt.has(e.call) && !closedAt.has(ownerOf.get(e.call)!)) {
+        assert.isTrue(inChat.has(e.item) || errorNames(e.item), `${e.item} was handed over: it is in the chat, or reported`)
+      }
+    })
+
+    assert.strictEqual(fibers.active, 0, "no fiber outlives the closes")
+    stats.runs++
+    stats.calls += calls.length
+    stats.chatItems += inChat.size
+    stats.requests += requests.length
+    stats.failedRequests += requests.filter((r) => failedShape(r.shape)).length
+    stats.errorLogs += logs.lines.filter((l) => l.level === "Error").length
+  })).pipe(Effect.provide(scriptedPort(script, requests, timeline)), Effect.provide(logs.layer))
+}
+
+const describeFailure = (script: Script, cause: Cause.Cause<unknown>) =>
+  `seed ${script.seed}: ${Cause.pretty(cause)}\nscript: ${JSON.stringify(script)}`
+
+afterAll(() => {
+  if (process.env["REVIEW7_STATS"]) console.log("review7 stats", stats)
+})
+
+describe("Review7: several toolsets on one session, a port answering from a random script", () => {
+  for (const maxOps of yieldSettings) {
+    it.effect(`MaxOpsBeforeYield ${maxOps}: every wait returns, no reply while busy, no dangling call, every item named or reported, none named twice, no fiber left`, () =>
+      Effect.gen(function*() {
+        const seeds = only !== undefined ? [only] : Array.from({ length: runs }, (_, i) => baseSeed + maxOps * 1000 + i)
+        const failures: Array<string> = []
+        for (const seed of seeds) {
+          const script = makeScript(seed)
+          const exit = yield* Effect.exit(runOne(script).pipe(Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
+          if (Exit.isFailure(exit)) {
+            const text = describeFailure(script, exit.cause)
+            console.log(`REVIEW7 FAILURE (MaxOpsBeforeYield ${maxOps}) ${text}`)
+            failures.push(`seed ${seed}: ${Cause.pretty(exit.cause).split("\n")[0]}`)
+            if (failures.length >= 3) break
+          }
+        }
+        assert.deepStrictEqual(failures, [])
+      }), { timeout: 60_000 })
+  }
+})
+
+// Seeds the property found (scripts made without hangs, as they were when found): each leaves a
+// cancelled call's half pair in the chat, unreported, as its toolset closes (the defect of
+// test/Review7.closeHalfPair.test.ts).
+describe("Review7: pinned seeds", () => {
+  for (const [seed, maxOps] of [[71054, 64], [10092, 3]] as const) {
+    it.effect(`seed ${seed} (no hangs), MaxOpsBeforeYield ${maxOps}: no dangling call in the chat unless an error line names it`, () =>
+      Effect.gen(function*() {
+        const script = makeScript(seed, false)
+        const exit = yield* Effect.exit(runOne(script).pipe(Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
+        if (Exit.isFailure(exit)) console.log(`REVIEW7 FAILURE ${describeFailure(script, exit.cause)}`)
+        assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause).split("\n")[0] : "")
+      }))
+  }
+})
