@@ -12,12 +12,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, References, Schedule, Scope } from "effect"
 import { TestClock } from "effect/testing"
-import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+import { AgentSession, AsyncToolset } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "./support/lifetime.ts"
 import { captureLogs, chatProblems, makeFiberCounter, namedCallIds, whileClockRuns } from "./support/reliability.ts"
 import { promptlyLong as promptly, settleLong } from "./support/review2.ts"
-import { callIdsOf, wrappedSession, yieldSettings } from "./support/review3.ts"
+import { callIdsOf, chatty, wrappedSession, yieldSettings } from "./support/review3.ts"
 
 type Cut = "fail" | "die" | "interrupt"
 const cutAnswer = (cut: Cut): Effect.Effect<never, AgentSession.SessionError> =>
@@ -26,15 +26,6 @@ const cutAnswer = (cut: Cut): Effect.Effect<never, AgentSession.SessionError> =>
     : cut === "die"
     ? Effect.die(new Error("injected die after a partial insertion"))
     : Effect.interrupt
-
-const chatty = FunctionTool.make("chatty", { description: "Updates twice, then ends", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* AsyncRunContext.update("started")
-    yield* Effect.sleep("1 second")
-    yield* AsyncRunContext.update("half way")
-    yield* Effect.sleep("10 seconds")
-    return "done"
-  }))
 
 /**
  * The first insertion of `target` puts only its first item in the chat, then answers `cut`; the

@@ -13,21 +13,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, References, Schedule, Scope } from "effect"
 import { TestClock } from "effect/testing"
-import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+import { AgentSession, AsyncToolset } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "./support/lifetime.ts"
 import { captureLogs, chatProblems, makeFiberCounter, reported, whileClockRuns } from "./support/reliability.ts"
 import { promptlyLong as promptly, settleLong } from "./support/review2.ts"
-import { callIdsOf, wrappedSession, yieldSettings } from "./support/review3.ts"
-
-const chatty = FunctionTool.make("chatty", { description: "Updates twice, then ends", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* AsyncRunContext.update("started")
-    yield* Effect.sleep("1 second")
-    yield* AsyncRunContext.update("half way")
-    yield* Effect.sleep("10 seconds")
-    return "done"
-  }))
+import { callIdsOf, chatty, wrappedSession, yieldSettings } from "./support/review3.ts"
 
 const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 5 }))
 

@@ -10,21 +10,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, References, Schedule } from "effect"
 import { TestClock } from "effect/testing"
-import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+import { AsyncToolset } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "./support/lifetime.ts"
 import { captureLogs, chatProblems, whileClockRuns } from "./support/reliability.ts"
 import { settleLong } from "./support/review2.ts"
-import { callIdsOf, wrappedSession, yieldSettings } from "./support/review3.ts"
-
-const chatty = FunctionTool.make("chatty", { description: "Updates twice, then ends", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* AsyncRunContext.update("started")
-    yield* Effect.sleep("1 second")
-    yield* AsyncRunContext.update("half way")
-    yield* Effect.sleep("10 seconds")
-    return "done"
-  }))
+import { callIdsOf, chatty, wrappedSession, yieldSettings } from "./support/review3.ts"
 
 const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 5 }))
 

@@ -15,16 +15,8 @@ import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "./support/lifetime.ts"
 import { namedCallIds, whileClockRuns } from "./support/reliability.ts"
 import { settleLong } from "./support/review2.ts"
-import { callIdsOf, sessionError, wrappedSession, yieldSettings } from "./support/review3.ts"
+import { callIdsOf, chatty, sessionError, wrappedSession, yieldSettings } from "./support/review3.ts"
 
-const chatty = FunctionTool.make("chatty", { description: "Updates twice, then ends", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* AsyncRunContext.update("started")
-    yield* Effect.sleep("1 second")
-    yield* AsyncRunContext.update("half way")
-    yield* Effect.sleep("10 seconds")
-    return "done"
-  }))
 const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {
     yield* AsyncRunContext.update("started")

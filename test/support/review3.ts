@@ -3,7 +3,7 @@
  * tracked on the coordinator, `retryInsertions` reading the chat before it inserts what is missing).
  */
 import { Context, Effect, Layer } from "effect"
-import { AgentSession } from "effect-async-toolset"
+import { AgentSession, AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import type { ChatContext } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 
@@ -23,3 +23,13 @@ export const callIdsOf = (items: ReadonlyArray<ChatContext.ChatItem>): ReadonlyA
   items.flatMap((i) => i._tag === "FunctionCall" || i._tag === "FunctionCallOutput" ? [i.callId] : [])
 
 export const sessionError = (message: string) => new AgentSession.SessionError({ operation: "generateReply", message })
+
+/** A tool that updates at once and after 1 second, then runs 10 seconds more. */
+export const chatty = FunctionTool.make("chatty", { description: "Updates twice, then ends", onDuplicateCall: "allow" }, () =>
+  Effect.gen(function*() {
+    yield* AsyncRunContext.update("started")
+    yield* Effect.sleep("1 second")
+    yield* AsyncRunContext.update("half way")
+    yield* Effect.sleep("10 seconds")
+    return "done"
+  }))
