@@ -29,7 +29,7 @@ import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import * as Activity from "effect/workflow/Activity"
 import { AgentSession } from "./AgentSession.ts"
 import { AsyncRunContext } from "./AsyncRunContext.ts"
-import type { AsyncToolset } from "./AsyncToolset.ts"
+import type { AsyncToolset, Options as AsyncToolsetOptions } from "./AsyncToolset.ts"
 import { FunctionCallOutput, functionCallOutput } from "./ChatContext.ts"
 import type { FunctionCall } from "./ChatContext.ts"
 import { DurableChat } from "./DurableChat.ts"
@@ -50,25 +50,14 @@ import type { ToolsetEvent } from "./ToolsetEvent.ts"
  * @since 0.1.0
  * @category models
  */
-export interface Options<Tools extends ReadonlyArray<FunctionTool.Any>> {
+export interface Options<Tools extends ReadonlyArray<FunctionTool.Any>>
+  extends Omit<AsyncToolsetOptions<Tools>, "id" | "replyTimeout" | "spanPerCall">
+{
   /**
    * Names the toolset: its management tools, and its calls' workflow (`effect-async-toolset/<id>`):
    * keep it stable across deploys. `[A-Za-z0-9_-]`, at most 40.
    */
   readonly id: string
-  readonly tools: Tools
-  /** Default duplicate mode (default `confirm`); a tool's own option wins. */
-  readonly onDuplicateCall?: FunctionTool.DuplicateMode | undefined
-  /** Default duplicate scope (default `name`); a tool's own option wins. */
-  readonly duplicateScope?: FunctionTool.DuplicateScope | undefined
-  /** Prompt texts to replace; the rest keep their defaults. */
-  readonly prompts?: Partial<Prompts.Prompts> | undefined
-  /** When the agent already spoke after the pending results: `ask` (default) or `skip`. */
-  readonly whenAlreadyAnswered?: "ask" | "skip" | undefined
-  /** Longest argument text accepted from the model (default 1,000,000 characters). */
-  readonly maxArgumentsLength?: number | undefined
-  /** How a failed chat insertion or reply request is retried (default: 3 retries, from 100 ms). */
-  readonly sessionRetry?: Schedule.Schedule<unknown, unknown> | undefined
   /** How long a reply request (with its retries) may take before it is given up (default 2 minutes). */
   readonly replyTimeout?: Duration.Input | undefined
 }

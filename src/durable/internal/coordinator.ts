@@ -8,7 +8,7 @@
  *
  * Every answer of the session port that is not a success is a fault to retry or report (E9).
  */
-import { Deferred, Duration, Effect, Exit, Fiber, References, Schedule } from "effect"
+import { Deferred, Effect, Exit, Fiber, References, Schedule } from "effect"
 import type { Clock } from "effect"
 import type { AgentSession } from "../../AgentSession.ts"
 import type { ChatItem } from "../../ChatContext.ts"
@@ -16,17 +16,13 @@ import type { DurableChat } from "../../DurableChat.ts"
 import type { DurableStore } from "../../DurableStore.ts"
 import * as Prompts from "../../Prompts.ts"
 import type { ToolsetEvent } from "../../ToolsetEvent.ts"
+import type { ReplyPolicy } from "../../internal/replyCoordinator.ts"
 import { markReplied } from "./tables.ts"
 
 type Session = AgentSession["Service"]
 
-/** How a toolset wants its items answered. */
-export interface Policy {
-  readonly prompts: Prompts.Prompts
-  readonly whenAlreadyAnswered: "ask" | "skip"
-  readonly sessionRetry: Schedule.Schedule<unknown, unknown>
-  readonly replyTimeout: Duration.Duration
-}
+/** How a toolset wants its items answered: as the in-memory coordinator's policy. */
+export type Policy = ReplyPolicy
 
 /** A durable toolset, as the coordinator sees it. */
 export interface Owner {
