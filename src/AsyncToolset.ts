@@ -23,7 +23,7 @@ import { decide } from "./internal/admission.ts"
 import * as Lifecycle from "./internal/callLifecycle.ts"
 import * as CallRun from "./internal/callRun.ts"
 import type { Call } from "./internal/callRun.ts"
-import * as Coordinator from "./internal/replyCoordinator.ts"
+import * as Coordinator from "./internal/coordinator/index.ts"
 import * as ToolTable from "./internal/toolTable.ts"
 import type { Names, Prepared } from "./internal/toolTable.ts"
 import * as Prompts from "./Prompts.ts"
@@ -249,6 +249,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
   const registry = Lifecycle.makeRegistry<Prepared>()
   const owner: Coordinator.Owner = {
     id,
+    hooks: undefined,
     policy: {
       prompts,
       whenAlreadyAnswered: options.whenAlreadyAnswered ?? "ask",
@@ -366,6 +367,8 @@ const admitAndAwait = (state: State, call: FunctionCall, ticket: Ticket): Effect
         return reject(toolset, call, reading.text)
     }
     if (Lifecycle.isInUse(toolset.registry, call.callId)) return reject(toolset, call, ToolTable.inUse(call))
+    // The model's id is the chat's from now on: no synthetic id of another call may take it (B7).
+    Coordinator.noteCallId(toolset.session, call.callId)
     const { args, confirmed, prepared: p } = reading
     return admit(state, call, p, args, confirmed, caller.context, ticket)
   })

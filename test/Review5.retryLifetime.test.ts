@@ -64,7 +64,10 @@ describe("Review5: port answers of every shape in the retry", () => {
   for (const op of ["awaitInactive", "generateReply"] as const) {
     for (const shape of ["typed failure", "defect", "interrupt cause"] as const) {
       for (const maxOps of yieldSettings) {
-        it.effect(`the first request fails, the retry's ${op} answers with a ${shape}: retried, one ReplyDelivered, nothing at error level (MaxOpsBeforeYield ${maxOps})`, () => {
+        // A defect of the session's idle wait (a broken adapter) is reported at error level; the
+        // reply is still asked for again and made once.
+        const reportsDefect = op === "awaitInactive" && shape === "defect"
+        it.effect(`the first request fails, the retry's ${op} answers with a ${shape}: retried, one ReplyDelivered, ${reportsDefect ? "the defect reported once" : "nothing at error level"} (MaxOpsBeforeYield ${maxOps})`, () => {
           const logs = captureLogs()
           let waits = 0
           let asks = 0
@@ -96,7 +99,10 @@ describe("Review5: port answers of every shape in the retry", () => {
             assert.deepStrictEqual(named, op === "generateReply" ? [["a1_final"], ["a1_final"], ["a1_final"]] : [["a1_final"], ["a1_final"]])
             yield* a.close
             assert.deepStrictEqual(replyEvents(yield* Fiber.join(events)), ["delivered a1_final"])
-            assert.deepStrictEqual(logs.find(["Error"], "a1_final").map((l) => l.text), [])
+            assert.deepStrictEqual(
+              logs.find(["Error"], "a1_final").map((l) => l.text),
+              reportsDefect ? ["the session failed while the reply for a1_final was prepared; trying again"] : []
+            )
           }).pipe(Effect.provide(layer), Effect.provide(logs.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps))
         })
       }

@@ -17,7 +17,7 @@ import type { Outcome, ToolsetEvent } from "../ToolsetEvent.ts"
 import * as Lifecycle from "./callLifecycle.ts"
 import { newId } from "./id.ts"
 import * as Items from "./items.ts"
-import * as Coordinator from "./replyCoordinator.ts"
+import * as Coordinator from "./coordinator/index.ts"
 import type { Prepared } from "./toolTable.ts"
 
 /** The key set in a first-update output's `extra`: the call is still running in the background. */
@@ -376,9 +376,12 @@ const emitUpdated = (toolset: Toolset, c: Call, step: number, message: unknown, 
     at: toolset.clock.currentTimeMillisUnsafe()
   }))
 
-/** A call's synthetic call id: its base (claimed from the session's coordinator once) and a suffix. */
+/**
+ * A call's synthetic call id: its base (claimed for the session once) and a suffix, unless the
+ * model took that id for a call of its own (B7).
+ */
 const syntheticId = (toolset: Toolset, c: Call, suffix: string): string =>
-  (c.base ??= Coordinator.claimBase(toolset.session, c.functionCall.callId)) + suffix
+  Coordinator.claimSynthetic(toolset.session, c.base ??= Coordinator.claimBase(toolset.session, c.functionCall.callId), suffix)
 
 const lostAtClose = (toolset: Toolset, callId: string) =>
   Effect.logError(`the toolset closed before ${callId} reached the chat; it is not delivered`)

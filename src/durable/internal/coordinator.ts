@@ -16,7 +16,7 @@ import type { DurableChat } from "../../DurableChat.ts"
 import type { DurableStore } from "../../DurableStore.ts"
 import * as Prompts from "../../Prompts.ts"
 import type { ToolsetEvent } from "../../ToolsetEvent.ts"
-import type { ReplyPolicy } from "../../internal/replyCoordinator.ts"
+import type { ReplyPolicy } from "../../internal/coordinator/index.ts"
 import { markReplied } from "./tables.ts"
 
 type Session = AgentSession["Service"]
