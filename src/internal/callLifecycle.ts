@@ -8,7 +8,8 @@
  *      └──stop──▶ done    └──stop──▶ stopping ──fiber ended──▶ done
  * ```
  *
- * - `waiting`: admitted to replace other calls of its key; it starts once all of them stopped.
+ * - `waiting`: admitted to replace other calls of its key; it starts once all of them stopped. Its
+ *   fiber exists (it waits for its turn there), and may be recording the call meanwhile.
  * - `running`: its handler runs. Its updates and its result reach the model.
  * - `stopping`: cancelled, replaced, drained, timed out or closed: from now on nothing it says
  *   reaches the chat. Its fiber was interrupted and may still be inside an uninterruptible region;
@@ -48,6 +49,8 @@ export interface Call<Tool> {
   readonly cancellable: boolean
   readonly startedAt: number
   status: Status
+  /** It began to run (its start was told): a call stopped while it waited never does. */
+  begun: boolean
   /** How it ended, or is ending; `done` and `error` are set when the handler returns. */
   outcome: Outcome
   /** Why it was stopped, once it was. */
@@ -125,6 +128,7 @@ export const makeCall = <Tool>(
   cancellable,
   startedAt,
   status: "running",
+  begun: false,
   outcome: "cancelled",
   stopCause: undefined,
   firstSettled: false,
@@ -243,7 +247,8 @@ export const firstWaiter = <Tool>(call: Call<Tool>): Deferred.Deferred<FunctionC
 
 /**
  * Stops a call that waits or runs (cancel, replace, drain, timeout, close): what it says from now
- * on is dropped, a caller still waiting for its first output gets `output` now, and its fiber is
+ * on is dropped, a caller still waiting for its first output gets `output` now (unless it is
+ * `undefined`: then the call's fiber answers it, after recording what it must), and its fiber is
  * interrupted without waiting (it may be inside an uninterruptible region). False if it was not
  * waiting or running.
  */
@@ -251,14 +256,14 @@ export const stop = <Tool>(
   registry: Registry<Tool>,
   call: Call<Tool>,
   cause: StopCause,
-  output: (call: Call<Tool>) => FunctionCallOutput
+  output: (call: Call<Tool>) => FunctionCallOutput | undefined
 ): boolean => {
   switch (call.status) {
     case "waiting": {
-      // It never started: it ends here.
+      // It never started: it ends here (its fiber, waiting for its turn, wakes and lets go).
       call.stopCause = cause
       call.outcome = "cancelled"
-      if (!call.firstSettled) settleFirst(registry, call, output(call))
+      settleIfGiven(registry, call, output)
       const gate = call.gate!
       call.gate = undefined
       end(registry, call)
@@ -270,7 +275,7 @@ export const stop = <Tool>(
       call.stopCause = cause
       call.outcome = cause === "timed-out" ? "timed-out" : "cancelled"
       unlistId(registry, call)
-      if (!call.firstSettled) settleFirst(registry, call, output(call))
+      settleIfGiven(registry, call, output)
       const fiber = call.fiber
       if (fiber !== undefined) registry.wakes.push(() => fiber.interruptUnsafe())
       const timer = call.timer
@@ -322,7 +327,7 @@ export const fiberEnded = <Tool>(
 /** Marks every call stopped as the toolset closes; their fibers are interrupted (on `flush`). */
 export const closeAll = <Tool>(
   registry: Registry<Tool>,
-  output: (call: Call<Tool>) => FunctionCallOutput
+  output: (call: Call<Tool>) => FunctionCallOutput | undefined
 ): void => {
   registry.closed = true
   for (const call of Array.from(registry.live)) {
@@ -360,6 +365,16 @@ export const forgetWaiter = <Tool>(registry: Registry<Tool>, waiter: Waiter): vo
 }
 
 // --- internals ---------------------------------------------------------------------------------
+
+const settleIfGiven = <Tool>(
+  registry: Registry<Tool>,
+  call: Call<Tool>,
+  output: (call: Call<Tool>) => FunctionCallOutput | undefined
+): void => {
+  if (call.firstSettled) return
+  const out = output(call)
+  if (out !== undefined) settleFirst(registry, call, out)
+}
 
 /** A call is done: out of every table; its successors may start. */
 const end = <Tool>(registry: Registry<Tool>, call: Call<Tool>): void => {
