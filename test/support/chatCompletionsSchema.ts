@@ -7,7 +7,7 @@
  * validator reads; it is rewritten as a union with `null` when loaded. Formats (`uri`) and vendor
  * keywords (`x-oai...`, `discriminator`) are not checked.
  */
-import Ajv from "ajv"
+import { Ajv } from "ajv"
 import type { ErrorObject } from "ajv"
 import { readFileSync } from "node:fs"
 
