@@ -9,8 +9,12 @@
  * - The prompt becomes messages the way servers require: every assistant `tool_calls` is followed
  *   at once by one tool message per call id, wherever the prompt kept the results.
  * - Tools are function definitions, sent `strict` when the schema has a strict form.
- * - Usage, finish reasons and response metadata are mapped; errors become an `AiError` carrying
- *   the server's message.
+ * - Answers are read as real servers send them (tested on recorded answers of OpenAI, Azure,
+ *   Mistral, DeepSeek, Groq, xAI, Gemini, OpenRouter and Qwen): `content` as parts, whole tool
+ *   calls without index or id, placeholder chunks, choice 0 of several.
+ * - Usage adds up the way each server counts reasoning tokens; finish reasons and response
+ *   metadata are mapped; errors, as an HTTP status or as an error event inside a stream, become
+ *   the same `AiError` reason, carrying the server's message.
  * - 429 and 5xx are retried by a `Schedule` you can replace, never sooner than the server's
  *   `Retry-After`; each request has a timeout.
  * - The API key is `Redacted`: it is never in a log, an error or a span, even when a server echoes
