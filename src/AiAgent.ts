@@ -78,8 +78,9 @@ export interface Options {
    */
   readonly maxSteps?: number | undefined
   /**
-   * The note the model reads, at the end of its prompt, for each call still running in the
-   * background (never stored in the chat). Default: {@link defaultRunningCall}.
+   * The note the model reads for each call still running in the background, right after that
+   * call's first update, so the prompt still ends with what the user said last (never stored in
+   * the chat). Default: {@link defaultRunningCall}.
    */
   readonly runningCall?:
     | Prompts.Template<{ readonly functionName: string; readonly callId: string; readonly arguments: string }>
@@ -231,11 +232,6 @@ const withCreatedAt = (item: ChatItem, createdAt: number): ChatItem => {
         ...(item.extra === undefined ? {} : { extra: item.extra })
       })
   }
-}
-
-function* concat<A>(first: Iterable<A>, second: Iterable<A>): Iterable<A> {
-  yield* first
-  yield* second
 }
 
 /** A tool call in the model's answer. */
@@ -415,30 +411,33 @@ export const make = Effect.fnUntraced(function*(
   /**
    * For each call still running whose output in the chat is its first update, a call/output pair
    * `<callId>_running` saying so, so that the model does not start it again (LiveKit added these
-   * after models re-issued running calls, e.g. booked a flight twice). Calls made in the current
-   * turn are left out: their first update is the newest thing the model read. Prompt only, never
-   * stored.
+   * after models re-issued running calls, e.g. booked a flight twice). Keyed by the call id whose
+   * first update it follows. Left out: calls made in the current turn (their first update is the
+   * newest thing the model read), and a call whose note id the chat already holds (call ids stay
+   * unique in what the model reads). Prompt only, never stored.
    */
   const runningNotes = Effect.fnUntraced(function*(madeThisTurn: ReadonlySet<string>) {
-    const notes: Array<ChatItem> = []
+    const notes = new Map<string, readonly [FunctionCall, FunctionCallOutput]>()
     const running = new Set<string>()
     for (const toolset of toolsets.values()) {
       for (const task of yield* toolset.runningTasks) {
         running.add(task.callId)
-        if (task.status !== "running" || !firstUpdates.has(task.callId) || madeThisTurn.has(task.callId)) continue
         const callId = `${task.callId}_running`
-        const createdAt = now()
-        notes.push(
-          new FunctionCall({ id: newId("fc"), callId, name: task.name, arguments: task.arguments, createdAt }),
+        if (
+          task.status !== "running" || !firstUpdates.has(task.callId) || madeThisTurn.has(task.callId) ||
+          callIds.has(callId)
+        ) continue
+        notes.set(task.callId, [
+          new FunctionCall({ id: newId("fc"), callId, name: task.name, arguments: task.arguments, createdAt: 0 }),
           new FunctionCallOutput({
             id: newId("fco"),
             callId,
             name: task.name,
             output: Prompts.render(runningCall, { functionName: task.name, callId: task.callId, arguments: task.arguments }),
             isError: false,
-            createdAt
+            createdAt: 0
           })
-        )
+        ])
       }
     }
     // Calls that ended need no note again: forget them, so the set stays as small as what runs.
@@ -446,12 +445,26 @@ export const make = Effect.fnUntraced(function*(
     return notes
   })
 
+  /**
+   * The chat as the model reads it: each running call's note right after the call's first update,
+   * at the call's own place in the history. Never at the end: a request must end with what the
+   * user said last, or the model answers the note instead of the user (rule G1).
+   */
+  function* withNotes(notes: ReadonlyMap<string, readonly [FunctionCall, FunctionCallOutput]>): Iterable<ChatItem> {
+    for (const item of items) {
+      yield item
+      if (item._tag !== "FunctionCallOutput" || !isPending(item)) continue
+      const note = notes.get(item.callId)
+      if (note !== undefined) yield* note.map((part) => withCreatedAt(part, item.createdAt))
+    }
+  }
+
   const buildPrompt = Effect.fnUntraced(function*(instructions: string | undefined, madeThisTurn: ReadonlySet<string>) {
     const notes = yield* runningNotes(madeThisTurn)
-    // No copy of the history: the conversion reads the items, then the notes, in one pass, and
-    // nothing can change the array meanwhile (it does not suspend). `read` is the newest item the
-    // model reads: what it says goes right after it.
-    const history = toPrompt(concat(items, notes)).content
+    // No copy of the history: the conversion reads the items, and the notes in their places, in
+    // one pass, and nothing can change the array meanwhile (it does not suspend). `read` is the
+    // newest item the model reads: what it says goes right after it.
+    const history = toPrompt(notes.size === 0 ? items : withNotes(notes)).content
     const read = items.at(-1)
     // The turn's instructions come last, where the model weighs them most; a provider that takes
     // no system message inside the history gets them in the leading one.

@@ -9,8 +9,12 @@
  * - The prompt becomes messages the way servers require: every assistant `tool_calls` is followed
  *   at once by one tool message per call id, wherever the prompt kept the results.
  * - Tools are function definitions, sent `strict` when the schema has a strict form.
- * - Usage, finish reasons and response metadata are mapped; errors become an `AiError` carrying
- *   the server's message.
+ * - Answers are read as real servers send them (tested on recorded answers of OpenAI, Azure,
+ *   Mistral, DeepSeek, Groq, xAI, Gemini, OpenRouter and Qwen): `content` as parts, whole tool
+ *   calls without index or id, placeholder chunks, choice 0 of several.
+ * - Usage adds up the way each server counts reasoning tokens; finish reasons and response
+ *   metadata are mapped; errors, as an HTTP status or as an error event inside a stream, become
+ *   the same `AiError` reason, carrying the server's message.
  * - 429 and 5xx are retried by a `Schedule` you can replace, never sooner than the server's
  *   `Retry-After`; each request has a timeout.
  * - The API key is `Redacted`: it is never in a log, an error or a span, even when a server echoes
@@ -223,6 +227,16 @@ const requestBody = Effect.fnUntraced(function*(provider: Provider, options: Lan
     return yield* fail(method, new AiError.InvalidUserInputError({ description: mapped.failure }))
   }
   const { messages, orphans, unanswered } = mapped.success
+  if (messages.length === 0) {
+    // The API's schema requires at least one message; a server would answer 400.
+    return yield* fail(
+      method,
+      new AiError.InvalidUserInputError({
+        description: "the prompt has no message to send (it is empty, or holds only reasoning): " +
+          "a Chat Completions request needs at least one message"
+      })
+    )
+  }
   if (unanswered.length > 0) {
     yield* Effect.logWarning("tool calls without a result in the prompt; each was sent with a note saying so", {
       callIds: unanswered
@@ -334,37 +348,95 @@ const statusReason = (
   const status = response.status
   const text = scrub(provider, body)
   const server = Reply.serverError(Reply.parseJson(text))
-  const message = server?.message ?? (text.trim() === "" ? `HTTP ${status}` : `HTTP ${status}: ${Reply.excerpt(text)}`)
+  const shown = text.trim() === "" ? undefined : Reply.excerpt(text)
+  const message = status === 404
+    ? notFoundMessage(provider, server?.message, shown)
+    : server?.message ?? (shown === undefined ? `HTTP ${status}` : `HTTP ${status}: ${shown}`)
   const requestId = response.headers["x-request-id"]
   const retryAfterHeader = response.headers["retry-after"]
-  const http = {
-    response: {
-      status,
-      headers: {
-        ...(requestId === undefined ? {} : { "x-request-id": requestId }),
-        ...(retryAfterHeader === undefined ? {} : { "retry-after": retryAfterHeader })
-      }
-    },
-    body: Reply.excerpt(text, 2000)
-  }
+  const wait = retryAfterHeader === undefined ? undefined : Headers.parseRetryAfter(retryAfterHeader)
+  return errorReason(provider, {
+    status,
+    server,
+    message,
+    requestId,
+    retryAfter: wait !== undefined && Result.isSuccess(wait) ? Headers.retryAfterDelay(wait.success, now) : undefined,
+    http: {
+      response: {
+        status,
+        headers: {
+          ...(requestId === undefined ? {} : { "x-request-id": requestId }),
+          ...(retryAfterHeader === undefined ? {} : { "retry-after": retryAfterHeader })
+        }
+      },
+      body: Reply.excerpt(text, 2000)
+    }
+  })
+}
+
+/**
+ * A 404 names the URL: a model the server does not know answers it with its own words, a wrong
+ * `baseUrl` (most often one without `/v1`) with nothing useful.
+ */
+const notFoundMessage = (provider: Provider, serverMessage: string | undefined, shown: string | undefined): string =>
+  serverMessage !== undefined
+    ? `${serverMessage} (HTTP 404 from POST ${provider.url})`
+    : `HTTP 404 from POST ${provider.url}${shown === undefined ? "" : ` (${shown})`}: no Chat Completions endpoint ` +
+      "answers there. Check baseUrl: it is the API root, which for most servers ends in /v1 " +
+      "(e.g. https://api.openai.com/v1, http://localhost:11434/v1)."
+
+/** What is known of a failure, from an HTTP status or from an error event inside a stream. */
+interface Failure {
+  /** The HTTP status, or the one an error event names; `undefined` when neither says. */
+  readonly status: number | undefined
+  readonly server: Reply.ServerError | undefined
+  readonly message: string
+  readonly requestId?: string | undefined
+  readonly retryAfter?: Duration.Duration | undefined
+  readonly http?: typeof AiError.HttpContext.Encoded | undefined
+}
+
+/**
+ * The status an error stands for when the server gave none (an event inside a 200 stream that
+ * carries only OpenAI's error `code` or `type`).
+ */
+const impliedStatus = (server: Reply.ServerError | undefined): number | undefined => {
+  const code = String(server?.code ?? "")
+  const type = server?.type ?? ""
+  if (code === "invalid_api_key" || type === "authentication_error") return 401
+  if (type === "permission_error") return 403
+  if (code === "insufficient_quota" || code === "rate_limit_exceeded" || type === "rate_limit_error") return 429
+  if (type === "server_error" || type === "api_error") return 500
+  if (type === "invalid_request_error") return 400
+  return undefined
+}
+
+/**
+ * The error reason of a failure. An HTTP status and the same status inside a stream's error event
+ * map alike: 401/403 authentication, 429 rate limit or exhausted quota, 5xx provider error,
+ * 400/404/413/422 invalid request; a content-filter code is a content policy error.
+ */
+const errorReason = (provider: Provider, failure: Failure): AiError.AiErrorReason => {
+  const { server, message, http } = failure
+  const status = failure.status ?? impliedStatus(server)
   const details: ErrorMetadata = {
     message,
     ...(server?.code === undefined ? {} : { code: server.code }),
     ...(server?.type === undefined ? {} : { type: server.type }),
     ...(server?.param === undefined ? {} : { param: server.param }),
-    ...(requestId === undefined ? {} : { requestId })
+    ...(failure.requestId === undefined ? {} : { requestId: failure.requestId })
   }
   const metadata = { [metadataKey]: details }
+  const withHttp = http === undefined ? {} : { http }
   const code = String(server?.code ?? "")
+  if (code === "insufficient_quota" || server?.type === "insufficient_quota") {
+    return new AiError.QuotaExhaustedError({ metadata, ...withHttp })
+  }
   if (status === 429) {
-    if (code === "insufficient_quota" || server?.type === "insufficient_quota") {
-      return new AiError.QuotaExhaustedError({ metadata, http })
-    }
-    const wait = retryAfterHeader === undefined ? undefined : Headers.parseRetryAfter(retryAfterHeader)
     return new AiError.RateLimitError({
       metadata,
-      http,
-      ...(wait !== undefined && Result.isSuccess(wait) ? { retryAfter: Headers.retryAfterDelay(wait.success, now) } : {})
+      ...withHttp,
+      ...(failure.retryAfter === undefined ? {} : { retryAfter: failure.retryAfter })
     })
   }
   if (status === 401 || status === 403) {
@@ -372,22 +444,26 @@ const statusReason = (
       kind: status === 403 ? "InsufficientPermissions" : provider.apiKey === undefined ? "MissingKey" : "InvalidKey",
       description: message,
       metadata,
-      http
+      ...withHttp
     })
   }
   if (code === "content_filter" || code === "content_policy_violation") {
-    return new AiError.ContentPolicyError({ description: message, metadata, http })
+    return new AiError.ContentPolicyError({ description: message, metadata, ...withHttp })
   }
-  if (status >= 500) return new AiError.InternalProviderError({ description: message, metadata, http })
+  if (status !== undefined && status >= 500) return new AiError.InternalProviderError({ description: message, metadata, ...withHttp })
   if (status === 400 || status === 404 || status === 413 || status === 422) {
     return new AiError.InvalidRequestError({
       description: message,
       ...(server?.param === undefined ? {} : { parameter: server.param }),
       metadata,
-      http
+      ...withHttp
     })
   }
-  return new AiError.UnknownError({ description: `HTTP ${status}: ${message}`, metadata, http })
+  return new AiError.UnknownError({
+    description: status === undefined ? message : `HTTP ${status}: ${message}`,
+    metadata,
+    ...withHttp
+  })
 }
 
 // --- retries ----------------------------------------------------------------------------------
@@ -557,16 +633,7 @@ const streamErrorReason = (
 ): AiError.AiErrorReason => {
   const description = scrub(provider, failure.description)
   if (failure.error === undefined) return new AiError.InvalidResponseError({ description })
-  const { code, type } = failure.error
-  const details: ErrorMetadata = {
-    message: description,
-    ...(code === undefined ? {} : { code }),
-    ...(type === undefined ? {} : { type })
-  }
-  const metadata = { [metadataKey]: details }
-  if (code === 429 || code === "rate_limit_exceeded") return new AiError.RateLimitError({ metadata })
-  if (typeof code === "number" && code >= 500) return new AiError.InternalProviderError({ description, metadata })
-  return new AiError.UnknownError({ description, metadata })
+  return errorReason(provider, { status: failure.error.status, server: failure.error, message: description })
 }
 
 /** A whole completion's parts as stream parts (for a server that did not stream). */

@@ -36,6 +36,22 @@ const bookingRules = (request: ScriptedModel.Request): ScriptedModel.Reply => {
   return "Happy to help."
 }
 
+/** Books on every "Book" message (a second booking runs beside the first), answers anything else plainly. */
+const twoBookings = (request: ScriptedModel.Request): ScriptedModel.Reply => {
+  if (request.lastUserText.includes("Book") && request.resultsSinceUser.length === 0) {
+    return { toolCalls: [{ name: "book_flight", params: { to: "Tokyo" } }] }
+  }
+  return request.resultsSinceUser.length > 0 ? "On it." : "Soon."
+}
+
+/** Books, then answers a weather question with a call whose id is the booking's note id. */
+const weatherWithNoteId = (request: ScriptedModel.Request): ScriptedModel.Reply => {
+  if (request.lastUserText.includes("Weather") && request.resultsSinceUser.length === 0) {
+    return { toolCalls: [{ id: "call_1_1_running", name: "get_weather", params: { city: "Tokyo" } }] }
+  }
+  return bookingRules(request)
+}
+
 describe("AiAgent", () => {
   describe("turns", () => {
     it.effect("a user message starts a turn: tool calls run through the toolset until the model answers in words", () =>
@@ -350,8 +366,14 @@ describe("AiAgent", () => {
       }).pipe(Effect.provide(agentLayer(bookingRules))))
   })
 
-  describe("running-call placeholders", () => {
-    it.effect("a turn started while a call runs shows the model that call as still running; the chat never holds it", () =>
+  describe("running-call notes (G1)", () => {
+    const firstUpdate = "result call_1_1: book_flight (call call_1_1) reports progress: Looking up flights to Tokyo\n" +
+      "It is still running in the background. Tell the user only what this says; do not guess the result."
+    const note = "result call_1_1_running: book_flight (call call_1_1) is still running in the background. Its result " +
+      "will be added to the conversation when it is ready. Do not call book_flight again for this; if the user asks, " +
+      "say it is still in progress."
+
+    it.effect("while a call runs, the request ends with the user's newest message; the note sits right after the call's first update", () =>
       Effect.gen(function*() {
         const agent = yield* AiAgent.AiAgent
         const model = yield* ScriptedModel.ScriptedModel
@@ -361,21 +383,79 @@ describe("AiAgent", () => {
         yield* agent.send("Is it a long flight?")
 
         const request = (yield* model.requests)[2]!
-        const lines = promptLines(request.prompt)
-        assert.deepStrictEqual(lines.slice(-3), [
-          "user: Is it a long flight?",
+        assert.deepStrictEqual(promptLines(request.prompt), [
+          "user: Book me a flight to Tokyo",
+          "call call_1_1 book_flight",
+          firstUpdate,
           "call call_1_1_running book_flight",
-          "result call_1_1_running: book_flight (call call_1_1) is still running in the background. Its result will " +
-          "be added to the conversation when it is ready. Do not call book_flight again for this; if the user asks, " +
-          "say it is still in progress."
+          note,
+          "assistant: On it: I am looking up flights to Tokyo.",
+          "user: Is it a long flight?"
         ])
         const chat = yield* agent.chat
         assert.isFalse(chat.items.some((item) => item._tag !== "ChatMessage" && item.callId.endsWith("_running")))
-        // the turn in which the call was made reads its first update, not a placeholder
+        // the turn in which the call was made reads its first update, not a note
         assert.isFalse(promptLines((yield* model.requests)[1]!.prompt).some((line) => line.includes("_running")))
       }).pipe(Effect.provide(agentLayer(bookingRules))))
 
-    it.effect("no placeholder once the call has ended, and the note is an option", () =>
+    it.effect("with standing and turn instructions, the turn's instructions come last and the notes stay in their place", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* travel
+        yield* agent.send("Book me a flight to Tokyo")
+
+        yield* agent.send("Is it a long flight?")
+        yield* agent.generateReply({ instructions: "Greet the user." })
+
+        const [userTurn, replyTurn] = (yield* model.requests).slice(2)
+        const userLines = promptLines(userTurn!.prompt)
+        assert.strictEqual(userLines[0], "system: You book flights.")
+        assert.strictEqual(userLines.at(-1), "user: Is it a long flight?")
+        const replyLines = promptLines(replyTurn!.prompt)
+        assert.deepStrictEqual(replyLines.slice(-3), ["user: Is it a long flight?", "assistant: Happy to help.", "system: Greet the user."])
+        assert.strictEqual(replyLines.indexOf("call call_1_1_running book_flight"), replyLines.indexOf(firstUpdate) + 1)
+      }).pipe(Effect.provide(agentLayer(bookingRules, { instructions: "You book flights." }))))
+
+    it.effect("two running calls: each note at its own call's place, by creation time", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight()], onDuplicateCall: "allow" })
+        yield* agent.addToolset(toolset)
+        yield* agent.send("Book me a flight to Tokyo")
+        yield* TestClock.adjust("1 second")
+        yield* agent.send("Book me another one")
+
+        yield* agent.send("How long will it take?")
+
+        const lines = promptLines((yield* model.requests).at(-1)!.prompt)
+        assert.strictEqual(lines.at(-1), "user: How long will it take?")
+        const notes = lines.flatMap((line, i) => line.startsWith("call ") && line.includes("_running") ? [[i, line]] : [])
+        assert.deepStrictEqual(notes.map(([, line]) => line), ["call call_1_1_running book_flight", "call call_3_1_running book_flight"])
+        for (const [i, line] of notes) {
+          const callId = String(line).split(" ")[1]!.replace(/_running$/, "")
+          assert.isTrue(String(lines[Number(i) - 1]).startsWith(`result ${callId}: `), `${line} follows ${callId}'s first update`)
+        }
+      }).pipe(Effect.provide(agentLayer(twoBookings))))
+
+    it.effect("no note for a call whose note id the chat already holds: call ids stay unique in the prompt", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const model = yield* ScriptedModel.ScriptedModel
+        yield* travel
+        yield* agent.send("Book me a flight to Tokyo")
+        yield* agent.send("Weather there?") // the model calls get_weather with the id call_1_1_running
+
+        yield* agent.send("Thanks")
+
+        const lines = promptLines((yield* model.requests).at(-1)!.prompt)
+        assert.strictEqual(lines.filter((line) => line.startsWith("call call_1_1_running")).length, 1)
+        assert.strictEqual(lines.filter((line) => line.includes("is still running in the background. Its result")).length, 0)
+        assert.strictEqual(lines.at(-1), "user: Thanks")
+      }).pipe(Effect.provide(agentLayer(weatherWithNoteId))))
+
+    it.effect("no note once the call has ended, and the note is an option", () =>
       Effect.gen(function*() {
         const agent = yield* AiAgent.AiAgent
         const model = yield* ScriptedModel.ScriptedModel
@@ -383,7 +463,9 @@ describe("AiAgent", () => {
         yield* agent.send("Book me a flight to Tokyo")
 
         yield* agent.send("Still there?")
-        assert.include(promptLines((yield* model.requests)[2]!.prompt).at(-1)!, "busy: book_flight call_1_1")
+        const during = promptLines((yield* model.requests)[2]!.prompt)
+        assert.include(during, "result call_1_1_running: busy: book_flight call_1_1")
+        assert.strictEqual(during.at(-1), "user: Still there?")
 
         yield* TestClock.adjust("1 minute")
         yield* toolset.awaitIdle

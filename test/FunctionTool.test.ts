@@ -110,7 +110,7 @@ describe("FunctionTool arguments (A1)", () => {
       }, () => Effect.as(Ref.update(runs, (n) => n + 1), "booked"))
       const out = yield* run(tool, `{"passengers":12}`)
       assert.isTrue(out.isError)
-      assert.include(out.output, `Expected a value between 1 and 9\n  at ["passengers"]`)
+      assert.include(out.output, `Expected a value between 1 and 9 at ["passengers"], got the number 12`)
       assert.strictEqual(yield* Ref.get(runs), 0)
     }))
 
@@ -130,8 +130,8 @@ describe("FunctionTool arguments (A1)", () => {
       const runs = yield* Ref.make(0)
       const out = yield* run(countingBookFlight(runs), `{"to":7}`)
       assert.isTrue(out.isError)
-      assert.include(out.output, `Expected string\n  at ["to"]`)
-      assert.include(out.output, `Missing key\n  at ["passengers"]`)
+      assert.include(out.output, `Expected string at ["to"], got the number 7`)
+      assert.include(out.output, `Missing key "passengers" at ["passengers"]: expected number (an integer)`)
       assert.strictEqual(yield* Ref.get(runs), 0)
     }))
 
@@ -154,8 +154,7 @@ describe("FunctionTool arguments (A1)", () => {
       const runs = yield* Ref.make(0)
       const out = yield* run(countingBookFlight(runs), `{"to":"NRT","passengers":1,"seat":"14C"}`)
       assert.isTrue(out.isError)
-      assert.include(out.output, "Expected no excess property")
-      assert.include(out.output, `at ["seat"]`)
+      assert.include(out.output, `Unexpected key "seat" at ["seat"]: the parameters are "to", "passengers", "cabin"; leave it out`)
       assert.strictEqual(yield* Ref.get(runs), 0)
     }))
 
@@ -174,7 +173,7 @@ describe("FunctionTool arguments (A1)", () => {
       }, () => Effect.as(Ref.update(runs, (n) => n + 1), "planned"))
       const out = yield* run(tool, args)
       assert.isTrue(out.isError, out.output)
-      assert.include(out.output, "Expected no excess property")
+      assert.include(out.output, "Unexpected key")
       assert.include(out.output, path)
       assert.strictEqual(yield* Ref.get(runs), 0)
     }))
@@ -267,8 +266,8 @@ describe("FunctionTool arguments (A1)", () => {
       const runs = yield* Ref.make(0)
       const out = yield* run(countingBookFlight(runs), "")
       assert.isTrue(out.isError)
-      assert.include(out.output, `Missing key\n  at ["to"]`)
-      assert.include(out.output, `Missing key\n  at ["passengers"]`)
+      assert.include(out.output, `Missing key "to" at ["to"]: expected string`)
+      assert.include(out.output, `Missing key "passengers" at ["passengers"]`)
       assert.strictEqual(yield* Ref.get(runs), 0)
     }))
 
@@ -286,6 +285,79 @@ describe("FunctionTool arguments (A1)", () => {
       assert.strictEqual(reasonOf(`{"to":1,"passengers":1}`), "schema")
       assert.strictEqual(reasonOf(`{"to":"NRT","passengers":1}`, 10), "size")
     }))
+})
+
+describe("FunctionTool argument errors in words a model acts on (A1)", () => {
+  /** One parameter of each kind; every test sends one wrong value and reads the line about it. */
+  const Kinds = Schema.Struct({
+    n: Schema.Number,
+    count: Schema.Int,
+    city: Schema.String,
+    direct: Schema.Boolean,
+    cabin: Schema.Literals(["economy", "business"]),
+    unit: Schema.Enum({ Celsius: "c", Fahrenheit: "f" }),
+    tags: Schema.Array(Schema.String),
+    leg: Schema.Struct({ to: Schema.String }),
+    note: Schema.optionalKey(Schema.String),
+    seats: Schema.NullOr(Schema.Number),
+    code: Schema.String.check(Schema.isMinLength(3), Schema.isMaxLength(3)),
+    iata: Schema.String.check(Schema.isPattern(/^[A-Z]{3}$/)),
+    nights: Schema.Number.check(Schema.isGreaterThan(0))
+  })
+  const valid = {
+    n: 1, count: 2, city: "Paris", direct: true, cabin: "economy", unit: "c", tags: ["a"], leg: { to: "NRT" },
+    seats: null, code: "ABC", iata: "NRT", nights: 2
+  }
+  const kinds = FunctionTool.make("kinds", { description: "Every kind of parameter", parameters: Kinds }, () => Effect.succeed("ok"))
+  /** What the model reads when `patch` is sent over otherwise valid arguments. */
+  const told = (patch: Record<string, unknown>, drop?: string) => {
+    const args: Record<string, unknown> = { ...valid, ...patch }
+    if (drop !== undefined) delete args[drop]
+    const decoded = FunctionTool.decodeArguments(kinds, JSON.stringify(args))
+    return decoded._tag === "Failure" ? decoded.failure.message : "accepted"
+  }
+
+  it("a word for a number says a number was expected where, and what was sent", () => {
+    const one = told({ n: "one" })
+    assert.include(one, `Expected number at ["n"], got the string "one"`)
+    assert.notInclude(one, "Infinity")
+    assert.include(told({ n: true }), `Expected number at ["n"], got the boolean true`)
+  })
+
+  it.each([
+    { kind: "an integer given a fraction", patch: { count: 1.5 }, line: `Expected an integer at ["count"], got the number 1.5` },
+    { kind: "an integer given a string", patch: { count: "2" }, line: `Expected number (an integer) at ["count"], got the string "2"` },
+    { kind: "a string given a number", patch: { city: 75 }, line: `Expected string at ["city"], got the number 75` },
+    { kind: "a string given null", patch: { city: null }, line: `Expected string at ["city"], got null` },
+    { kind: "a boolean given a string", patch: { direct: "yes" }, line: `Expected boolean (true or false) at ["direct"], got the string "yes"` },
+    { kind: "literals given another", patch: { cabin: "first" }, line: `Expected one of "economy", "business" at ["cabin"], got the string "first"` },
+    { kind: "an enum given another", patch: { unit: "k" }, line: `Expected one of "c", "f" at ["unit"], got the string "k"` },
+    { kind: "an array given a string", patch: { tags: "a,b" }, line: `Expected array at ["tags"], got the string "a,b"` },
+    { kind: "an array item of the wrong type", patch: { tags: ["a", 2] }, line: `Expected string at ["tags"][1], got the number 2` },
+    { kind: "a struct given an array", patch: { leg: [] }, line: `Expected object at ["leg"], got an array of 0 items` },
+    { kind: "a struct missing a key", patch: { leg: {} }, line: `Missing key "to" at ["leg"]["to"]: expected string` },
+    { kind: "a struct with an extra key", patch: { leg: { to: "NRT", via: "ICN" } }, line: `Unexpected key "via" at ["leg"]["via"]: the parameters are "to"; leave it out` },
+    { kind: "an optional key given the wrong type", patch: { note: 3 }, line: `Expected string or null at ["note"], got the number 3` },
+    { kind: "a nullable given the wrong type", patch: { seats: "two" }, line: `Expected number or null at ["seats"], got the string "two"` },
+    { kind: "a minimum length", patch: { code: "AB" }, line: `Expected a value with a length of at least 3 at ["code"], got the string "AB"` },
+    { kind: "a maximum length", patch: { code: "ABCD" }, line: `Expected a value with a length of at most 3 at ["code"], got the string "ABCD"` },
+    { kind: "a pattern", patch: { iata: "nrt" }, line: `Expected a string matching the RegExp ^[A-Z]{3}$ at ["iata"], got the string "nrt"` },
+    { kind: "a positive number", patch: { nights: 0 }, line: `Expected a value greater than 0 at ["nights"], got the number 0` }
+  ])("$kind: one plain line with the path, the expectation and what was sent", ({ patch, line }) => {
+    assert.include(told(patch), `\n${line}\n`)
+  })
+
+  it("a missing required key says which key and what it takes", () => {
+    assert.include(told({}, "count"), `Missing key "count" at ["count"]: expected number (an integer)`)
+    assert.include(told({}, "cabin"), `Missing key "cabin" at ["cabin"]: expected one of "economy", "business"`)
+  })
+
+  it("an unknown key at the top names the parameters the tool takes", () => {
+    assert.include(
+      told({ hotel: true }),
+      `Unexpected key "hotel" at ["hotel"]: the parameters are "n", "count", "city", "direct", "cabin", "unit", "tags", "leg", "note", "seats", "code", "iata", "nights"; leave it out`
+    )
+  })
 })
 
 describe("FunctionTool optional parameters", () => {

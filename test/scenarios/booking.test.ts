@@ -49,9 +49,12 @@ describe("scenario: booking a flight while the conversation goes on", () => {
       assert.strictEqual((yield* Fiber.join(question)).text, "About 14 hours nonstop.")
       yield* toolset.awaitIdle
 
-      // while the question was answered, the model was told the booking was still running
+      // while the question was answered, the model was told the booking was still running, at the
+      // booking's place in the history: the request still ends with the question (G1)
       const requests = yield* scripted.requests
-      assert.include(promptLines(requests[2]!.prompt).at(-2)!, "call call_1_1_running book_flight")
+      const asked = promptLines(requests[2]!.prompt)
+      assert.include(asked, "call call_1_1_running book_flight")
+      assert.strictEqual(asked.at(-1), "user: Is it a long flight?")
       // exactly one follow-up reply, after the answer, with no tools, covering the update and the result
       assert.deepStrictEqual(requests.map((r) => r.toolChoice), ["auto", "auto", "auto", "none"])
       assert.include(requests[3]!.systemText, "call_1_1_update_1, call_1_1_final")

@@ -68,6 +68,36 @@ describe("scenario: the agent on an OpenAI-compatible server", () => {
       assert.strictEqual(last.messages.at(-1)!.role, "system")
     }))
 
+  it.live("a question while the booking runs: the request ends with it, the running note sits after the call's first update (G1)", () =>
+    Effect.gen(function*() {
+      const server = yield* OpenAiServer.make((request) => {
+        const last = request.body.messages.at(-1)
+        if (last?.role === "user" && last.content === "How long is the flight?") return OpenAiServer.text("About 14 hours.")
+        return model(request)
+      })
+      const provider = OpenAiCompat.layer({ baseUrl: server.baseUrl, apiKey: Redacted.make(server.apiKey), model: "test-model" })
+        .pipe(Layer.provide(FetchHttpClient.layer))
+
+      yield* Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight({ search: "1 hour", book: "1 hour" })] })
+        yield* agent.addToolset(toolset)
+        yield* agent.send("Book me a flight to Tokyo")
+
+        const turn = yield* agent.send("How long is the flight?")
+
+        assert.strictEqual(turn.text, "About 14 hours.")
+      }).pipe(Effect.provide(AiAgent.layer({ instructions: "You book flights." }).pipe(Layer.provide(provider))))
+
+      assert.deepStrictEqual(server.rejected, [])
+      const messages = server.requests.at(-1)!.body.messages
+      assert.deepStrictEqual(messages.map((m) => m.role), ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"])
+      assert.deepStrictEqual(messages.at(-1), { role: "user", content: "How long is the flight?" })
+      assert.strictEqual(messages[3]!.tool_call_id, "call_abc")
+      assert.strictEqual(messages[5]!.tool_call_id, "call_abc_running")
+      assert.include(String(messages[5]!.content), "still running")
+    }))
+
   it.live("streamed over server-sent events: the agent's words arrive as deltas, a call assembled from argument deltas runs", () =>
     Effect.gen(function*() {
       const words = (...pieces: ReadonlyArray<string>): OpenAiServer.Reply => ({

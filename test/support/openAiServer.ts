@@ -4,18 +4,21 @@
  * request that breaks a rule with OpenAI's 400 and message, and answers the others from a script:
  * JSON, server-sent events, raw text, or nothing at all. Malformed answers are scripted on purpose.
  *
- * The rules it enforces: a bearer key; a model and non-empty messages of known roles; each tool
+ * The rules it enforces: OpenAI's published request schema (test/support/chatCompletionsSchema.ts);
+ * a bearer key; a model and non-empty messages of known roles; each tool
  * message directly after the assistant `tool_calls` it answers (or another tool message of the same
  * run), every call id answered before the next message; `tool_choice` only with tools, naming one
  * of them; function names matching `^[a-zA-Z0-9_-]{1,64}$`, unique; strict schemas (tools and a
  * `json_schema` response format) following the Structured Outputs rules; `stream_options` only with
  * `stream`.
  */
+import { readFileSync } from "node:fs"
 import { createServer } from "node:http"
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import { Effect } from "effect"
 import type { Scope } from "effect"
+import { problems } from "./chatCompletionsSchema.ts"
 
 // --- the script -------------------------------------------------------------------------------
 
@@ -46,6 +49,13 @@ export type Reply =
     readonly end?: "end" | "cut" | "hang"
   }
   | { readonly _tag: "Hang" }
+  | {
+    readonly _tag: "Recorded"
+    /** A file of test/fixtures/openai-compat (its README says how each kind is replayed). */
+    readonly file: string
+    /** Send the body with CRLF line endings, as `sse-starlette`-based servers frame events. */
+    readonly crlf?: boolean
+  }
 
 /** A request the server accepted (it passed every check). */
 export interface Received {
@@ -123,7 +133,7 @@ const start = (script: Script, apiKey: string) =>
         const refusal = check(req, text, apiKey)
         if (refusal !== undefined) {
           rejected.push(refusal.message)
-          return sendJson(res, refusal.status, { error: refusal.error })
+          return sendJson(res, refusal.status, refusal.body)
         }
         const received: Received = { index: requests.length, body: JSON.parse(text) as ChatRequest, headers: req.headers }
         requests.push(received)
@@ -180,7 +190,25 @@ const send = (res: ServerResponse, reply: Reply) => {
     }
     case "Hang":
       return // never answered; the connection closes with the server
+    case "Recorded": {
+      const { body, contentType } = recorded(reply.file)
+      res.writeHead(200, { "content-type": contentType })
+      return res.end(reply.crlf === true ? Buffer.from(body.toString("utf8").replace(/\r?\n/g, "\r\n")) : body)
+    }
   }
+}
+
+const fixtures = new URL("../fixtures/openai-compat/", import.meta.url)
+
+/** A recorded answer's body, as the server sent it. */
+export const recorded = (file: string): { readonly body: Buffer; readonly contentType: string } => {
+  const bytes = readFileSync(new URL(file, fixtures))
+  if (file.endsWith(".json")) return { body: bytes, contentType: "application/json" }
+  if (file.endsWith(".sse")) return { body: bytes, contentType: "text/event-stream" }
+  // one `data:` payload a line, each kept byte for byte; the recorder dropped the framing
+  const lines = bytes.toString("utf8").split("\n").filter((line) => line.trim() !== "")
+  const events = lines.map((line) => `data: ${line}\n\n`).join("")
+  return { body: Buffer.from(`${events}data: [DONE]\n\n`), contentType: "text/event-stream" }
 }
 
 // --- OpenAI's checks --------------------------------------------------------------------------
@@ -188,21 +216,23 @@ const send = (res: ServerResponse, reply: Reply) => {
 interface Refusal {
   readonly status: number
   readonly message: string
-  readonly error: { readonly message: string; readonly type: string; readonly param: string | null; readonly code: string | null }
+  /** The answer's body: OpenAI's `{ error }`, or another shape. */
+  readonly body: unknown
 }
+
+/** A path the server does not serve: a bare 404, as a router in front of many servers answers it. */
+const notFound = { status: 404, message: "not found", body: {} } as const
 
 const refuse = (message: string, param: string | null = null, code: string | null = null, status = 400): Refusal => ({
   status,
   message,
-  error: { message, type: status === 401 ? "invalid_request_error" : "invalid_request_error", param, code }
+  body: { error: { message, type: "invalid_request_error", param, code } }
 })
 
 const isRecord = (u: unknown): u is JsonObject => typeof u === "object" && u !== null && !Array.isArray(u)
 
 const check = (req: IncomingMessage, text: string, apiKey: string): Refusal | undefined => {
-  if (req.method !== "POST" || req.url !== "/v1/chat/completions") {
-    return refuse(`Unknown request URL: ${req.method} ${req.url}.`, null, "unknown_url", 404)
-  }
+  if (req.method !== "POST" || req.url !== "/v1/chat/completions") return notFound
   const auth = req.headers.authorization
   if (auth !== `Bearer ${apiKey}`) {
     // OpenAI masks most of a wrong key; this server echoes it whole, to test that it never leaks.
@@ -218,7 +248,11 @@ const check = (req: IncomingMessage, text: string, apiKey: string): Refusal | un
     return refuse("We could not parse the JSON body of your request.")
   }
   if (!isRecord(body)) return refuse("We could not parse the JSON body of your request.")
-  return checkBody(body)
+  const refusal = checkBody(body)
+  if (refusal !== undefined) return refusal
+  // What OpenAI's published schema says a request must be (types, required fields, enums, sizes).
+  const broken = problems(body)
+  return broken.length === 0 ? undefined : refuse(`The request does not follow OpenAI's schema: ${broken.join("; ")}`)
 }
 
 const checkBody = (body: JsonObject): Refusal | undefined => {
