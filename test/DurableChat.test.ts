@@ -24,7 +24,7 @@ const agentOn = (sessionId: string) =>
   )
 
 const rowsOf = (sessionId: string) =>
-  SqlClient.SqlClient.use((sql) => sql<{ item_id: string }>`SELECT item_id FROM async_toolset_chat WHERE session_id = ${sessionId}`)
+  SqlClient.SqlClient.use((sql) => sql<{ item_id: string }>`SELECT item_id FROM async_toolset_item WHERE session_id = ${sessionId}`)
 
 layer(storeLayer, { timeout: "120 seconds", excludeTestServices: true })("DurableChat", (it) => {
   it.effect("an agent's items are stored once each, and an agent opened on the session again starts with them", () =>

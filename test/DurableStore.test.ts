@@ -20,7 +20,7 @@ describe("DurableStore lock file", () => {
       const dir = newFolder()
       yield* Effect.scoped(Effect.gen(function*() {
         yield* DurableStore.lockDataDir(dir)
-        assert.strictEqual(readFileSync(join(dir, "LOCK"), "utf8"), `${process.pid}@${hostname()}`)
+        assert.match(readFileSync(join(dir, "LOCK"), "utf8"), new RegExp(`^${process.pid}@${hostname()}#`))
         const second = yield* Effect.exit(Effect.scoped(DurableStore.lockDataDir(dir)))
         assert.isTrue(Exit.isFailure(second))
         const error = yield* Effect.flip(Effect.scoped(DurableStore.lockDataDir(dir)))
@@ -39,8 +39,21 @@ describe("DurableStore lock file", () => {
       writeFileSync(join(dir, "LOCK"), `${gone}@${hostname()}`)
       yield* Effect.scoped(Effect.gen(function*() {
         yield* DurableStore.lockDataDir(dir)
-        assert.strictEqual(readFileSync(join(dir, "LOCK"), "utf8"), `${process.pid}@${hostname()}`)
+        assert.match(readFileSync(join(dir, "LOCK"), "utf8"), new RegExp(`^${process.pid}@${hostname()}#`))
       }))
+    }))
+
+  it.effect("F5 a lock left by a dead process whose pid is now this process's own (pid 1 in a restarted container) is taken over", () =>
+    Effect.gen(function*() {
+      for (const left of [`${process.pid}@${hostname()}`, `${process.pid}@${hostname()}#a-process-before-this-one`]) {
+        const dir = newFolder()
+        writeFileSync(join(dir, "LOCK"), left)
+        yield* Effect.scoped(Effect.gen(function*() {
+          yield* DurableStore.lockDataDir(dir)
+          assert.match(readFileSync(join(dir, "LOCK"), "utf8"), new RegExp(`^${process.pid}@${hostname()}#`))
+          assert.notStrictEqual(readFileSync(join(dir, "LOCK"), "utf8"), left)
+        }))
+      }
     }))
 })
 
@@ -48,10 +61,10 @@ layer(storeLayer, { timeout: "60 seconds", excludeTestServices: true })("Durable
   it.effect("are made once: opening the store again on the same database keeps what it holds", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      yield* sql`INSERT INTO async_toolset_sessions (session_id, seq) VALUES ('kept', 7)`
+      yield* sql`INSERT INTO async_toolset_item (session_id, item_id, created_at, item) VALUES ('kept', 'i1', 7, '{}')`
       yield* Effect.scoped(DurableStore.make())
       yield* Effect.scoped(DurableStore.make())
-      const rows = yield* sql<{ seq: number }>`SELECT seq FROM async_toolset_sessions WHERE session_id = 'kept'`
-      assert.deepStrictEqual(rows.map((r) => Number(r.seq)), [7])
+      const rows = yield* sql<{ created_at: number }>`SELECT created_at FROM async_toolset_item WHERE session_id = 'kept'`
+      assert.deepStrictEqual(rows.map((r) => Number(r.created_at)), [7])
     }))
 })

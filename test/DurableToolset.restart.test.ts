@@ -6,7 +6,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { dirname } from "node:path"
-import { AsyncRunContext, FunctionTool, Prompts } from "effect-async-toolset"
+import { AsyncRunContext, ChatContext, FunctionTool, Prompts } from "effect-async-toolset"
 import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
 import { freshDataDir } from "./support/pglite.ts"
@@ -32,7 +32,8 @@ describe("DurableToolset across a restart", () => {
         const toolset = yield* DurableToolset.make(reports)
         const c = yield* call("r1", "slow_report")
         const output = yield* toolset.execute(c)
-        yield* chat.save([c, output]) // as the agent does
+        // as the agent does: the call, its output, and the model's answer to it
+        yield* chat.save([c, output, yield* ChatContext.message("assistant", "I am collecting the data.")])
       }).pipe(Effect.scoped, Effect.provide(processLayer(dataDir)))
       // no process runs the call until past its deadline
       yield* Effect.sleep(Math.max(0, started + 2_500 - Date.now()))

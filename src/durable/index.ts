@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-export * as PgliteClient from "../PgliteClient.ts"
-export * as DurableChat from "../DurableChat.ts"
-export * as DurableStore from "../DurableStore.ts"
-export * as DurableToolset from "../DurableToolset.ts"
+export * as PgliteClient from "./PgliteClient.ts"
+export * as DurableChat from "./DurableChat.ts"
+export * as DurableStore from "./DurableStore.ts"
+export * as DurableToolset from "./DurableToolset.ts"

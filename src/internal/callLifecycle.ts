@@ -76,6 +76,8 @@ export interface Call<Tool> {
   updates: number
   /** What its synthetic call ids start with, once it made one. */
   base: string | undefined
+  /** When it times out (clock milliseconds), if it was set before it was taken up here (a durable call's deadline). */
+  deadline: number | undefined
 }
 
 /** A wait for a condition on the tables (idle, no calls). */
@@ -140,7 +142,8 @@ export const makeCall = <Tool>(
   fiber: undefined,
   timer: undefined,
   updates: 0,
-  base: undefined
+  base: undefined,
+  deadline: undefined
 })
 
 /**
@@ -337,6 +340,8 @@ export const closeAll = <Tool>(
       registry.wakes.push(() => fiber.interruptUnsafe())
     }
   }
+  // Whoever waits for the toolset to close (a call's fiber waiting for what it cannot interrupt).
+  notify(registry)
 }
 
 // --- waiting on the tables ---------------------------------------------------------------------

@@ -59,6 +59,11 @@ export interface CallStore {
    * call's fiber once it is recorded (durable).
    */
   readonly timerTellsTimeout: boolean
+  /**
+   * Completes once the stop of a call is recorded where it must be (`undefined`: nothing to wait
+   * for, in memory): a cancel answers then.
+   */
+  readonly stopRecorded: (toolset: Toolset, c: Call) => Effect.Effect<void> | undefined
 }
 
 /** What the calls of one toolset share. */
@@ -381,6 +386,27 @@ const insertFailed = (toolset: Toolset, c: Call, item: Coordinator.Item, cause: 
     .pipe(Effect.annotateLogs({ toolset: toolset.id, callId: item.callId }))
 }
 
+/**
+ * An item already in the chat, owed a reply (a store brought it back: recorded before this
+ * toolset was made, or a call's output put back into the chat): handed to the coordinator.
+ */
+export const owe = (toolset: Toolset, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number): void => {
+  const item: Coordinator.Item = {
+    owner: toolset.owner,
+    callId,
+    items,
+    inserted: true,
+    insertedAt,
+    call: noCall,
+    dropped: () => undefined
+  }
+  Coordinator.begin(item)
+  toolset.emit(() => ({ _tag: "ReplyScheduled", toolsetId: toolset.id, callId, at: insertedAt }))
+  Coordinator.handOver(toolset.coordinator, item)
+}
+
+const noCall: Coordinator.CallState = { stopCause: undefined }
+
 // --- the end -------------------------------------------------------------------------------------
 
 /**
@@ -434,7 +460,10 @@ const ended = (toolset: Toolset, c: Call): void => {
 const armTimer = (toolset: Toolset, c: Call, context: Context.Context<never>): void => {
   const timeout = c.tool.timeout
   if (timeout === undefined) return
-  const timer = Effect.runForkWith(context)(Effect.andThen(Effect.sleep(timeout), timeOut(toolset, c)))
+  const left = c.deadline === undefined
+    ? timeout
+    : Duration.millis(Math.max(0, c.deadline - toolset.clock.currentTimeMillisUnsafe()))
+  const timer = Effect.runForkWith(context)(Effect.andThen(Effect.sleep(left), timeOut(toolset, c)))
   if (timer.pollUnsafe() !== undefined) return
   c.timer = timer
   toolset.timers.add(timer)

@@ -16,7 +16,8 @@ export const memory: CallStore = {
       ? Effect.flatMap(waitTurn(toolset, c, context), (runs) => runs ? runHandler(toolset, c, args, callScope) : Effect.void)
       : runHandler(toolset, c, args, callScope),
   closedOutput: cancelledOutput,
-  timerTellsTimeout: true
+  timerTellsTimeout: true,
+  stopRecorded: () => undefined
 }
 
 /**

@@ -9,7 +9,7 @@ import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Metric,
 import { AgentSession } from "../AgentSession.ts"
 import type { AsyncRunContext } from "../AsyncRunContext.ts"
 import type { AsyncToolset, CancelResult, Options, RunningTask } from "../AsyncToolset.ts"
-import type { FunctionCall, FunctionCallOutput } from "../ChatContext.ts"
+import type { ChatItem, FunctionCall, FunctionCallOutput } from "../ChatContext.ts"
 import * as FunctionTool from "../FunctionTool.ts"
 import * as Prompts from "../Prompts.ts"
 import type { Outcome, ToolsetEvent } from "../ToolsetEvent.ts"
@@ -179,7 +179,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       id,
       tools: [...Array.from(tools.values(), (p) => p.visible), state.management.getRunningTasks, state.management.cancelTask],
       execute: (call) => execute(state, call),
-      cancel: (callId) => Effect.sync(() => cancel(toolset, callId)),
+      cancel: (callId) => Effect.suspend(() => cancel(toolset, callId)),
       runningTasks: Effect.sync(() => runningTasks(registry)),
       awaitIdle: waitFor(registry, () => registry.live.size === 0 && owner.pending === 0),
       drain: Effect.suspend(() => drain(toolset)),
@@ -279,7 +279,7 @@ const admit = (
     ? undefined
     : p.scope === "name"
     ? call.name
-    : `${call.name}\u0000${p.tool.canonicalArgs(args)}`
+    : `${call.name}:${p.tool.canonicalArgs(args)}` // a tool name has no ":"
   const decision = decide(p.mode, confirmed, key === undefined ? noneRunning : Lifecycle.activeOfKey(registry, key))
   if (decision._tag === "Reject") {
     const runningCalls = describeRunning(decision.running)
@@ -317,16 +317,25 @@ const describeRunning = (calls: Iterable<Call>) =>
 
 // --- cancel, drain, close ------------------------------------------------------------------------
 
-const cancel = (toolset: CallRun.Toolset, callId: string): CancelResult => {
+/**
+ * Stops a call (E2): its caller, if it waits, is answered at once (E8); the answer comes once the
+ * store has recorded the cancel (a durable call cancelled before a crash stays cancelled), and
+ * never later than the store's bound for that (a call inside an uninterruptible region is not
+ * waited for: it stops on its own, listed as cancelling, E4).
+ */
+const cancel = (toolset: CallRun.Toolset, callId: string): Effect.Effect<CancelResult> => {
   const { registry } = toolset
   const c = registry.byId.get(callId)
   // Asked again while it stops: it is being cancelled, as the model wanted.
-  if (c === undefined) return Lifecycle.isStopping(registry, callId) ? "cancelled" : "not-found"
-  if (!c.cancellable) return "not-cancellable"
+  if (c === undefined) return Effect.succeed(Lifecycle.isStopping(registry, callId) ? "cancelled" : "not-found")
+  if (!c.cancellable) return Effect.succeed("not-cancellable")
   Lifecycle.stop(registry, c, "cancelled", toolset.cancelled)
   Lifecycle.flush(registry)
-  return "cancelled"
+  const recorded = toolset.store.stopRecorded(toolset, c)
+  return recorded === undefined ? cancelled : Effect.as(recorded, "cancelled")
 }
+
+const cancelled = Effect.succeed<CancelResult>("cancelled")
 
 const runningTasks = (registry: Lifecycle.Registry<Prepared>): ReadonlyArray<RunningTask> => {
   const tasks: Array<RunningTask> = []
@@ -411,7 +420,74 @@ const management = (toolset: CallRun.Toolset, names: Names) =>
   ToolTable.managementTools(names, {
     id: toolset.id,
     running: () => runningTasks(toolset.registry),
-    cancel: (callId) => Effect.sync(() => cancel(toolset, callId)),
+    cancel: (callId) => Effect.suspend(() => cancel(toolset, callId)),
     nameOf: (callId) => toolset.registry.byId.get(callId)?.functionCall.name
   })
 
+
+// --- calls and items a store brings back -----------------------------------------------------------
+
+/** A call recorded before this toolset was made (by a process that ended), still live. */
+export interface Adopted {
+  readonly functionCall: FunctionCall
+  /** Its base in synthetic ids (`<callId>` or `<callId>_run<k>`). */
+  readonly base: string
+  readonly key: string | undefined
+  readonly cancellable: boolean
+  readonly startedAt: number
+  readonly status: "waiting" | "running" | "stopping"
+  readonly stopCause: Lifecycle.StopCause | undefined
+  /** The calls it waits for (`waiting`), by base. */
+  readonly after: ReadonlyArray<string>
+  /** The output the model got for it, if it got one. */
+  readonly answered: boolean
+  /** When it times out (clock milliseconds), if it has a timeout and runs. */
+  readonly deadline: number | undefined
+}
+
+/**
+ * Takes up a live call of the store: it is registered as if admitted now (nobody waits for its
+ * first output), its start is told, and its fiber follows it. A call asked to stop before is
+ * stopped again (its fiber waits until it has).
+ */
+export const adopt = (
+  state: State,
+  a: Adopted,
+  caller: Context.Context<never>,
+  made: (c: Call) => void
+): Call => {
+  const { toolset } = state
+  const { registry } = toolset
+  const p = state.tools.get(a.functionCall.name) ?? missingTool(a.functionCall.name)
+  const c = Lifecycle.makeCall(a.functionCall, p, a.key, a.cancellable, a.startedAt)
+  c.base = a.base
+  Coordinator.noteBase(toolset.session, a.base)
+  Coordinator.noteCallId(toolset.session, a.functionCall.callId)
+  c.deadline = a.deadline
+  if (a.answered) c.firstSettled = true
+  const predecessors: Array<Call> = []
+  for (const other of registry.live) if (other.base !== undefined && a.after.includes(other.base)) predecessors.push(other)
+  Lifecycle.register(registry, c, a.status === "waiting" ? predecessors : [])
+  Lifecycle.flush(registry)
+  made(c)
+  Effect.runFork(Effect.ignore(CallRun.launch(toolset, c, undefined, caller)))
+  if (a.status === "stopping") {
+    Lifecycle.stop(registry, c, a.stopCause ?? "cancelled", () => undefined)
+    Lifecycle.flush(registry)
+  }
+  return c
+}
+
+/** A tool no longer in the toolset (a call recorded before a deploy removed it): its execution ends it. */
+const missingTool = (name: string): Prepared => ({
+  tool: FunctionTool.make(name, { description: name }, () => Effect.die(new Error(`${name} is no longer a tool`))),
+  visible: FunctionTool.make(name, { description: name }, () => Effect.die(new Error(`${name} is no longer a tool`))),
+  mode: "allow",
+  scope: "name",
+  cancellable: true,
+  timeout: undefined
+})
+
+/** An item in the chat, owed a reply (recorded by a store before this toolset was made): handed to the coordinator. */
+export const owe = (state: State, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number): void =>
+  CallRun.owe(state.toolset, callId, items, insertedAt)

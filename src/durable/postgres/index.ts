@@ -4,4 +4,4 @@
  *
  * @since 0.1.0
  */
-export * as DurablePostgres from "../../DurablePostgres.ts"
+export * as DurablePostgres from "./DurablePostgres.ts"

@@ -327,6 +327,13 @@ const basesOf = (session: Session): Map<string, true> => {
   return found
 }
 
+/** A base taken in the session (a store's call, recorded before): no new call may take it. */
+export const noteBase = (session: Session, base: string): void => {
+  const found = basesOf(session)
+  found.set(base, true)
+  remember(idsOf(session), base)
+}
+
 /**
  * A synthetic call id, `<base><suffix>`, claimed for the session: if the model used that id for a
  * call of its own (a later answer's call id may equal a running call's future `_update_1`), a

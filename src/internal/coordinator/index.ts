@@ -16,6 +16,7 @@ export {
   inserted,
   isTaken,
   letGo,
+  noteBase,
   noteCallId,
   release,
   settle

@@ -13,12 +13,12 @@
 import { Context, Effect, Layer, Schedule } from "effect"
 import type { LanguageModel } from "effect/ai"
 import type { SqlError } from "effect/sql/SqlError"
-import type { AgentSession } from "./AgentSession.ts"
-import * as AiAgent from "./AiAgent.ts"
-import { ChatContext } from "./ChatContext.ts"
-import type { ChatItem } from "./ChatContext.ts"
-import { decodeItem, loadChat, saveItems } from "./durable/internal/tables.ts"
+import type { AgentSession } from "../AgentSession.ts"
+import * as AiAgent from "../AiAgent.ts"
+import { ChatContext } from "../ChatContext.ts"
+import type { ChatItem } from "../ChatContext.ts"
 import { DurableStore } from "./DurableStore.ts"
+import { decodeItem, loadChat, markReplied, saveItems } from "./internal/tables.ts"
 
 /**
  * @since 0.1.0
@@ -37,15 +37,15 @@ export class DurableChat extends Context.Service<DurableChat, {
   readonly has: (itemId: string) => boolean
   /** A durable toolset is putting these stored items into the agent's chat: they need no save. */
   readonly adopt: (itemIds: ReadonlyArray<string>) => void
-  /** Putting them into the agent's chat failed: they are not there. */
-  readonly disown: (itemIds: ReadonlyArray<string>) => void
   /**
    * A reply about these items was asked for: the first assistant message saved from now on is
-   * stored in the same commit as the record that they are owed nothing (so a process that stops
-   * right after the reply never asks for it again). Returns the items of the previous call that no
-   * saved message marked: call it with `[]` once the reply is over, and mark those.
+   * stored in the same statement as the record that they are owed nothing (so a process that stops
+   * right after the reply never asks for it again). Items of an earlier request no message marked
+   * (the agent answered in silence) are marked now.
    */
-  readonly replyFor: (itemIds: ReadonlyArray<string>) => ReadonlyArray<string>
+  readonly replyFor: (itemIds: ReadonlyArray<string>) => void
+  /** No reply will be asked for these items (the agent already answered them): they are owed nothing. */
+  readonly markReplied: (itemIds: ReadonlyArray<string>) => Effect.Effect<void>
 }>()("effect-async-toolset/DurableChat") {}
 
 /**
@@ -76,6 +76,15 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const known = new Set(rows.map((row) => row.itemId))
   let awaitingReply: ReadonlyArray<string> = []
   const retry = Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 4 }))
+  const services = yield* Effect.context<never>()
+  const mark = (itemIds: ReadonlyArray<string>) =>
+    markReplied(store.sql, sessionId, itemIds).pipe(
+      Effect.retry(retry),
+      Effect.catchCause((cause) =>
+        Effect.logWarning("could not record that a reply was asked for; after a restart it may be asked for again", cause)
+      ),
+      Effect.annotateLogs({ session: sessionId })
+    )
   return DurableChat.of({
     sessionId,
     history,
@@ -83,14 +92,12 @@ export const make = Effect.fnUntraced(function*(options: Options) {
     adopt: (itemIds) => {
       for (const id of itemIds) known.add(id)
     },
-    disown: (itemIds) => {
-      for (const id of itemIds) known.delete(id)
-    },
     replyFor: (itemIds) => {
       const left = awaitingReply
       awaitingReply = itemIds
-      return left
+      if (left.length > 0) Effect.runForkWith(services)(mark(left))
     },
+    markReplied: mark,
     save: (items) =>
       Effect.suspend(() => {
         const fresh = items.filter((item) => !known.has(item.id))

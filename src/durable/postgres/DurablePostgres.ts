@@ -23,7 +23,7 @@ import type * as ShardingConfig from "effect/cluster/ShardingConfig"
 import * as Option from "effect/Option"
 import type { SqlClient } from "effect/sql/SqlClient"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
-import * as DurableStore from "./DurableStore.ts"
+import * as DurableStore from "../DurableStore.ts"
 
 /**
  * @since 0.1.0

@@ -10,10 +10,11 @@
  *
  * @since 0.1.0
  */
+import { randomUUID } from "node:crypto"
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs"
 import { hostname } from "node:os"
 import { join } from "node:path"
-import { Context, Deferred, Duration, Effect, Exit, Layer, Schema } from "effect"
+import { Context, Duration, Effect, Layer, Schema } from "effect"
 import type { Scope } from "effect"
 import * as ClusterWorkflowEngine from "effect/cluster/ClusterWorkflowEngine"
 import type * as ShardingConfig from "effect/cluster/ShardingConfig"
@@ -22,7 +23,8 @@ import * as Digest from "effect/crypto/Digest"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
-import { migrate } from "./durable/internal/tables.ts"
+import * as Hub from "./internal/hub.ts"
+import { migrate } from "./internal/tables.ts"
 import * as PgliteClient from "./PgliteClient.ts"
 
 /**
@@ -31,19 +33,14 @@ import * as PgliteClient from "./PgliteClient.ts"
  */
 export class DurableStore extends Context.Service<DurableStore, {
   readonly sql: SqlClient
-  /** How often a session's watchers look for changes made by other processes. */
-  readonly pollInterval: Duration.Duration
-  /** Wakes this process's watchers of a session (after a change of its calls or chat was committed). */
-  readonly signal: (sessionId: string) => void
   /**
-   * Completes at the session's next signal in this process, or after `pollInterval` (a change made
-   * by another process is seen then).
+   * How often a process looks for what another process changed in a call it follows (a call its
+   * agent started, run by another runner; a cancel asked for by another process). Changes made in
+   * the same process are handed over at once.
    */
-  readonly awaitChange: (sessionId: string) => Effect.Effect<void>
-  /** Wakes the execution of a call in this process: it was asked to stop (its cancellation is committed). */
-  readonly signalCall: (sessionId: string, base: string) => void
-  /** Completes at the call's next signal in this process, or after `pollInterval`. */
-  readonly awaitCall: (sessionId: string, base: string) => Effect.Effect<void>
+  readonly pollInterval: Duration.Duration
+  /** @internal How a call's execution and its follower in one process tell each other what they recorded. */
+  readonly hub: Hub.Hub
 }>()("effect-async-toolset/DurableStore") {}
 
 /**
@@ -68,28 +65,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const sql = yield* SqlClient
   yield* migrate(sql)
   const pollInterval = Duration.fromInputUnsafe(options.pollInterval ?? "1 second")
-  // Whoever waits for a key (a session, or a call: `<session>\u0000<base>`) in this process.
-  const waiting = new Map<string, Deferred.Deferred<void>>()
-  const wake = (key: string) => {
-    const deferred = waiting.get(key)
-    if (deferred === undefined) return
-    waiting.delete(key)
-    Deferred.doneUnsafe(deferred, Exit.void)
-  }
-  const wait = (key: string) =>
-    Effect.suspend(() => {
-      let deferred = waiting.get(key)
-      if (deferred === undefined) waiting.set(key, deferred = Deferred.makeUnsafe<void>())
-      return Effect.raceFirst(Deferred.await(deferred), Effect.sleep(pollInterval))
-    })
-  return DurableStore.of({
-    sql,
-    pollInterval,
-    signal: wake,
-    awaitChange: wait,
-    signalCall: (sessionId, base) => wake(`${sessionId}\u0000${base}`),
-    awaitCall: (sessionId, base) => wait(`${sessionId}\u0000${base}`)
-  })
+  return DurableStore.of({ sql, pollInterval, hub: Hub.make() })
 })
 
 /**
@@ -119,10 +95,14 @@ export class StoreLocked extends Schema.TaggedError<StoreLocked>()("StoreLocked"
   }
 }
 
+/** This process, as a lock file names its owner: pid, host, and a token of this process's own. */
+const me = `${process.pid}@${hostname()}#${randomUUID()}`
+
 /**
- * Takes the data folder's lock file (`LOCK`, holding the owner's pid and host) for the scope. A lock
- * left by a process that is gone (killed, crashed) is taken over; one held by a live process fails
- * with `StoreLocked`.
+ * Takes the data folder's lock file (`LOCK`, holding the owner's pid, host and a token of its
+ * process) for the scope. A lock left by a process that is gone (killed, crashed) is taken over,
+ * also when a new process has its pid (pid 1 in a restarted container: the token tells them
+ * apart); one held by a live process fails with `StoreLocked`.
  *
  * @since 0.1.0
  * @category constructors
@@ -132,7 +112,6 @@ export const lockDataDir = (dataDir: string): Effect.Effect<void, StoreLocked, S
     Effect.suspend(() => {
       mkdirSync(dataDir, { recursive: true })
       const path = join(dataDir, "LOCK")
-      const me = `${process.pid}@${hostname()}`
       for (let attempt = 0; attempt < 3; attempt++) {
         try {
           const fd = openSync(path, "wx")
@@ -156,7 +135,7 @@ export const lockDataDir = (dataDir: string): Effect.Effect<void, StoreLocked, S
     }),
     (path) =>
       Effect.sync(() => {
-        if (readOwner(path) === `${process.pid}@${hostname()}`) rmSync(path, { force: true })
+        if (readOwner(path) === me) rmSync(path, { force: true })
       })
   ).pipe(Effect.asVoid)
 
@@ -168,10 +147,16 @@ const readOwner = (path: string): string | undefined => {
   }
 }
 
-/** Whether the process of `pid@host` runs (on another host, we cannot tell: assume it does). */
+/**
+ * Whether the process of `pid@host#token` runs (on another host, we cannot tell: assume it does).
+ * A lock naming this process's pid with another token is a dead process's: the pid was reused.
+ */
 const isAlive = (owner: string): boolean => {
-  const [pid, host] = owner.split("@")
+  if (owner === me) return true
+  const [pidAndHost, token] = owner.split("#")
+  const [pid, host] = (pidAndHost ?? "").split("@")
   if (host !== hostname()) return true
+  if (Number(pid) === process.pid) return token === undefined ? false : token === me.split("#")[1]
   try {
     process.kill(Number(pid), 0)
     return true

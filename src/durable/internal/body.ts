@@ -1,0 +1,335 @@
+/**
+ * A durable call as an effect/workflow execution: the workflow of a toolset, and the body that runs
+ * one call of it on whichever runner holds it.
+ *
+ * The body replays from the top after a restart (or on the runner that takes a dead runner's call
+ * over). What must not happen twice is recorded in the call's row: each update is counted there
+ * (`steps`), so an update recorded before is not recorded again; its end is recorded once; a tool's
+ * own steps that must not run twice are activities (`DurableToolset.activity`). Everything else in
+ * the tool (waiting, polling) may run again.
+ *
+ * Each record is one statement, committed before anyone hears of it; then it is handed to the
+ * call's follower if it is in this process (`hub.ts`), else the follower reads it.
+ *
+ * Cancellation and the timeout are data: a call asked to stop has its row say `stopping` (seen here
+ * at once in this process, else at the next look), and a call's deadline is in its row.
+ */
+import { Cause, Clock, Context, Duration, Effect, Exit, Option, Result, Schedule, Schema } from "effect"
+import * as Workflow from "effect/workflow/Workflow"
+import type { WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
+import { AsyncRunContext } from "../../AsyncRunContext.ts"
+import { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
+import * as FunctionTool from "../../FunctionTool.ts"
+import { encodeUpdate, pendingExtra } from "../../internal/callRun.ts"
+import type { Prepared } from "../../internal/toolTable.ts"
+import { confirmParameter } from "../../internal/toolTable.ts"
+import * as Prompts from "../../Prompts.ts"
+import type { DurableStore } from "../DurableStore.ts"
+import type { CallEvent } from "./hub.ts"
+import type { CallRow, End } from "./tables.ts"
+import { beginRunning, decodeCall, isLive, liveAmong, readCall, recordEnd, recordUpdate } from "./tables.ts"
+
+/** What the runner side needs of a toolset. */
+export interface Definition {
+  readonly id: string
+  readonly tools: ReadonlyMap<string, Prepared>
+  readonly prompts: Prompts.Prompts
+  readonly workflow: CallWorkflow
+}
+
+/**
+ * What a call's execution starts from: the row of the call in the session (`base` is the call's id
+ * in its synthetic ids: the model's call id, or `<id>_run<k>` when that id was used before).
+ */
+export const Payload = Schema.Struct({
+  sessionId: Schema.String,
+  base: Schema.String
+})
+
+export const makeWorkflow = (toolsetId: string) =>
+  Workflow.make(`effect-async-toolset/${toolsetId}`, {
+    payload: Payload,
+    idempotencyKey: ({ base, sessionId }) => `${sessionId}/${base}`
+  })
+
+export type CallWorkflow = ReturnType<typeof makeWorkflow>
+
+// --- ids -----------------------------------------------------------------------------------------
+
+/** The id of the output the model gets for the call (its first update, or its whole result). */
+export const firstOutputId = (base: string): string => `fco:${base}:first`
+
+/** The item ids of the pair of update `n` (`_update_<n>`) or of the final result. */
+export const pairIds = (base: string, step: number | "final" | "timeout"): readonly [string, string] => [
+  `fc:${base}:${step}`,
+  `fco:${base}:${step}`
+]
+
+/** The synthetic call id of a step's pair. */
+export const syntheticCallId = (base: string, step: number | "final"): string =>
+  step === "final" ? `${base}_final` : `${base}_update_${step}`
+
+/** The pair a call says at a step, made now. */
+export const pairAt = (
+  call: FunctionCall,
+  base: string,
+  step: number | "final" | "timeout",
+  callId: string,
+  out: FunctionTool.Output,
+  now: number
+): readonly [FunctionCall, FunctionCallOutput] => {
+  const [fc, fco] = pairIds(base, step)
+  return [
+    new FunctionCall({ id: fc, callId, name: call.name, arguments: call.arguments, createdAt: now }),
+    new FunctionCallOutput({ id: fco, callId, name: call.name, output: out.output, isError: out.isError, createdAt: now })
+  ]
+}
+
+// --- the run of one call -------------------------------------------------------------------------
+
+/**
+ * One run (replay) of a call's body, for `DurableToolset.activity`: it names the tool's steps
+ * (`step/<name>`, `step/<name>/2`, … in the order the tool takes them) and runs them as activities.
+ */
+export class DurableRun extends Context.Service<DurableRun, {
+  readonly executionId: string
+  readonly context: Context.Context<WorkflowEngine | WorkflowInstance>
+  readonly steps: Map<string, number>
+}>()("effect-async-toolset/DurableToolset/DurableRun") {}
+
+type Outcome =
+  | { readonly _tag: "Exit"; readonly exit: Exit.Exit<unknown, unknown> }
+  | { readonly _tag: "Stopped" }
+  | { readonly _tag: "TimedOut" }
+  | { readonly _tag: "Invalid"; readonly message: string }
+
+/** The workflow body of a toolset's calls. */
+export const body = <S>(definition: Definition, store: DurableStore["Service"], services: Context.Context<S>) =>
+(
+  payload: typeof Payload.Type,
+  executionId: string
+): Effect.Effect<void, never, WorkflowEngine | WorkflowInstance> =>
+  Effect.gen(function*() {
+    const { base, sessionId } = payload
+    let row = yield* retrying(readCall(store.sql, sessionId, base))
+    // Ended already (its end was recorded; this is a replay), or never recorded: nothing to do.
+    if (row === undefined || !isLive(row.status)) return
+    if (row.status === "waiting") {
+      row = yield* awaitTurn(store, sessionId, row)
+      if (row === undefined || !isLive(row.status)) return
+    }
+    const call = decodeCall(row.callItem)
+    const p = definition.tools.get(call.name)
+    const context = yield* Effect.context<WorkflowEngine | WorkflowInstance>()
+    const outcome: Outcome = row.status === "stopping"
+      ? { _tag: "Stopped" }
+      : p === undefined
+      ? { _tag: "Invalid", message: `${call.name} is no longer a tool of this agent; the call did not finish.` }
+      : yield* runTool(definition, store, sessionId, row, call, p, executionId, context).pipe(Effect.provideContext(services))
+    if (outcome._tag === "Exit" && Exit.isFailure(outcome.exit) && Cause.hasInterruptsOnly(outcome.exit.cause)) {
+      // Interrupted, and not by a stop of ours (that is `Stopped`) or the deadline: the workflow
+      // engine stopped this execution (its runner shutting down, its shard moving, an activity
+      // interrupted with it). The call is not over: nothing is recorded, the execution ends without
+      // a result, and the engine runs it again where it resumes it (issue 18: an engine's
+      // interruption is not the tool's failure).
+      return yield* Effect.failCause(outcome.exit.cause as Cause.Cause<never>)
+    }
+    yield* recordOutcome(definition, store, sessionId, base, call, p, outcome)
+  }).pipe(Effect.annotateLogs({ toolset: definition.id, callId: payload.base }))
+
+/**
+ * A call that replaces others begins once each of them has ended (D4): woken when one ends in this
+ * process, else looking every `pollInterval`. Returns its row once it runs (or once it was stopped).
+ */
+const awaitTurn = (store: DurableStore["Service"], sessionId: string, row: CallRow) =>
+  Effect.gen(function*() {
+    let current: CallRow | undefined = row
+    while (current !== undefined && current.status === "waiting") {
+      const live = yield* retrying(liveAmong(store.sql, sessionId, current.after))
+      if (live === 0) {
+        const now = yield* Clock.currentTimeMillis
+        current = yield* retrying(beginRunning(store.sql, sessionId, current.base, now))
+        if (current?.status === "running") store.hub.publish(sessionId, current.base, running)
+        return current
+      }
+      yield* awaitAny(store, sessionId, [...current.after, current.base])
+      current = yield* retrying(readCall(store.sql, sessionId, current.base))
+    }
+    return current
+  })
+
+const running: CallEvent = { _tag: "Running" }
+
+/** Waits until one of these calls says something in this process, or `pollInterval` passed. */
+const awaitAny = (store: DurableStore["Service"], sessionId: string, bases: ReadonlyArray<string>) =>
+  Effect.timeoutOption(
+    Effect.callback<void>((resume) => {
+      const stops = bases.map((base) => store.hub.listen(sessionId, base, () => resume(Effect.void)))
+      return Effect.sync(() => stops.forEach((stop) => stop()))
+    }),
+    store.pollInterval
+  )
+
+/** Runs the tool, raced against the call being asked to stop and against its deadline. */
+const runTool = (
+  definition: Definition,
+  store: DurableStore["Service"],
+  sessionId: string,
+  row: CallRow,
+  call: FunctionCall,
+  p: Prepared,
+  executionId: string,
+  context: Context.Context<WorkflowEngine | WorkflowInstance>
+): Effect.Effect<Outcome> => {
+  const decoded = FunctionTool.decodeArguments(p.visible, call.arguments, { maxLength: Number.MAX_SAFE_INTEGER })
+  if (Result.isFailure(decoded)) return Effect.succeed({ _tag: "Invalid", message: decoded.failure.message })
+  const { [confirmParameter]: _flag, ...args } = decoded.success as Record<string, unknown>
+  const run = DurableRun.of({ executionId, context, steps: new Map() })
+  const counts = { steps: 0, recorded: row.steps, updates: row.updates }
+  const runContext = AsyncRunContext.of({
+    functionCall: call,
+    toolsetId: definition.id,
+    update: (message) => update(definition, store, sessionId, row.base, call, counts, message)
+  })
+  const handler = Effect.suspend(() => p.tool.handler(p.mode === "confirm" ? args : decoded.success) as Effect.Effect<unknown, unknown>)
+    .pipe(
+      Effect.provideService(AsyncRunContext, runContext),
+      Effect.provideService(DurableRun, run),
+      Effect.exit,
+      Effect.map((exit): Outcome => ({ _tag: "Exit", exit }))
+    )
+  const timed: Effect.Effect<Outcome> = row.deadline === null ? handler : Effect.flatMap(
+    Clock.currentTimeMillis,
+    (now) =>
+      Effect.map(
+        Effect.timeoutOption(handler, Duration.millis(Math.max(0, row.deadline! - now))),
+        Option.getOrElse((): Outcome => ({ _tag: "TimedOut" }))
+      )
+  )
+  return Effect.raceFirst(timed, watchStop(store, sessionId, row.base))
+}
+
+/**
+ * Completes once the call's row says it is asked to stop: told at once by a stop in this process,
+ * else seen at the next look (every `pollInterval`). The tool is interrupted then; its activities
+ * are not cut short (F3).
+ */
+const watchStop = (store: DurableStore["Service"], sessionId: string, base: string): Effect.Effect<Outcome> =>
+  Effect.gen(function*() {
+    while (true) {
+      yield* awaitAny(store, sessionId, [base])
+      const now = yield* Effect.orElseSucceed(readCall(store.sql, sessionId, base), () => undefined)
+      if (now !== undefined && now.status !== "running") return { _tag: "Stopped" } as const
+    }
+  })
+
+/** `AsyncRunContext.update` in a durable call: recorded (unless a replay recorded it before), then told. */
+const update = (
+  definition: Definition,
+  store: DurableStore["Service"],
+  sessionId: string,
+  base: string,
+  call: FunctionCall,
+  counts: { steps: number; readonly recorded: number; updates: number },
+  message: unknown
+): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const k = counts.steps++
+    // Recorded by a run before this one (this is a replay): its follower has it.
+    if (k < counts.recorded) return Effect.void
+    const text = encodeUpdate(definition.prompts, { functionCall: call }, message)
+    const raw = typeof message === "string" ? message : text
+    return Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      const n = counts.updates + 1
+      const first = new FunctionCallOutput({
+        id: firstOutputId(base),
+        callId: call.callId,
+        name: call.name,
+        output: text,
+        isError: false,
+        createdAt: now,
+        extra: pendingExtra
+      })
+      const pair = pairAt(call, base, n, syntheticCallId(base, n), { output: text, isError: false }, now)
+      return Effect.map(
+        retrying(recordUpdate(store.sql, { sessionId, base, toolsetId: definition.id, steps: k, updates: counts.updates, first, pair, message: raw })),
+        (recorded) => {
+          switch (recorded._tag) {
+            case "First":
+              return store.hub.publish(sessionId, base, { _tag: "First", output: first, message: raw })
+            case "Pair":
+              counts.updates = n
+              return store.hub.publish(sessionId, base, { _tag: "Pair", n, items: pair, message: raw })
+            case "Dropped":
+              return
+          }
+        }
+      )
+    })
+  })
+
+/** How the call ended, recorded once, then told. */
+const recordOutcome = (
+  definition: Definition,
+  store: DurableStore["Service"],
+  sessionId: string,
+  base: string,
+  call: FunctionCall,
+  p: Prepared | undefined,
+  outcome: Outcome
+): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const vars = { functionName: call.name, callId: call.callId }
+    let status: End
+    let out: FunctionTool.Output | undefined
+    switch (outcome._tag) {
+      case "Exit": {
+        const encoded = yield* FunctionTool.encodeExit(p!.tool, call.callId, outcome.exit)
+        out = Option.getOrUndefined(encoded)
+        status = out?.isError === true ? "error" : "done"
+        if (Exit.isFailure(outcome.exit) && Cause.hasInterruptsOnly(outcome.exit.cause)) {
+          yield* Effect.logWarning("the tool was interrupted; its call ends with an error output")
+        }
+        break
+      }
+      case "TimedOut":
+        status = "timed-out"
+        out = {
+          output: Prompts.render(definition.prompts.timedOut, { ...vars, timeout: Duration.format(p?.timeout ?? Duration.zero) }),
+          isError: true
+        }
+        break
+      case "Stopped":
+        status = "cancelled"
+        out = { output: Prompts.render(definition.prompts.cancelled, vars), isError: true }
+        break
+      case "Invalid":
+        status = "error"
+        out = { output: outcome.message, isError: true }
+        break
+    }
+    const now = yield* Clock.currentTimeMillis
+    const output = new FunctionCallOutput({
+      id: firstOutputId(base),
+      callId: call.callId,
+      name: call.name,
+      output: out?.output ?? "",
+      isError: out?.isError ?? false,
+      createdAt: now
+    })
+    const final = out === undefined ? undefined : pairAt(call, base, "final", syntheticCallId(base, "final"), out, now)
+    const found = yield* retrying(recordEnd(store.sql, { sessionId, base, toolsetId: definition.id, status, output, final, message: undefined, now }))
+    store.hub.publish(sessionId, base, { _tag: "Ended", found, status, output, final, message: undefined })
+  })
+
+/**
+ * A store operation retried until it works (a database restarting, a connection dropped), with a
+ * warning now and then: a durable call waits for its store rather than fail, and the runner says
+ * that it is stuck.
+ */
+export const retrying = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, never, R> =>
+  effect.pipe(
+    Effect.tapError((error) => Effect.logWarning("the durable store failed; trying again", error)),
+    Effect.retry(Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("5 seconds")])),
+    Effect.orDie
+  )

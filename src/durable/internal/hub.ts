@@ -1,0 +1,79 @@
+/**
+ * What a durable call's execution and the agent that follows it tell each other in one process,
+ * right after the row that says it is committed: no poll waits for a change its own process made.
+ * A follower in another process reads the rows instead (every `pollInterval`).
+ *
+ * The hub is per store, keyed by session and call base. A listener is added before the follower
+ * reads the store or starts the execution ("arm before you read"): nothing committed after that
+ * is missed, and what it reads it may also hear (it keeps count of what it applied).
+ */
+import type { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
+import type { End, EndFound } from "./tables.ts"
+
+/** What a call's execution says, once it is recorded. */
+export type CallEvent =
+  /** Its first update: the output the model gets (B2). */
+  | { readonly _tag: "First"; readonly output: FunctionCallOutput; readonly message: string }
+  /** A later update: the pair `_update_<n>` (B4). */
+  | { readonly _tag: "Pair"; readonly n: number; readonly items: readonly [FunctionCall, FunctionCallOutput]; readonly message: string }
+  /** A call that waited for the calls it replaces began to run. */
+  | { readonly _tag: "Running" }
+  /**
+   * Its execution ended. `found`: it was running (this is its result: `output` if it never
+   * updated, else `final`), or it had been asked to stop.
+   */
+  | {
+    readonly _tag: "Ended"
+    readonly found: EndFound
+    readonly status: End
+    readonly output: FunctionCallOutput | undefined
+    readonly final: readonly [FunctionCall, FunctionCallOutput] | undefined
+    readonly message: string | undefined
+  }
+  /** To the execution: the call was asked to stop (its row says so). */
+  | { readonly _tag: "Stop" }
+
+export interface Hub {
+  readonly publish: (sessionId: string, base: string, event: CallEvent) => void
+  /** Listens to a call's events until the returned function is called. */
+  readonly listen: (sessionId: string, base: string, listener: (event: CallEvent) => void) => () => void
+}
+
+export const make = (): Hub => {
+  const listeners = new Map<string, Set<(event: CallEvent) => void>>()
+  const key = (sessionId: string, base: string) => `${sessionId}\u0000${base}`
+  return {
+    publish: (sessionId, base, event) => {
+      const found = listeners.get(key(sessionId, base))
+      if (found === undefined) return
+      for (const listener of Array.from(found)) listener(event)
+    },
+    listen: (sessionId, base, listener) => {
+      const k = key(sessionId, base)
+      let set = listeners.get(k)
+      if (set === undefined) listeners.set(k, set = new Set())
+      set.add(listener)
+      return () => {
+        set.delete(listener)
+        if (set.size === 0 && listeners.get(k) === set) listeners.delete(k)
+      }
+    }
+  }
+}
+
+/** Events waiting to be taken by one fiber, in order. */
+export interface Mailbox {
+  readonly events: Array<CallEvent>
+  wake: (() => void) | undefined
+}
+
+export const mailbox = (): Mailbox => ({ events: [], wake: undefined })
+
+export const post = (box: Mailbox, event: CallEvent): void => {
+  box.events.push(event)
+  const wake = box.wake
+  if (wake !== undefined) {
+    box.wake = undefined
+    wake()
+  }
+}

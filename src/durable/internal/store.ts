@@ -1,0 +1,567 @@
+/**
+ * The durable call store: the toolset's engine (`src/internal/toolset.ts`) is the in-memory one;
+ * what differs is here. A call is recorded in the store before it runs, runs as an effect/workflow
+ * execution (in this process or on another runner), and everything it says is recorded before
+ * the agent hears it. In the agent's process the call's fiber follows that execution: it hands
+ * what was recorded to the same engine functions the in-memory store uses (first output, later
+ * pairs, the result), and it records what the engine decides (a cancel, a timeout, the toolset
+ * closing while a caller waits).
+ *
+ * - A cancel (or a replacement, a drain, a caller gone) is the engine's word: the caller is
+ *   answered at once (E8), the stop is recorded (what the model was not told is withdrawn, E2),
+ *   and the call's fiber lives until the execution has stopped (E4; an activity is never cut short,
+ *   F3).
+ * - A timeout holds only if the call still runs when it is recorded: a result recorded first is
+ *   told as the result (E7).
+ * - Closing the toolset lets the calls go on: a caller still waiting hears that the call goes on
+ *   in the background once that is recorded, and the toolset made again for the session tells
+ *   what it says later (F2).
+ */
+import { Cause, Deferred, Duration, Effect, Exit, Fiber } from "effect"
+import type { Clock, Context } from "effect"
+import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
+import type { ChatItem, FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
+import * as Lifecycle from "../../internal/callLifecycle.ts"
+import * as CallRun from "../../internal/callRun.ts"
+import type { Call, CallStore, Toolset } from "../../internal/callRun.ts"
+import * as Coordinator from "../../internal/coordinator/index.ts"
+import { withCreatedAt } from "../../internal/items.ts"
+import type { DurableChat } from "../DurableChat.ts"
+import type { DurableStore } from "../DurableStore.ts"
+import type { CallWorkflow } from "./body.ts"
+import { firstOutputId, pairAt, retrying, syntheticCallId } from "./body.ts"
+import type { CallEvent, Mailbox } from "./hub.ts"
+import { mailbox, post } from "./hub.ts"
+import type { CallRow, ItemRow, StopCause } from "./tables.ts"
+import {
+  claimCall,
+  decodeItem,
+  decodeOutput,
+  isLive,
+  itemsOfCall,
+  readCall,
+  recordPlaceholder,
+  requestStop,
+  restamp,
+  restoreCall
+} from "./tables.ts"
+
+/** What the store of one durable toolset in one session works with. */
+export interface Deps {
+  readonly toolsetId: string
+  readonly workflow: CallWorkflow
+  readonly store: DurableStore["Service"]
+  readonly chat: DurableChat["Service"]
+  readonly engine: Context.Context<WorkflowEngine>
+  readonly clock: Clock.Clock
+  /** What this process knows of each call's record (a call adopted from the store has its row). */
+  readonly records: WeakMap<Call, Record>
+}
+
+/** A call's record as its follower knows it. */
+export interface Record {
+  /** Its row, if it was recorded before this follower (a call adopted after a restart). */
+  readonly adopted: CallRow | undefined
+  /** It was recorded (claimed) and its execution started. */
+  recorded: boolean
+  /** The first output was applied. */
+  first: boolean
+  /** The `_update_<n>` pairs applied (the last `n`). */
+  pairs: number
+  /** The row's version last read (a follower of a call run elsewhere compares it). */
+  version: number
+  /** Completed once a stop asked by the engine is recorded (or there was nothing to record). */
+  readonly stopped: Deferred.Deferred<void>
+}
+
+export const make = (deps: Deps): CallStore => ({
+  run: (toolset, c, _args, context) => follow(deps, toolset, c, context),
+  closedOutput: () => undefined,
+  timerTellsTimeout: false,
+  // A cancel answers once it is recorded (or after `stopBound`: the store is slow or down; the
+  // call's fiber goes on trying).
+  stopRecorded: (_toolset, c) => {
+    const record = recordOf(deps, c)
+    return Effect.asVoid(Effect.timeoutOption(Deferred.await(record.stopped), stopBound))
+  }
+})
+
+const stopBound = Duration.seconds(10)
+
+const recordOf = (deps: Deps, c: Call): Record => {
+  let record = deps.records.get(c)
+  if (record === undefined) {
+    record = { adopted: undefined, recorded: false, first: false, pairs: 0, version: -1, stopped: Deferred.makeUnsafe() }
+    deps.records.set(c, record)
+  }
+  return record
+}
+
+// --- the call's fiber ----------------------------------------------------------------------------
+
+/**
+ * A durable call's fiber: records the call and starts its execution (uninterruptible), waits for
+ * its turn if it replaces others, then follows the execution to its end (interruptible: the
+ * engine stops a call by interrupting it, and what that means is recorded on the way out).
+ */
+const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<never>): Effect.Effect<void> => {
+  const record = recordOf(deps, c)
+  const box = mailbox()
+  let unlisten: (() => void) | undefined
+  const body = Effect.gen(function*() {
+    if (record.adopted === undefined) {
+      const started = yield* start(deps, toolset, c, record, box, (stop) => {
+        unlisten?.()
+        unlisten = stop
+      })
+      if (!started) return
+    } else {
+      unlisten = listen(deps, c, box)
+      yield* catchUp(deps, toolset, c, record, box)
+    }
+    if (c.status === "waiting" && !(yield* CallRun.waitTurn(toolset, c, context))) {
+      return yield* stopped(deps, toolset, c, record, box)
+    }
+    // Only the wait for what the execution says is interruptible: the engine stops a call by
+    // interrupting it there, and the fiber goes on (uninterruptible) to record what that means.
+    const end = yield* Effect.exit(Effect.interruptible(untilEnded(deps, toolset, c, record, box)))
+    if (Exit.isSuccess(end)) return yield* ended(deps, toolset, c, record, end.value)
+    if (!Cause.hasInterrupts(end.cause)) yield* Effect.logError("a durable call's follower failed", end.cause)
+    // In a fiber of its own: this one stays interrupted, and what follows inserts into the chat
+    // (interruptibly, as every insertion does).
+    yield* Effect.flatMap(Effect.forkDetach(stopped(deps, toolset, c, record, box), { startImmediately: true }), Fiber.join)
+  })
+  return Effect.ensuring(body, Effect.sync(() => unlisten?.()))
+}
+
+const listen = (deps: Deps, c: Call, box: Mailbox): () => void =>
+  deps.store.hub.listen(deps.chat.sessionId, c.base!, (event) => post(box, event))
+
+/**
+ * Records a new call under the first free base (`<callId>`, then `<callId>_run<k>`), and starts its
+ * execution. A base taken by this very model call (recorded before by a process that ended) is
+ * joined. False if it could not be started: its caller is told, and the call ends.
+ */
+const start = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  record: Record,
+  box: Mailbox,
+  listening: (stop: () => void) => void
+): Effect.Effect<boolean> =>
+  Effect.gen(function*() {
+    const sessionId = deps.chat.sessionId
+    const now = deps.clock.currentTimeMillisUnsafe()
+    const timeoutMs = c.tool.timeout === undefined ? undefined : Duration.toMillis(c.tool.timeout)
+    for (let k = 1;; k++) {
+      // The store knows which bases the session's calls took (this process may not: a restart).
+      c.base = k === 1 ? c.functionCall.callId : `${c.functionCall.callId}_run${k}`
+      listening(listen(deps, c, box))
+      const existing = yield* claimCall(deps.store.sql, {
+        sessionId,
+        base: c.base,
+        toolsetId: deps.toolsetId,
+        call: c.functionCall,
+        dupKey: c.key,
+        cancellable: c.cancellable,
+        status: c.status === "waiting" ? "waiting" : "running",
+        after: c.status === "waiting" ? predecessorsOf(toolset, c) : [],
+        timeoutMs,
+        deadline: c.status === "waiting" || timeoutMs === undefined ? undefined : now + timeoutMs,
+        startedAt: c.startedAt
+      })
+      if (existing !== undefined && existing.callItemId !== c.functionCall.id) continue
+      Coordinator.noteBase(toolset.session, c.base)
+      yield* Effect.provideContext(deps.workflow.execute({ sessionId, base: c.base }, { discard: true }), deps.engine)
+      record.recorded = true
+      if (existing !== undefined) {
+        // The same model call, recorded before: it is that call.
+        yield* catchUp(deps, toolset, c, record, box)
+      }
+      return true
+    }
+  }).pipe(
+    Effect.retry({ times: 3 }),
+    Effect.catchCause((cause) => couldNotStart(deps, toolset, c, cause))
+  )
+
+/** The calls of its key a waiting call waits for, by base (those with a record). */
+const predecessorsOf = (toolset: Toolset, c: Call): ReadonlyArray<string> => {
+  const calls = c.key === undefined ? undefined : toolset.registry.byKey.get(c.key)
+  const bases: Array<string> = []
+  if (calls !== undefined) for (const other of calls) if (other !== c && other.base !== undefined) bases.push(other.base)
+  return bases
+}
+
+/** The store or the engine failed: the call did not start. The model hears so; the cause is logged. */
+const couldNotStart = (deps: Deps, toolset: Toolset, c: Call, cause: Cause.Cause<unknown>): Effect.Effect<boolean> => {
+  const { callId, name } = c.functionCall
+  CallRun.settleFirst(
+    toolset,
+    c,
+    CallRun.output(toolset, callId, name, `${name} could not be started: its store failed. Tell the user it did not work, and that they may try again.`, true)
+  )
+  c.outcome = "error"
+  return Effect.as(
+    Effect.logError("could not start a durable call", cause).pipe(
+      Effect.annotateLogs({ toolset: deps.toolsetId, callId })
+    ),
+    false
+  )
+}
+
+/** Follows the execution until it ends: what it records is applied as it comes. */
+const untilEnded = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  record: Record,
+  box: Mailbox
+): Effect.Effect<Extract<CallEvent, { readonly _tag: "Ended" }>> =>
+  Effect.gen(function*() {
+    while (true) {
+      const event = yield* next(deps, toolset, c, record, box)
+      if (event._tag === "Ended") return event
+      yield* apply(deps, toolset, c, record, event)
+    }
+  })
+
+/**
+ * The next event of the call: told in this process, or read from the store when nothing was told
+ * for `pollInterval` (the execution runs in another process).
+ */
+const next = (deps: Deps, toolset: Toolset, c: Call, record: Record, box: Mailbox): Effect.Effect<CallEvent> =>
+  Effect.suspend(() => {
+    const ready = box.events.shift()
+    if (ready !== undefined) return Effect.succeed(ready)
+    return Effect.flatMap(
+      Effect.timeoutOption(take(box), deps.store.pollInterval),
+      (event) => event._tag === "Some" ? Effect.succeed(event.value) : Effect.andThen(catchUp(deps, toolset, c, record, box), next(deps, toolset, c, record, box))
+    )
+  })
+
+const take = (box: Mailbox): Effect.Effect<CallEvent> =>
+  Effect.callback<CallEvent>((resume) => {
+    const ready = box.events.shift()
+    if (ready !== undefined) return resume(Effect.succeed(ready))
+    box.wake = () => resume(Effect.succeed(box.events.shift()!))
+    return Effect.sync(() => {
+      box.wake = undefined
+    })
+  })
+
+/** Applies what the execution recorded: the first output, or a later pair. */
+const apply = (deps: Deps, toolset: Toolset, c: Call, record: Record, event: CallEvent): Effect.Effect<void> => {
+  switch (event._tag) {
+    case "First": {
+      if (record.first) return Effect.void
+      record.first = true
+      if (record.adopted !== undefined && !c.firstSettled) return restore(deps, toolset, c, event.output, event.message)
+      CallRun.settleFirst(toolset, c, event.output, event.message)
+      return Effect.void
+    }
+    case "Pair": {
+      if (event.n <= record.pairs) return Effect.void
+      record.pairs = event.n
+      // A model call may have taken the pair's id meanwhile (B7): the chat gets a free one.
+      CallRun.emitUpdated(toolset, c, event.n, event.message, event.items[1].output)
+      return deliver(deps, toolset, c, event.items, false)
+    }
+    default:
+      return Effect.void
+  }
+}
+
+/**
+ * Hands a recorded pair to the engine: into the agent's chat, then to the reply coordinator. The
+ * pair is the store's already (the agent's chat store must not save it again), and it counts from
+ * when it reaches the chat: if the chat moved on since it was recorded, it is stamped now (C4b).
+ */
+const deliver = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  items: ReadonlyArray<ChatItem>,
+  force: boolean
+): Effect.Effect<void> =>
+  Effect.flatMap(Effect.orElseSucceed(toolset.session.items, () => undefined), (chat) => {
+    // In the agent's chat already (it was there when the session was opened, or this is the same
+    // call taken up again): it was told, or is owed and was handed over then.
+    if (items.every((item) => deps.chat.has(item.id))) return Effect.void
+    const newest = chat?.at(-1)?.createdAt ?? Number.NEGATIVE_INFINITY
+    const callId = (items[0] as FunctionCall).callId
+    const free = Coordinator.isTaken(toolset.session, callId) ? Coordinator.claimSynthetic(toolset.session, callId, "") : callId
+    const now = deps.clock.currentTimeMillisUnsafe()
+    const late = items.some((item) => item.createdAt < newest)
+    let placed = items
+    if (late || free !== callId) placed = items.map((item) => renamed(late ? withCreatedAt(item, Math.max(now, newest)) : item, free))
+    else Coordinator.claimSynthetic(toolset.session, callId, "")
+    deps.chat.adopt(placed.map((item) => item.id))
+    const rewrite = late ? Effect.ignore(restamp(deps.store.sql, deps.chat.sessionId, placed.map((i) => i.id), placed[0]!.createdAt)) : Effect.void
+    return Effect.andThen(rewrite, CallRun.deliverPair(toolset, c, free, placed, force))
+  })
+
+const renamed = (item: ChatItem, callId: string): ChatItem =>
+  item._tag === "ChatMessage" || item.callId === callId ? item : Object.assign(Object.create(Object.getPrototypeOf(item)), item, { callId })
+
+/**
+ * Reads what the store holds of the call beyond what was applied (after a restart, or when its
+ * execution runs in another process) and posts it as events, in order.
+ */
+const catchUp = (deps: Deps, _toolset: Toolset, c: Call, record: Record, box: Mailbox): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const sessionId = deps.chat.sessionId
+    const row = yield* readCall(deps.store.sql, sessionId, c.base!)
+    if (row === undefined || row.version === record.version) return
+    record.version = row.version
+    if (!record.first && row.firstOutput !== null && (isLive(row.status) || row.updates > 0 || row.steps > 0)) {
+      post(box, { _tag: "First", output: decodeOutput(row.firstOutput), message: row.firstMessage ?? "" })
+    }
+    const items = yield* itemsOfCall(deps.store.sql, sessionId, c.base!, record.pairs)
+    for (const [fc, fco] of pairs(items)) {
+      if (fc.step !== null && fc.step > 0) {
+        post(box, { _tag: "Pair", n: fc.step, items: [decodeItem(fc.item, fc.createdAt) as FunctionCall, decodeItem(fco.item, fco.createdAt) as FunctionCallOutput], message: fco.message ?? "" })
+      }
+    }
+    if (row.status === "running" && c.status === "waiting") post(box, { _tag: "Running" })
+    if (!isLive(row.status)) {
+      const final = pairs(items).find(([fc]) => fc.step === -1)
+      post(box, {
+        _tag: "Ended",
+        found: row.stopCause === null ? "running" : "stopping",
+        status: row.status as Exclude<typeof row.status, "waiting" | "running" | "stopping">,
+        output: row.firstOutput === null ? undefined : decodeOutput(row.firstOutput),
+        final: final === undefined ? undefined : [decodeItem(final[0].item, final[0].createdAt) as FunctionCall, decodeItem(final[1].item, final[1].createdAt) as FunctionCallOutput],
+        message: undefined
+      })
+    }
+  }).pipe(
+    Effect.catchCause((cause) =>
+      Effect.logWarning("could not read a durable call from its store; trying again", cause).pipe(
+        Effect.annotateLogs({ toolset: deps.toolsetId, callId: c.functionCall.callId })
+      )
+    )
+  )
+
+/** Item rows as pairs (a call and its output, by call id), in order. */
+const pairs = (rows: ReadonlyArray<ItemRow>): ReadonlyArray<readonly [ItemRow, ItemRow]> => {
+  const out: Array<readonly [ItemRow, ItemRow]> = []
+  for (let i = 0; i + 1 < rows.length; i++) {
+    const a = rows[i]!
+    const b = rows[i + 1]!
+    if (a.callId !== null && a.callId === b.callId && a.itemId.startsWith("fc:") && b.itemId.startsWith("fco:")) {
+      out.push([a, b])
+      i++
+    }
+  }
+  return out
+}
+
+/** The execution ended while the call was running: its result is what the model hears (B3, B5). */
+const ended = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  record: Record,
+  end: Extract<CallEvent, { readonly _tag: "Ended" }>
+): Effect.Effect<void> => {
+  if (!Lifecycle.handlerReturned(toolset.registry, c)) return Effect.void
+  Lifecycle.flush(toolset.registry)
+  return tellEnd(deps, toolset, c, record, end, false)
+}
+
+/** Tells a recorded end: the whole result as the first output, or the `_final` pair. */
+const tellEnd = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  record: Record,
+  end: Extract<CallEvent, { readonly _tag: "Ended" }>,
+  force: boolean
+): Effect.Effect<void> => {
+  c.outcome = end.status === "done" ? "done" : end.status === "error" ? "error" : end.status
+  if (end.found !== "running") return Effect.void
+  if (!c.firstSettled && end.output !== undefined) {
+    record.first = true
+    if (record.adopted !== undefined) return restore(deps, toolset, c, end.output, undefined)
+    CallRun.settleFirst(toolset, c, end.output)
+    return Effect.void
+  }
+  if (end.final === undefined) return Effect.void
+  return deliver(deps, toolset, c, end.final, force)
+}
+
+/**
+ * A call taken up after a restart answered, and nobody here waits for that answer (the turn that
+ * asked ended with the process that asked): its call and that answer are put back into the chat,
+ * owed a reply.
+ */
+const restore = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  output: FunctionCallOutput,
+  message: string | undefined
+): Effect.Effect<void> => {
+  Lifecycle.settleFirst(toolset.registry, c, output)
+  Lifecycle.flush(toolset.registry)
+  if (message !== undefined) CallRun.emitUpdated(toolset, c, 0, message, output.output)
+  const call = c.functionCall
+  if (deps.chat.has(call.id)) return Effect.void
+  const items = [call, output] as const
+  return Effect.gen(function*() {
+    yield* retrying(restoreCall(deps.store.sql, deps.chat.sessionId, deps.toolsetId, c.base!, call, output))
+    deps.chat.adopt([call.id, output.id])
+    const inserted = yield* Effect.exit(toolset.session.insert(items))
+    if (Exit.isFailure(inserted)) {
+      return yield* Effect.logError(`could not put ${call.callId} back into the agent's chat; it is in the store (the next start has it)`, inserted.cause)
+    }
+    CallRun.owe(toolset, call.callId, items, deps.clock.currentTimeMillisUnsafe())
+  })
+}
+
+// --- stopped by the engine -----------------------------------------------------------------------
+
+/**
+ * The engine stopped the call (its fiber was interrupted, or its turn never came): record what
+ * that means. Runs uninterruptibly; its waits end when the toolset closes.
+ */
+const stopped = (deps: Deps, toolset: Toolset, c: Call, record: Record, box: Mailbox): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const cause = c.stopCause
+    if (!record.recorded || c.base === undefined || cause === undefined || cause === "closed") {
+      Deferred.doneUnsafe(record.stopped, Exit.void)
+      return record.recorded && c.base !== undefined ? detach(deps, toolset, c) : Effect.void
+    }
+    return stopRecorded(deps, toolset, c, record, box, cause)
+  })
+
+/**
+ * The toolset closed: the call goes on. A caller still waiting hears so once it is recorded (the
+ * call's result will be told when the conversation resumes); if the call had said something
+ * meanwhile, that is what it hears.
+ */
+const detach = (deps: Deps, toolset: Toolset, c: Call): Effect.Effect<void> => {
+  if (c.firstSettled) return Effect.void
+  const { callId, name } = c.functionCall
+  const placeholder = CallRun.output(
+    toolset,
+    callId,
+    name,
+    `${name} goes on in the background; this conversation was closed before it answered. Its result will be added when the conversation resumes.`,
+    false
+  )
+  const stamped = Object.assign(Object.create(Object.getPrototypeOf(placeholder)), placeholder, { id: firstOutputId(c.base!) }) as FunctionCallOutput
+  return Effect.matchCauseEffect(recordPlaceholder(deps.store.sql, deps.chat.sessionId, c.base!, stamped), {
+    onSuccess: (recorded) => {
+      Lifecycle.settleFirst(toolset.registry, c, recorded === undefined ? stamped : decodeOutput(recorded))
+      Lifecycle.flush(toolset.registry)
+      return Effect.void
+    },
+    onFailure: (failure) => {
+      Lifecycle.settleFirst(toolset.registry, c, stamped)
+      Lifecycle.flush(toolset.registry)
+      return Effect.logError(`${callId} goes on, but the store could not note that its result is owed: it may not be told`, failure)
+        .pipe(Effect.annotateLogs({ toolset: deps.toolsetId, callId }))
+    }
+  })
+}
+
+/**
+ * A cancel, a replacement, a drain, a caller gone, or a timeout: recorded (the execution sees it
+ * and stops), then the fiber waits until the execution has stopped, so the call stays listed as
+ * cancelling until it really has (E4). A timeout the execution beat (its end recorded first) is
+ * not one: the result is told (E7).
+ */
+const stopRecorded = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  record: Record,
+  box: Mailbox,
+  cause: Exclude<Lifecycle.StopCause, "closed">
+): Effect.Effect<void> => {
+  const sessionId = deps.chat.sessionId
+  const base = c.base!
+  const timedOut = cause === "timed-out"
+  const now = deps.clock.currentTimeMillisUnsafe()
+  const { callId, name } = c.functionCall
+  const timedOutText = timedOut ? CallRun.timedOutText(toolset, c) : ""
+  // What the model is told now, if it was told nothing yet: that it was cancelled, or timed out.
+  const given = c.firstSettled && record.first
+    ? undefined
+    : timedOut
+    ? CallRun.output(toolset, callId, name, timedOutText, true)
+    : toolset.cancelled(c) ?? CallRun.cancelledOutput(toolset, c)
+  // (Claimed for the session when it is delivered.)
+  const finalId = timedOut && record.first ? syntheticCallId(base, "final") : undefined
+  const notice = finalId === undefined
+    ? undefined
+    : pairAt(c.functionCall, base, "timeout", finalId, { output: timedOutText, isError: true }, now)
+  return Effect.gen(function*() {
+    const held = yield* retrying(requestStop(deps.store.sql, {
+      sessionId,
+      base,
+      toolsetId: deps.toolsetId,
+      cause: cause as StopCause,
+      given: given === undefined ? undefined : withId(given, firstOutputId(base)),
+      delivered: record.pairs,
+      notice,
+      now
+    }))
+    deps.store.hub.publish(sessionId, base, stopEvent)
+    Deferred.doneUnsafe(record.stopped, Exit.void)
+    if (timedOut && !held) {
+      // The execution ended first: its result is the answer, not a timeout.
+      yield* catchUp(deps, toolset, c, record, box)
+      const end = yield* untilEndedOrClosed(toolset, box)
+      if (end !== undefined) yield* tellEnd(deps, toolset, c, record, { ...end, found: "running" }, true)
+      return
+    }
+    if (given !== undefined) {
+      record.first = true
+      Lifecycle.settleFirst(toolset.registry, c, given)
+      Lifecycle.flush(toolset.registry)
+    } else if (notice !== undefined && held) {
+      c.outcome = "timed-out"
+      yield* deliver(deps, toolset, c, notice, true)
+    }
+    // The execution stops (after what it cannot leave halfway): the call is listed until it has.
+    // (A call stopped while it waited for its turn never ran: its record says it ended.)
+    if (c.begun) yield* untilEndedOrClosed(toolset, box)
+  })
+}
+
+const stopEvent: CallEvent = { _tag: "Stop" }
+
+const withId = (output: FunctionCallOutput, id: string): FunctionCallOutput =>
+  output.id === id ? output : Object.assign(Object.create(Object.getPrototypeOf(output)), output, { id })
+
+/**
+ * The execution's end, or `undefined` when the toolset closes first (the call goes on; the toolset
+ * made again for the session follows it). Uninterruptible callers wait here: close wakes it.
+ */
+const untilEndedOrClosed = (
+  toolset: Toolset,
+  box: Mailbox
+): Effect.Effect<Extract<CallEvent, { readonly _tag: "Ended" }> | undefined> =>
+  Effect.callback((resume) => {
+    const registry = toolset.registry
+    const closed = Lifecycle.waiter(registry, () => registry.closed, () => resume(Effect.succeed(undefined)))
+    if (closed === undefined) return resume(Effect.succeed(undefined))
+    const check = (): void => {
+      const end = box.events.find((event) => event._tag === "Ended")
+      if (end !== undefined && end._tag === "Ended") {
+        Lifecycle.forgetWaiter(registry, closed)
+        return resume(Effect.succeed(end))
+      }
+      box.events.length = 0
+      box.wake = check
+    }
+    check()
+    return Effect.sync(() => {
+      box.wake = undefined
+      Lifecycle.forgetWaiter(registry, closed)
+    })
+  })
