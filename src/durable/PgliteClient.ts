@@ -258,3 +258,15 @@ export const layer = (options: Options = {}): Layer.Layer<PgliteClient | SqlClie
   Layer.effectContext(
     Effect.map(make(options), (client) => Context.make(PgliteClient, client).pipe(Context.add(SqlClient.SqlClient, client)))
   ).pipe(Layer.provide(Reactivity.layer))
+
+/**
+ * A client as a layer on a PGlite instance the caller opened (and closes): provides
+ * `PgliteClient` and `SqlClient`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerFromPglite = (pglite: PGliteInterface): Layer.Layer<PgliteClient | SqlClient.SqlClient> =>
+  Layer.effectContext(
+    Effect.map(fromPglite(pglite), (client) => Context.make(PgliteClient, client).pipe(Context.add(SqlClient.SqlClient, client)))
+  ).pipe(Layer.provide(Reactivity.layer))

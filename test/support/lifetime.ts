@@ -6,6 +6,7 @@
 import { Effect, Fiber, Schema } from "effect"
 import type { Duration } from "effect"
 import { TestClock } from "effect/testing"
+import { settle as settleKind } from "./toolsets.ts"
 import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
 import type { AsyncToolset } from "effect-async-toolset"
 import type { TestSession } from "effect-async-toolset/testing"
@@ -88,7 +89,7 @@ export const execute = (
 export const promptly = <A, E>(effect: Effect.Effect<A, E>, what = "the effect"): Effect.Effect<A, E> =>
   Effect.gen(function*() {
     const fiber = yield* Effect.forkChild(effect, { startImmediately: true })
-    for (let i = 0; i < 20 && fiber.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+    if (fiber.pollUnsafe() === undefined) yield* settleKind
     if (fiber.pollUnsafe() === undefined) {
       yield* Fiber.interrupt(fiber)
       return yield* Effect.die(new Error(`still waiting: ${what} did not return without the clock moving`))
@@ -103,10 +104,11 @@ export const promptly = <A, E>(effect: Effect.Effect<A, E>, what = "the effect")
 export const thenLetToolsEnd = <A, E, R>(body: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.ensuring(body, TestClock.adjust("1 day"))
 
-/** Lets every other fiber run until it waits (for the clock, a latch, …). The clock does not move. */
-export const settle: Effect.Effect<void> = Effect.gen(function*() {
-  for (let i = 0; i < 20; i++) yield* Effect.yieldNow
-})
+/**
+ * Lets every other fiber run until it waits (for the clock, a latch, …), and a durable toolset's
+ * store until it is done. The clock does not move.
+ */
+export const settle: Effect.Effect<void> = settleKind
 
 /** Whether a forked effect is still waiting after every other fiber has had its turn. */
 export const stillWaiting = <A, E>(fiber: Fiber.Fiber<A, E>): Effect.Effect<boolean> =>

@@ -5,7 +5,7 @@
  */
 import { Cause, Context, Effect, Fiber, Layer, Logger, Metric, References } from "effect"
 import type { Duration } from "effect"
-import { TestClock } from "effect/testing"
+import { advance, settle } from "./toolsets.ts"
 import { AgentSession, ChatContext } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 
@@ -184,9 +184,9 @@ export const whileClockRuns = <A, E>(
     const fiber = yield* Effect.forkChild(effect, { startImmediately: true })
     const steps = options.steps ?? 600
     for (let i = 0; i < steps && fiber.pollUnsafe() === undefined; i++) {
-      yield* TestClock.adjust(options.step ?? "1 second")
+      yield* advance(options.step ?? "1 second")
     }
-    for (let i = 0; i < 20 && fiber.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+    if (fiber.pollUnsafe() === undefined) yield* settle
     if (fiber.pollUnsafe() === undefined) {
       yield* Effect.forkChild(Fiber.interrupt(fiber))
       return yield* Effect.die(new Error(`still waiting: ${options.what} did not finish while the clock ran`))

@@ -6,12 +6,14 @@
  * forever), so 3 is the lowest setting that can be tested.
  */
 import { Effect, Fiber } from "effect"
+import { settle } from "./toolsets.ts"
 
 export const yieldSettings = [3, 4, 16, 2048] as const
 
 /** Lets every other fiber run until it waits; the clock does not move. More turns than `settle` (low yield settings need them). */
 export const settleLong: Effect.Effect<void> = Effect.gen(function*() {
   for (let i = 0; i < 300; i++) yield* Effect.yieldNow
+  yield* settle
 })
 
 /**
@@ -23,6 +25,7 @@ export const promptlyLong = <A, E>(effect: Effect.Effect<A, E>, what = "the effe
   Effect.gen(function*() {
     const fiber = yield* Effect.forkDetach(effect, { startImmediately: true })
     for (let i = 0; i < 300 && fiber.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+    if (fiber.pollUnsafe() === undefined) yield* settle
     if (fiber.pollUnsafe() === undefined) {
       fiber.interruptUnsafe()
       return yield* Effect.die(new Error(`still waiting: ${what} did not return without the clock moving`))

@@ -195,6 +195,8 @@ const runTool = (
     .pipe(
       Effect.provideService(AsyncRunContext, runContext),
       Effect.provideService(DurableRun, run),
+      // A scope of the call's own, closed when the tool ends (as in memory).
+      Effect.scoped,
       Effect.exit,
       Effect.map((exit): Outcome => ({ _tag: "Exit", exit }))
     )

@@ -3,7 +3,6 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
-import { TestClock } from "effect/testing"
 import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import {
@@ -16,7 +15,8 @@ import {
   settle,
   stillWaiting,
   thenLetToolsEnd
-} from "./support/lifetime.ts"
+} from "../support/lifetime.ts"
+import { forEachKind } from "../support/toolsets.ts"
 
 const confirm = AsyncToolset.confirmParameter
 
@@ -29,12 +29,12 @@ const propertiesOf = (toolset: AsyncToolset.AsyncToolset, name: string): Record<
   return properties as Record<string, unknown>
 }
 
-describe("AsyncToolset duplicates", () => {
+forEachKind("AsyncToolset duplicates", (kind) => {
   describe("D1 duplicate modes", () => {
     it.effect("by default a second call of a running tool waits for the user's confirmation", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
 
         const first = yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         const second = yield* execute(toolset, "c2", "book_flight", { to: "NRT" })
@@ -43,12 +43,12 @@ describe("AsyncToolset duplicates", () => {
         assert.isTrue(second.isError)
         assert.include(second.output, confirm)
         assert.deepStrictEqual(probe.started, ["c1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("allow runs a second call alongside the first", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "allow" })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "allow" })
 
         const first = yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         const second = yield* execute(toolset, "c2", "book_flight", { to: "NRT" })
@@ -57,13 +57,13 @@ describe("AsyncToolset duplicates", () => {
         assert.isTrue(AsyncToolset.isPending(second))
         assert.deepStrictEqual(probe.started, ["c1", "c2"])
         assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.callId), ["c1", "c2"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a tool's own onDuplicateCall overrides a stricter toolset default", () =>
       Effect.gen(function*() {
         const flights = makeProbe()
         const hotels = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "reject",
           tools: [
@@ -81,12 +81,12 @@ describe("AsyncToolset duplicates", () => {
         assert.deepStrictEqual(flights.started, ["f1", "f2"])
         assert.isTrue(secondHotel.isError)
         assert.deepStrictEqual(hotels.started, ["h1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a tool's own onDuplicateCall overrides a looser toolset default", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "allow",
           tools: [bookingTool(probe, { onDuplicateCall: "reject" })]
@@ -97,14 +97,14 @@ describe("AsyncToolset duplicates", () => {
 
         assert.isTrue(second.isError)
         assert.deepStrictEqual(probe.started, ["c1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("D2 the confirmation flag", () => {
     it.effect("confirm mode adds an optional, described confirm_duplicate boolean to the tool's JSON schema", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
 
         assert.strictEqual(confirm, "confirm_duplicate")
         const flag = propertiesOf(toolset, "book_flight")[confirm] as {
@@ -128,24 +128,24 @@ describe("AsyncToolset duplicates", () => {
         // The model leaves it out (or null) on a normal call, and the call runs.
         const out = yield* execute(toolset, "c1", "book_flight", `{"to":"NRT","${confirm}":null}`)
         assert.isTrue(AsyncToolset.isPending(out))
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("the handler never sees confirm_duplicate", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
 
         yield* execute(toolset, "c1", "book_flight", `{"to":"NRT","${confirm}":null}`)
         yield* execute(toolset, "c2", "book_flight", `{"to":"HND","${confirm}":true}`)
 
         assert.deepStrictEqual(probe.started, ["c1", "c2"])
         assert.deepStrictEqual(probe.args, [{ to: "NRT" }, { to: "HND" }])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("tools not in confirm mode have no confirm_duplicate parameter", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "allow",
           tools: [
@@ -164,14 +164,14 @@ describe("AsyncToolset duplicates", () => {
         const out = yield* execute(toolset, "c1", "rejected", `{"to":"NRT","${confirm}":true}`)
         assert.isTrue(out.isError)
         assert.deepStrictEqual(probe.started, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("D3 reject and confirm", () => {
     it.effect("a second call under reject does not run and names the running call and the cancel tool", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "reject" })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "reject" })
 
         yield* execute(toolset, "call_first", "book_flight", { to: "NRT" })
         const second = yield* execute(toolset, "call_second", "book_flight", { to: "HND" })
@@ -182,12 +182,12 @@ describe("AsyncToolset duplicates", () => {
         assert.include(second.output, "call_first")
         assert.include(second.output, "cancel_task_travel")
         assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.callId), ["call_first"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a second call under confirm without the flag does not run and says how to confirm or cancel", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "confirm" })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "confirm" })
 
         yield* execute(toolset, "call_first", "book_flight", { to: "NRT" })
         const outputs = [
@@ -203,24 +203,24 @@ describe("AsyncToolset duplicates", () => {
           assert.include(out.output, "cancel_task_travel")
           assert.include(out.output, confirm)
         }
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a second call under confirm with confirm_duplicate true runs", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
 
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         const second = yield* execute(toolset, "c2", "book_flight", { to: "NRT", [confirm]: true })
 
         assert.isTrue(AsyncToolset.isPending(second))
         assert.deepStrictEqual(probe.started, ["c1", "c2"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("the rejection names every running call of the tool", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
 
         yield* execute(toolset, "call_one", "book_flight", { to: "NRT" })
         yield* execute(toolset, "call_two", "book_flight", { to: "HND", [confirm]: true })
@@ -230,7 +230,7 @@ describe("AsyncToolset duplicates", () => {
         assert.include(third.output, "call_one")
         assert.include(third.output, "call_two")
         assert.deepStrictEqual(probe.started, ["call_one", "call_two"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("D4 replace", () => {
@@ -238,7 +238,7 @@ describe("AsyncToolset duplicates", () => {
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "replace",
           tools: [bookingTool(probe, {
@@ -252,7 +252,7 @@ describe("AsyncToolset duplicates", () => {
         })
 
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
-        yield* TestClock.adjust("500 millis")
+        yield* kind.advance("500 millis")
         const second = yield* execute(toolset, "c2", "book_flight", { to: "HND" })
 
         assert.isTrue(AsyncToolset.isPending(second))
@@ -260,19 +260,19 @@ describe("AsyncToolset duplicates", () => {
         assert.deepStrictEqual(probe.interrupted, ["c1"])
         assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.callId), ["c2"])
 
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* toolset.awaitIdle
         const ids = yield* chatCallIds(session)
         assert.includeMembers(ids, ["c2_update_1", "c2_final"])
         assert.isTrue(ids.every((id) => id.startsWith("c2_")), `only c2 reached the chat: ${ids}`)
         for (const reply of yield* session.replies) assert.notInclude(reply.instructions, "c1")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a replaced call that is inside an uninterruptible region stops before the new one starts, and says nothing more", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "replace",
           tools: [bookingTool(probe, {
@@ -291,19 +291,19 @@ describe("AsyncToolset duplicates", () => {
         assert.isTrue(yield* stillWaiting(second))
         assert.deepStrictEqual(probe.started, ["c1"])
 
-        yield* TestClock.adjust("2 seconds")
+        yield* kind.advance("2 seconds")
         assert.isTrue(AsyncToolset.isPending(yield* Fiber.join(second)))
         assert.deepStrictEqual(probe.started, ["c1", "c2"])
         yield* toolset.cancel("c2")
-        yield* TestClock.adjust("2 seconds")
+        yield* kind.advance("2 seconds")
         yield* toolset.awaitIdle
         assert.deepStrictEqual(yield* chatCallIds(session), [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a replacing call whose caller stops waiting for it leaves nothing behind", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "replace",
           tools: [bookingTool(probe, { work: Effect.uninterruptible(finishesAfter("10 seconds", "booked")) })]
@@ -314,20 +314,20 @@ describe("AsyncToolset duplicates", () => {
         assert.isTrue(yield* stillWaiting(replacing))
 
         yield* Fiber.interrupt(replacing) // e.g. the agent's turn was cut short
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* promptly(toolset.awaitIdle, "awaitIdle")
 
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
         const later = yield* promptly(execute(toolset, "c3", "book_flight", { to: "KIX" }), "a later call")
         assert.isTrue(AsyncToolset.isPending(later))
         assert.deepStrictEqual(probe.started, ["c1", "c3"])
-      }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer)))
+      }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer)))
 
     it.effect("replace does not cancel a call that cannot be cancelled; the new call gets an error output", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(probe, {
             onDuplicateCall: "replace",
@@ -348,7 +348,7 @@ describe("AsyncToolset duplicates", () => {
           [["call_first", "running"]]
         )
 
-        yield* TestClock.adjust("2 seconds")
+        yield* kind.advance("2 seconds")
         yield* toolset.awaitIdle
         const chat = yield* session.chat
         assert.isTrue(
@@ -356,14 +356,14 @@ describe("AsyncToolset duplicates", () => {
             item._tag === "FunctionCallOutput" && item.callId === "call_first_final" && item.output === "booked"
           )
         )
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("D5 atomic admission", () => {
     it.effect("identical calls at the same instant under reject run exactly once", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "reject" })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "reject" })
 
         const outputs = yield* Effect.all(
           ["c1", "c2", "c3", "c4", "c5"].map((callId) => execute(toolset, callId, "book_flight", { to: "NRT" })),
@@ -374,26 +374,26 @@ describe("AsyncToolset duplicates", () => {
         assert.strictEqual(outputs.filter(AsyncToolset.isPending).length, 1)
         assert.strictEqual(outputs.filter((out) => out.isError).length, 4)
         assert.strictEqual((yield* toolset.runningTasks).length, 1)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("D6 duplicate scope", () => {
     it.effect("by default any second call of a running tool is a duplicate, whatever its arguments", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "reject" })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)], onDuplicateCall: "reject" })
 
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         const other = yield* execute(toolset, "c2", "book_flight", { to: "HND" })
 
         assert.isTrue(other.isError)
         assert.deepStrictEqual(probe.started, ["c1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("under duplicateScope arguments, the same tool with other arguments runs", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(probe, { onDuplicateCall: "reject", duplicateScope: "arguments" })]
         })
@@ -405,12 +405,12 @@ describe("AsyncToolset duplicates", () => {
         assert.isTrue(AsyncToolset.isPending(otherCity))
         assert.isTrue(AsyncToolset.isPending(otherCount))
         assert.deepStrictEqual(probe.started, ["c1", "c2", "c3"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("under duplicateScope arguments, the same arguments in another key order and spacing are a duplicate", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(probe, { onDuplicateCall: "reject", duplicateScope: "arguments" })]
         })
@@ -421,12 +421,12 @@ describe("AsyncToolset duplicates", () => {
         assert.isTrue(same.isError)
         assert.include(same.output, "call_first")
         assert.deepStrictEqual(probe.started, ["call_first"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("the toolset's duplicateScope applies to tools that set none, and the confirmation flag is not compared", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           duplicateScope: "arguments",
           tools: [bookingTool(probe)]
@@ -440,6 +440,6 @@ describe("AsyncToolset duplicates", () => {
         assert.isTrue(same.isError)
         assert.include(same.output, confirm)
         assert.deepStrictEqual(probe.started, ["c1", "c2"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 })

@@ -6,12 +6,11 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Fiber, Layer, References, Schema, Scope, Stream } from "effect"
-import { TestClock } from "effect/testing"
 import { AgentSession, AiAgent, AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import type { ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
-import { agentLayer, transcript } from "./support/agent.ts"
-import { chatCallIds, execute, promptly, settle, stillWaiting, thenLetToolsEnd } from "./support/lifetime.ts"
+import { agentLayer, transcript } from "../support/agent.ts"
+import { chatCallIds, execute, promptly, settle, stillWaiting, thenLetToolsEnd } from "../support/lifetime.ts"
 import {
   captureLogs,
   chatProblems,
@@ -21,7 +20,8 @@ import {
   modelCall,
   namedCallIds,
   whileClockRuns
-} from "./support/reliability.ts"
+} from "../support/reliability.ts"
+import { forEachKind } from "../support/toolsets.ts"
 
 /**
  * Scheduler settings the races run under: a yield after almost every step, up to the default
@@ -76,13 +76,13 @@ const maxOverlap = (log: ReadonlyArray<string>) => {
   return max
 }
 
-describe("AsyncToolset interleavings", () => {
+forEachKind("AsyncToolset interleavings", (kind) => {
   describe("1 a chain of replacements never leaves a caller waiting", () => {
     it.effect("a call replaced while it waits for a slowly stopping call answers cancelled at once", () =>
       Effect.gen(function*() {
         const log: Array<string> = []
         const charging = new Map<string, Deferred.Deferred<void>>()
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [replacing(log, charging)] })
+        const toolset = yield* kind.make({ id: "t", tools: [replacing(log, charging)] })
         yield* startCharging(toolset, charging, "a") // charging the card for 10 s
         const b = yield* Effect.forkChild(execute(toolset, "b", "book", { to: "KIX" }), { startImmediately: true })
         assert.isTrue(yield* stillWaiting(b), "b waits for a to stop")
@@ -93,17 +93,17 @@ describe("AsyncToolset interleavings", () => {
         assert.include(bOut.output, "cancelled")
         assert.isTrue(yield* stillWaiting(c), "c waits for a, still charging")
 
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         const cOut = yield* Fiber.join(c)
         assert.strictEqual(cOut.output.includes("started c"), true)
         assert.deepStrictEqual(log, ["start a", "stop a", "start c"], "b never ran")
-      }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer)))
+      }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer)))
 
     it.effect("drain answers a call waiting to replace a slowly stopping call at once", () =>
       Effect.gen(function*() {
         const log: Array<string> = []
         const charging = new Map<string, Deferred.Deferred<void>>()
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [replacing(log, charging)] })
+        const toolset = yield* kind.make({ id: "t", tools: [replacing(log, charging)] })
         yield* startCharging(toolset, charging, "a")
         const b = yield* Effect.forkChild(execute(toolset, "b", "book", { to: "KIX" }), { startImmediately: true })
         const drained = yield* Effect.forkChild(toolset.drain, { startImmediately: true })
@@ -111,17 +111,17 @@ describe("AsyncToolset interleavings", () => {
         const bOut = yield* promptly(Fiber.join(b), "b's execute, drained while it waited")
         assert.include(bOut.output, "cancelled")
         assert.isTrue(yield* stillWaiting(drained), "drain waits for a to stop")
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* Fiber.join(drained)
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
         assert.deepStrictEqual(log, ["start a", "stop a"])
-      }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer)))
+      }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer)))
 
     it.effect("three calls of a replace tool in one model response: the turn ends, only the last runs", () =>
       Effect.gen(function*() {
         const log: Array<string> = []
         const agent = yield* AiAgent.AiAgent
-        yield* agent.addToolset(yield* AsyncToolset.make({ id: "t", tools: [replacing(log)] }))
+        yield* agent.addToolset(yield* kind.make({ id: "t", tools: [replacing(log)] }))
         const turn = yield* Effect.forkChild(agent.send("Book it, no, that, no, this one"), { startImmediately: true })
         yield* whileClockRuns(Fiber.join(turn), { what: "the turn" })
         assert.strictEqual(log.filter((l) => l.startsWith("start")).length, 2, "the call replaced while it waited never ran")
@@ -130,7 +130,7 @@ describe("AsyncToolset interleavings", () => {
         assert.strictEqual(lines.filter((l) => l.startsWith("output") && l.includes("(error)") && l.includes("cancelled")).length, 1, lines.join("\n"))
       }).pipe(
         thenLetToolsEnd,
-        Effect.provide(agentLayer((request) =>
+        kind.provide(agentLayer((request) =>
           request.index === 0
             ? { toolCalls: [1, 2, 3].map((n) => ({ name: "book", params: { to: `city ${n}` } })) }
             : "Booking the last one."
@@ -144,10 +144,10 @@ describe("AsyncToolset interleavings", () => {
         Effect.gen(function*() {
           // TestClock's first sleep of a test briefly makes the sleeping fiber interruptible (to
           // start its "the clock did not move" warning): move the clock once so that is done.
-          yield* TestClock.adjust("0 millis")
+          yield* kind.advance("0 millis")
           const log: Array<string> = []
           const charging = new Map<string, Deferred.Deferred<void>>()
-          const toolset = yield* AsyncToolset.make({ id: "t", tools: [replacing(log, charging)] })
+          const toolset = yield* kind.make({ id: "t", tools: [replacing(log, charging)] })
           yield* startCharging(toolset, charging, "a")
           const b = yield* Effect.forkChild(execute(toolset, "b", "book", { to: "KIX" }), { startImmediately: true })
           yield* settle
@@ -156,17 +156,17 @@ describe("AsyncToolset interleavings", () => {
           const c = yield* Effect.forkChild(execute(toolset, "c", "book", { to: "HND" }), { startImmediately: true })
           yield* settle
           assert.deepStrictEqual(log, ["start a"], "neither b nor c started while a stops")
-          yield* TestClock.adjust("10 seconds")
+          yield* kind.advance("10 seconds")
           yield* Fiber.join(c)
           yield* Fiber.join(b)
           yield* Deferred.await(cCharging)
           const d = yield* Effect.forkChild(execute(toolset, "d", "book", { to: "ITM" }), { startImmediately: true })
           yield* settle
-          yield* TestClock.adjust("10 seconds")
+          yield* kind.advance("10 seconds")
           yield* Fiber.join(d)
           assert.strictEqual(maxOverlap(log), 1, log.join(", "))
           assert.deepStrictEqual(log, ["start a", "stop a", "start c", "stop c", "start d"])
-        }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
+        }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
     }
   })
 
@@ -185,29 +185,29 @@ describe("AsyncToolset interleavings", () => {
             yield* AsyncRunContext.update(`charged ${callId}`)
             return yield* Effect.never
           }))
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [quiet] })
+        const toolset = yield* kind.make({ id: "t", tools: [quiet] })
         const a = yield* Effect.forkChild(execute(toolset, "a", "book"), { startImmediately: true })
         const b = yield* Effect.forkChild(execute(toolset, "b", "book"), { startImmediately: true })
         const aOut = yield* promptly(Fiber.join(a), "a's execute, replaced by b")
         assert.include(aOut.output, "cancelled")
         assert.isTrue(yield* stillWaiting(b))
-        yield* TestClock.adjust("10 seconds") // a leaves its region and stops; b starts charging
+        yield* kind.advance("10 seconds") // a leaves its region and stops; b starts charging
         assert.isTrue(yield* stillWaiting(b))
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         assert.include((yield* Fiber.join(b)).output, "charged b")
         assert.deepStrictEqual(log, ["start a", "start b"])
-      }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer)))
+      }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer)))
 
     it.effect("drained before its first update, inside an uninterruptible region: cancelled output at once", () =>
       Effect.gen(function*() {
         const quiet = FunctionTool.make("report", { description: "Works quietly first" }, () =>
           Effect.andThen(Effect.uninterruptible(Effect.sleep("10 seconds")), AsyncRunContext.update("half way")))
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [quiet] })
+        const toolset = yield* kind.make({ id: "t", tools: [quiet] })
         const a = yield* Effect.forkChild(execute(toolset, "a", "report"), { startImmediately: true })
         yield* Effect.forkChild(toolset.drain, { startImmediately: true })
         const out = yield* promptly(Fiber.join(a), "a's execute, drained")
         assert.include(out.output, "cancelled")
-      }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer)))
+      }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer)))
   })
 
   describe("4 a port answer shaped like an interruption is a fault, never a cancellation", () => {
@@ -222,29 +222,29 @@ describe("AsyncToolset interleavings", () => {
       const faulty = faultySession({ awaitInactive: (attempt) => attempt === 1 ? "interrupt" : "ok" })
       return Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [report] })
+        const toolset = yield* kind.make({ id: "t", tools: [report] })
         yield* execute(toolset, "c1", "report")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle after the interrupt-shaped answer" })
         yield* execute(toolset, "c2", "report")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle" })
         const named = (yield* session.replies).flatMap((r) => namedCallIds(r.instructions))
         assert.include(named, "c2_final")
-      }).pipe(Effect.provide(faulty.layer))
+      }).pipe(kind.provide(faulty.layer))
     })
 
     it.effect("generateReply ending with an interrupt cause is retried; the reply is made once", () => {
       const faulty = faultySession({ generateReply: (_, attempt) => attempt === 1 ? "interrupt" : "ok" })
       return Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [report] })
+        const toolset = yield* kind.make({ id: "t", tools: [report] })
         yield* execute(toolset, "c1", "report")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
         assert.deepStrictEqual(faulty.attempts.generateReply.map((a) => a.fault), ["interrupt", "ok"])
         assert.deepStrictEqual((yield* session.replies).map((r) => namedCallIds(r.instructions)), [["c1_final"]])
-      }).pipe(Effect.provide(faulty.layer))
+      }).pipe(kind.provide(faulty.layer))
     })
 
     it.effect("generateReply always ending with an interrupt cause is reported; the toolset keeps serving", () => {
@@ -253,17 +253,17 @@ describe("AsyncToolset interleavings", () => {
       const logs = captureLogs()
       return Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [report] })
+        const toolset = yield* kind.make({ id: "t", tools: [report] })
         yield* execute(toolset, "c1", "report")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
         assert.strictEqual(logs.find(["Error"], "c1_final").length, 1, "the lost reply is reported")
         broken = false
         yield* execute(toolset, "c2", "report")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
         assert.deepStrictEqual((yield* session.replies).map((r) => namedCallIds(r.instructions)), [["c2_final"]])
-      }).pipe(Effect.provide(faulty.layer), Effect.provide(logs.layer))
+      }).pipe(kind.provide(faulty.layer), Effect.provide(logs.layer))
     })
 
     it.effect("insert ending with an interrupt cause does not cancel the tool: its result is delivered, the fault logged", () => {
@@ -278,13 +278,13 @@ describe("AsyncToolset interleavings", () => {
         }))
       return Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [chatty] })
+        const toolset = yield* kind.make({ id: "t", tools: [chatty] })
         yield* execute(toolset, "c1", "chatty")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
         assert.deepStrictEqual([...(yield* chatCallIds(session))].sort(), ["c1_final", "c1_final", "c1_update_1", "c1_update_1"])
         assert.isAtLeast(logs.find(["Warn"], "c1_update_1").length, 1, "the failed insertion is logged")
-      }).pipe(Effect.provide(faulty.layer), Effect.provide(logs.layer))
+      }).pipe(kind.provide(faulty.layer), Effect.provide(logs.layer))
     })
   })
 
@@ -298,14 +298,14 @@ describe("AsyncToolset interleavings", () => {
               Effect.all([AsyncRunContext.update("left"), AsyncRunContext.update("right")], { concurrency: "unbounded" }),
               Effect.never
             ))
-          const toolset = yield* AsyncToolset.make({ id: "t", tools: [racing] })
+          const toolset = yield* kind.make({ id: "t", tools: [racing] })
           const first = yield* execute(toolset, "c1", "race")
           yield* settle
           const outputs = (yield* session.chat).items.flatMap((i) => i._tag === "FunctionCallOutput" ? [i] : [])
           assert.deepStrictEqual(outputs.map((o) => o.callId), ["c1_update_1"])
           const said = [first.output, outputs[0]!.output].map((text) => text.includes("left") ? "left" : "right")
           assert.deepStrictEqual([...said].sort(), ["left", "right"])
-        }).pipe(Effect.provide(TestSession.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
+        }).pipe(kind.provide(TestSession.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
     }
   })
 
@@ -321,12 +321,12 @@ describe("AsyncToolset interleavings", () => {
               yield* Effect.sleep("4 seconds")
               return "booked FL-1"
             }))
-          const toolset = yield* AsyncToolset.make({ id: "t", tools: [book] })
+          const toolset = yield* kind.make({ id: "t", tools: [book] })
           yield* toolset.events.pipe(Stream.runForEach((e) => Effect.sync(() => events.push(e))), Effect.forkChild({ startImmediately: true }))
           yield* execute(toolset, "c1", "book")
-          yield* TestClock.adjust("4 seconds") // the booking is done; its insertion takes 2 s
-          yield* TestClock.adjust("1 second") // the timeout's instant
-          yield* TestClock.adjust("5 seconds")
+          yield* kind.advance("4 seconds") // the booking is done; its insertion takes 2 s
+          yield* kind.advance("1 second") // the timeout's instant
+          yield* kind.advance("5 seconds")
           yield* toolset.awaitIdle
           const finals = (yield* session.chat).items.flatMap((i) => i._tag === "FunctionCallOutput" ? [i.output] : [])
           assert.deepStrictEqual(finals, ["booked FL-1"])
@@ -334,7 +334,7 @@ describe("AsyncToolset interleavings", () => {
           assert.deepStrictEqual(ended, ["done"])
           assert.strictEqual((yield* session.replies).length, 1)
         }).pipe(
-          Effect.provide(TestSession.layerWith({ beforeInsert: () => Effect.sleep("2 seconds") })),
+          kind.provide(TestSession.layerWith({ beforeInsert: () => Effect.sleep("2 seconds") })),
           Effect.provideService(References.MaxOpsBeforeYield, maxOps)
         ))
     }
@@ -350,14 +350,14 @@ describe("AsyncToolset interleavings", () => {
             yield* Effect.sleep("1 second")
             return "done"
           }))
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [leaky] })
+        const toolset = yield* kind.make({ id: "t", tools: [leaky] })
         yield* execute(toolset, "c1", "leaky")
-        yield* TestClock.adjust("1 second") // the result is ready; its insertion takes 2 s
-        yield* TestClock.adjust("1 second") // the helper speaks meanwhile
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("1 second") // the result is ready; its insertion takes 2 s
+        yield* kind.advance("1 second") // the helper speaks meanwhile
+        yield* kind.advance("5 seconds")
         yield* toolset.awaitIdle
         assert.deepStrictEqual(yield* chatCallIds(session), ["c1_final", "c1_final"])
-      }).pipe(Effect.provide(TestSession.layerWith({ beforeInsert: () => Effect.sleep("2 seconds") }))))
+      }).pipe(kind.provide(TestSession.layerWith({ beforeInsert: () => Effect.sleep("2 seconds") }))))
   })
 
   describe("7 the reply is never requested while the session is busy", () => {
@@ -379,9 +379,9 @@ describe("AsyncToolset interleavings", () => {
         const job = FunctionTool.make("job", { description: "Works a second" }, () =>
           Effect.andThen(AsyncRunContext.update("started"), Effect.as(Effect.sleep("1 second"), "done")))
         return Effect.gen(function*() {
-          const toolset = yield* AsyncToolset.make({ id: "t", tools: [job] })
+          const toolset = yield* kind.make({ id: "t", tools: [job] })
           yield* execute(toolset, "c1", "job")
-          yield* TestClock.adjust("1 second")
+          yield* kind.advance("1 second")
           for (let i = 0; i < 10 && (yield* controls!.replies).length === 0; i++) {
             yield* settle
             yield* controls!.setIdle // the user stops speaking
@@ -390,7 +390,7 @@ describe("AsyncToolset interleavings", () => {
           const replies = yield* controls!.replies
           assert.strictEqual(replies.length, 1)
           assert.deepStrictEqual(replies.map((r) => r.whileBusy), [false])
-        }).pipe(Effect.provide(layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps))
+        }).pipe(kind.provide(layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps))
       })
     }
   })
@@ -406,11 +406,11 @@ describe("AsyncToolset interleavings", () => {
         }))
       return Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [book], whenAlreadyAnswered: "skip" })
+        const toolset = yield* kind.make({ id: "t", tools: [book], whenAlreadyAnswered: "skip" })
         yield* execute(toolset, "c1", "book")
         yield* session.setBusy
-        yield* TestClock.adjust("1 second") // the result's insertion fails
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second") // the result's insertion fails
+        yield* kind.advance("1 second")
         yield* session.say("assistant", "Anything else I can do?") // said before the result is in the chat
         yield* session.setIdle
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
@@ -419,7 +419,7 @@ describe("AsyncToolset interleavings", () => {
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1, "the result is told")
         assert.notInclude(replies[0]!.instructions, "may have told")
-      }).pipe(Effect.provide(faulty.layer))
+      }).pipe(kind.provide(faulty.layer))
     })
   })
 
@@ -435,62 +435,62 @@ describe("AsyncToolset interleavings", () => {
     it.effect("a model that reuses an ended call's id never makes the toolset write a pair twice", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [job] })
+        const toolset = yield* kind.make({ id: "t", tools: [job] })
         yield* execute(toolset, "c1", "job")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
         yield* execute(toolset, "c1", "job") // the same id again
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
         assert.deepStrictEqual(chatProblems(yield* session.chat), [])
         assert.deepStrictEqual(
           [...new Set(yield* chatCallIds(session))],
           ["c1_update_1", "c1_final", "c1_run2_update_1", "c1_run2_final"]
         )
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("two toolsets of one session never write the same pair for one reused call id", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const other = FunctionTool.make("other", { description: "Another job" }, () =>
           Effect.andThen(AsyncRunContext.update("started"), Effect.as(Effect.sleep("1 second"), "done")))
-        const a = yield* AsyncToolset.make({ id: "a", tools: [job] })
-        const b = yield* AsyncToolset.make({ id: "b", tools: [other] })
+        const a = yield* kind.make({ id: "a", tools: [job] })
+        const b = yield* kind.make({ id: "b", tools: [other] })
         yield* execute(a, "c1", "job")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* a.awaitIdle
         yield* execute(b, "c1", "other")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* b.awaitIdle
         assert.deepStrictEqual(chatProblems(yield* session.chat), [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("an empty call id is bad input: a clear error output, and nothing runs", () =>
       Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [job] })
+        const toolset = yield* kind.make({ id: "t", tools: [job] })
         const out = yield* execute(toolset, "", "job")
         assert.isTrue(out.isError)
         assert.include(out.output, "no call id")
         assert.notInclude(out.output, "already running")
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("the agent gives a call id the model repeats a fresh one, so its chat never holds one twice", () =>
       Effect.gen(function*() {
         const agent = yield* AiAgent.AiAgent
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [job] })
+        const toolset = yield* kind.make({ id: "t", tools: [job] })
         yield* agent.addToolset(toolset)
         yield* agent.send("Start a job")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
         yield* agent.send("Start another")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
         const chat = yield* agent.chat
         assert.deepStrictEqual(chatProblems(chat), [])
         const ids = chat.items.flatMap((i) => i._tag === "FunctionCall" ? [i.callId] : [])
         assert.includeMembers(ids, ["same", "same_final", "same_2", "same_2_final"])
-      }).pipe(Effect.provide(agentLayer((request) =>
+      }).pipe(kind.provide(agentLayer((request) =>
         request.toolChoice === "none" || request.resultsSinceUser.length > 0
           ? "Done."
           : { toolCalls: [{ name: "job", id: "same" }] }
@@ -504,33 +504,33 @@ describe("AsyncToolset interleavings", () => {
         const mk = (name: string) =>
           FunctionTool.make(name, { description: name }, () =>
             Effect.andThen(AsyncRunContext.update("started"), Effect.as(Effect.sleep("1 second"), `${name} done`)))
-        const a = yield* AsyncToolset.make({ id: "a", tools: [mk("flights")] })
-        const b = yield* AsyncToolset.make({ id: "b", tools: [mk("hotels")] })
+        const a = yield* kind.make({ id: "a", tools: [mk("flights")] })
+        const b = yield* kind.make({ id: "b", tools: [mk("hotels")] })
         yield* execute(a, "f1", "flights")
         yield* execute(b, "h1", "hotels")
         yield* session.setBusy
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* session.setIdle
         yield* a.awaitIdle
         yield* b.awaitIdle
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.deepStrictEqual([...namedCallIds(replies[0]!.instructions)].sort(), ["f1_final", "h1_final"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a toolset that closes leaves the other's replies going", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const job = FunctionTool.make("job", { description: "job" }, () =>
           Effect.andThen(AsyncRunContext.update("started"), Effect.as(Effect.sleep("1 second"), "done")))
-        const a = yield* AsyncToolset.make({ id: "a", tools: [job] })
-        const b = yield* AsyncToolset.make({ id: "b", tools: [job] })
+        const a = yield* kind.make({ id: "a", tools: [job] })
+        const b = yield* kind.make({ id: "b", tools: [job] })
         yield* a.close
         yield* execute(b, "c1", "job")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* b.awaitIdle
         assert.deepStrictEqual((yield* session.replies).map((r) => namedCallIds(r.instructions)), [["c1_final"]])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("11 the events tell what happened, and only that", () => {
@@ -548,16 +548,16 @@ describe("AsyncToolset interleavings", () => {
         Effect.andThen(AsyncRunContext.update("started"), Effect.as(Effect.sleep("1 second"), "done")))
       return Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [job] })
+        const toolset = yield* kind.make({ id: "t", tools: [job] })
         const events = yield* record(toolset)
         yield* session.setBusy
         yield* execute(toolset, "c1", "job")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         assert.deepStrictEqual(events.filter((e) => e._tag === "ReplyScheduled"), [], "not in the chat yet")
         yield* session.setIdle
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
         assert.deepStrictEqual(events.flatMap((e) => e._tag === "ReplyScheduled" ? [e.callId] : []), ["c1_final"])
-      }).pipe(Effect.provide(faulty.layer))
+      }).pipe(kind.provide(faulty.layer))
     })
 
     it.effect("an item given up is not tried again at the next reply", () => {
@@ -567,18 +567,18 @@ describe("AsyncToolset interleavings", () => {
       const job = FunctionTool.make("job", { description: "job", onDuplicateCall: "allow" }, () =>
         Effect.andThen(AsyncRunContext.update("started"), Effect.as(Effect.sleep("1 second"), "done")))
       return Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [job] })
+        const toolset = yield* kind.make({ id: "t", tools: [job] })
         yield* execute(toolset, "c1", "job")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
         const attempts = faulty.attempts.insert.filter((a) => a.callIds.includes("c1_final")).length
         assert.strictEqual(logs.find(["Error"], "c1_final", injected("insert", "fail")).length, 1)
         failing = false
         yield* execute(toolset, "c2", "job")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle", step: "100 millis" })
         assert.strictEqual(faulty.attempts.insert.filter((a) => a.callIds.includes("c1_final")).length, attempts)
-      }).pipe(Effect.provide(faulty.layer), Effect.provide(logs.layer))
+      }).pipe(kind.provide(faulty.layer), Effect.provide(logs.layer))
     })
 
     it.effect("no CallUpdated for an update dropped as the toolset closes", () =>
@@ -589,7 +589,7 @@ describe("AsyncToolset interleavings", () => {
             yield* AsyncRunContext.update("started")
             yield* Effect.uninterruptible(Effect.andThen(Deferred.await(gate), AsyncRunContext.update("after close")))
           }))
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [stubborn] })
+        const toolset = yield* kind.make({ id: "t", tools: [stubborn] })
         const events = yield* record(toolset)
         yield* execute(toolset, "c1", "stubborn")
         const closing = yield* Effect.forkChild(toolset.close, { startImmediately: true })
@@ -597,11 +597,11 @@ describe("AsyncToolset interleavings", () => {
         yield* Deferred.succeed(gate, undefined)
         yield* Fiber.join(closing)
         assert.deepStrictEqual(events.flatMap((e) => e._tag === "CallUpdated" ? [e.step] : []), [0])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 })
 
-describe("many calls at once", () => {
+forEachKind("many calls at once", (kind) => {
   const blocked = FunctionTool.make("wait", { description: "Blocks after it starts", onDuplicateCall: "allow" }, () =>
     Effect.andThen(AsyncRunContext.update("started"), Effect.never))
 
@@ -610,7 +610,7 @@ describe("many calls at once", () => {
       const fibers = makeFiberCounter()
       return fibers.track(Effect.gen(function*() {
         const scope = yield* Scope.make()
-        const toolset = yield* AsyncToolset.make({ id: "t", tools: [blocked] }).pipe(Scope.provide(scope))
+        const toolset = yield* kind.make({ id: "t", tools: [blocked] }).pipe(Scope.provide(scope))
         const calls = yield* Effect.forEach(Array.from({ length: 10_000 }, (_, i) => `c${i}`), (id) => modelCall(id, "wait"))
         const outputs = yield* Effect.forEach(calls, toolset.execute, { concurrency: "unbounded" })
         assert.isTrue(outputs.every(AsyncToolset.isPending))
@@ -619,7 +619,7 @@ describe("many calls at once", () => {
         yield* Scope.close(scope, Exit.void)
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
         assert.strictEqual(fibers.active, 0)
-      })).pipe(Effect.provide(TestSession.layer))
+      })).pipe(kind.provide(TestSession.layer))
     }, 60_000)
   }
 })

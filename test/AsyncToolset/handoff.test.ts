@@ -4,10 +4,10 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Schema } from "effect"
-import { TestClock } from "effect/testing"
 import { AsyncRunContext, AsyncToolset, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
-import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "./support/replies.ts"
+import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "../support/replies.ts"
+import { forEachKind } from "../support/toolsets.ts"
 
 class SoldOut extends Schema.TaggedError<SoldOut>()("SoldOut", { flight: Schema.String }) {}
 
@@ -29,7 +29,7 @@ const bookFlight = FunctionTool.make("book_flight", {
     return { confirmation: "FL-847293" }
   }))
 
-describe("AsyncToolset hand-off", () => {
+forEachKind("AsyncToolset hand-off", (kind) => {
   describe("B1 every call runs in a background fiber with AsyncRunContext", () => {
     it.effect("a tool reads its own call and toolset from AsyncRunContext", () =>
       Effect.gen(function*() {
@@ -39,13 +39,13 @@ describe("AsyncToolset hand-off", () => {
             const context = yield* AsyncRunContext.AsyncRunContext
             return `${functionCall.callId} ${functionCall.name} ${functionCall.arguments} ${context.toolsetId}`
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [whoAmI] })
+        const toolset = yield* kind.make({ id: "travel", tools: [whoAmI] })
 
         const output = yield* toolset.execute(yield* call("c1", "who_am_i"))
 
         assert.strictEqual(output.output, "c1 who_am_i {} travel")
         assert.isFalse(output.isError)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("execute returns while the tool keeps running, and runningTasks lists the call", () =>
       Effect.gen(function*() {
@@ -58,7 +58,7 @@ describe("AsyncToolset hand-off", () => {
             finished = true
             return "3 results"
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+        const toolset = yield* kind.make({ id: "travel", tools: [search] })
 
         const output = yield* toolset.execute(yield* call("c1", "search"))
 
@@ -74,7 +74,7 @@ describe("AsyncToolset hand-off", () => {
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
         const session = yield* TestSession.TestSession
         assert.strictEqual(pairOf(yield* session.chat, "c1_final").output.output, "3 results")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
     it.effect("a tool that needs a Scope gets one per call, closed when the call ends, not when the toolset closes", () =>
       Effect.gen(function*() {
         const released: Array<string> = []
@@ -86,22 +86,22 @@ describe("AsyncToolset hand-off", () => {
             yield* Effect.sleep("1 second")
             return "done"
           }))
-        const toolset = yield* AsyncToolset.make({ id: "db", tools: [withConnection], onDuplicateCall: "allow" })
+        const toolset = yield* kind.make({ id: "db", tools: [withConnection], onDuplicateCall: "allow" })
 
         yield* toolset.execute(yield* call("c1", "with_connection"))
         yield* toolset.execute(yield* call("c2", "with_connection"))
         assert.deepStrictEqual(released, [])
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
 
         assert.deepStrictEqual(released.toSorted(), ["c1", "c2"]) // the toolset is still open
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("B2 the first update completes the call", () => {
     it.effect("the model gets the first update through the update template, marked as still running", () =>
       Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookFlight] })
 
         const output = yield* toolset.execute(yield* call("c1", "book_flight", { to: "NRT" }))
 
@@ -120,7 +120,7 @@ describe("AsyncToolset hand-off", () => {
             message: "looking up flights to NRT"
           })
         )
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a first update that is not a string reaches the model as its JSON, unwrapped", () =>
       Effect.gen(function*() {
@@ -130,29 +130,29 @@ describe("AsyncToolset hand-off", () => {
             yield* Effect.sleep("1 second")
             return "done"
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+        const toolset = yield* kind.make({ id: "travel", tools: [search] })
 
         const output = yield* toolset.execute(yield* call("c1", "search"))
 
         assert.strictEqual(output.output, `{"step":"search","found":3,"airlines":["JL","NH"]}`)
         assert.isTrue(AsyncToolset.isPending(output))
         assert.isFalse(output.isError)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("the tool goes on after its first update and its result arrives later", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookFlight] })
 
         yield* toolset.execute(yield* call("c1", "book_flight", { to: "NRT" }))
         assert.deepStrictEqual(callIdsInChat(yield* session.chat), [])
-        yield* TestClock.adjust("3 seconds")
+        yield* kind.advance("3 seconds")
         yield* toolset.awaitIdle
 
         const final = pairOf(yield* session.chat, "c1_final").output
         assert.strictEqual(final.output, `{"confirmation":"FL-847293"}`)
         assert.isFalse(final.isError)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("B3 a tool that never updates is a plain blocking tool", () => {
@@ -188,7 +188,7 @@ describe("AsyncToolset hand-off", () => {
     it.effect.each(blocking)("with $outcome the model gets what FunctionTool.execute gives, and nothing else happens", ({ tool }) =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "weather", tools: [tool] })
+        const toolset = yield* kind.make({ id: "weather", tools: [tool] })
         const theCall = yield* call("c1", "lookup")
 
         const output = yield* toolset.execute(theCall)
@@ -201,37 +201,37 @@ describe("AsyncToolset hand-off", () => {
         assert.isFalse(AsyncToolset.isPending(output))
         assert.deepStrictEqual(yield* session.insertions, [])
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("execute waits for a tool that never updates, however long it takes", () =>
       Effect.gen(function*() {
         const slow = FunctionTool.make("slow_lookup", { description: "Looks up slowly" }, () =>
           Effect.as(Effect.sleep("10 seconds"), "found it"))
-        const toolset = yield* AsyncToolset.make({ id: "weather", tools: [slow] })
+        const toolset = yield* kind.make({ id: "weather", tools: [slow] })
 
         const fiber = yield* toolset.execute(yield* call("c1", "slow_lookup")).pipe(
           Effect.forkChild({ startImmediately: true })
         )
-        yield* TestClock.adjust("9 seconds")
+        yield* kind.advance("9 seconds")
         assert.isUndefined(fiber.pollUnsafe())
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
 
         const output = yield* Fiber.join(fiber)
         assert.strictEqual(output.output, "found it")
         assert.isFalse(AsyncToolset.isPending(output))
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("B4 later updates reach the chat at once as numbered pairs", () => {
     it.effect("each later update inserts <callId>_update_<n> while the agent is busy, before any reply", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookFlight] })
         yield* session.setBusy
         const original = yield* call("c1", "book_flight", { to: "NRT" })
 
         yield* toolset.execute(original)
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
 
         const first = pairOf(yield* session.chat, "c1_update_1")
         assert.strictEqual(first.call.name, "book_flight")
@@ -244,12 +244,12 @@ describe("AsyncToolset hand-off", () => {
         )
         assert.deepStrictEqual(yield* session.replies, [])
 
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
 
         assert.include(pairOf(yield* session.chat, "c1_update_2").output.output, "holding seat 12A")
         assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_update_1", "c1_update_2"])
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a later update that is not a string is inserted as its JSON", () =>
       Effect.gen(function*() {
@@ -259,13 +259,13 @@ describe("AsyncToolset hand-off", () => {
             yield* AsyncRunContext.update("searching")
             yield* AsyncRunContext.update({ found: 3 })
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+        const toolset = yield* kind.make({ id: "travel", tools: [search] })
 
         yield* toolset.execute(yield* call("c1", "search"))
         yield* toolset.awaitIdle
 
         assert.strictEqual(pairOf(yield* session.chat, "c1_update_1").output.output, `{"found":3}`)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("later updates schedule a reply that names them", () =>
       Effect.gen(function*() {
@@ -275,7 +275,7 @@ describe("AsyncToolset hand-off", () => {
             yield* AsyncRunContext.update("searching")
             yield* AsyncRunContext.update("found 3")
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [search] })
+        const toolset = yield* kind.make({ id: "travel", tools: [search] })
 
         yield* toolset.execute(yield* call("c1", "search"))
         yield* toolset.awaitIdle
@@ -283,18 +283,18 @@ describe("AsyncToolset hand-off", () => {
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.deepStrictEqual(namedCallIds(replies[0]!.instructions), ["c1_update_1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("B5 the final result after an update", () => {
     it.effect("the final result is inserted as <callId>_final and a reply is requested for it", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookFlight] })
         yield* session.setBusy
 
         yield* toolset.execute(yield* call("c1", "book_flight", { to: "NRT" }))
-        yield* TestClock.adjust("3 seconds")
+        yield* kind.advance("3 seconds")
 
         const final = pairOf(yield* session.chat, "c1_final")
         assert.strictEqual(final.call.name, "book_flight")
@@ -307,7 +307,7 @@ describe("AsyncToolset hand-off", () => {
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.include(namedCallIds(replies[0]!.instructions), "c1_final")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a void final result inserts nothing and, with nothing else pending, requests no reply", () =>
       Effect.gen(function*() {
@@ -317,16 +317,16 @@ describe("AsyncToolset hand-off", () => {
             yield* AsyncRunContext.update("sending")
             yield* Effect.sleep("1 second")
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [notify] })
+        const toolset = yield* kind.make({ id: "travel", tools: [notify] })
 
         const output = yield* toolset.execute(yield* call("c1", "notify"))
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
 
         assert.isTrue(AsyncToolset.isPending(output))
         assert.deepStrictEqual(yield* session.insertions, [])
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a final result of undefined inserts nothing after later updates, and only the updates are replied to", () =>
       Effect.gen(function*() {
@@ -339,11 +339,11 @@ describe("AsyncToolset hand-off", () => {
             yield* Effect.sleep("1 second")
             return undefined
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [notify] })
+        const toolset = yield* kind.make({ id: "travel", tools: [notify] })
         yield* session.setBusy
 
         yield* toolset.execute(yield* call("c1", "notify"))
-        yield* TestClock.adjust("2 seconds")
+        yield* kind.advance("2 seconds")
         yield* session.setIdle
         yield* toolset.awaitIdle
 
@@ -351,7 +351,7 @@ describe("AsyncToolset hand-off", () => {
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.deepStrictEqual(namedCallIds(replies[0]!.instructions), ["c1_update_1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     const failures: ReadonlyArray<{
       readonly outcome: string
@@ -387,10 +387,10 @@ describe("AsyncToolset hand-off", () => {
             yield* Effect.sleep("1 second")
             return yield* failure
           }))
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookSeat] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookSeat] })
 
         const output = yield* toolset.execute(yield* call("c1", "book_seat"))
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
 
         assert.isTrue(AsyncToolset.isPending(output))
@@ -400,18 +400,18 @@ describe("AsyncToolset hand-off", () => {
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.deepStrictEqual(namedCallIds(replies[0]!.instructions), ["c1_final"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("B6 synthetic call ids", () => {
     it.effect("synthetic ids add only [A-Za-z0-9_-] to the original id", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookFlight] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookFlight] })
         const original = "call_Ab-9"
 
         yield* toolset.execute(yield* call(original, "book_flight", { to: "NRT" }))
-        yield* TestClock.adjust("3 seconds")
+        yield* kind.advance("3 seconds")
         yield* toolset.awaitIdle
 
         const ids = callIdsInChat(yield* session.chat)
@@ -421,6 +421,6 @@ describe("AsyncToolset hand-off", () => {
           assert.match(id.slice(original.length), /^[A-Za-z0-9_-]+$/)
         }
         for (const id of ids) assert.deepStrictEqual(insertionsOf(yield* session.insertions, id), { calls: 1, outputs: 1 })
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 })

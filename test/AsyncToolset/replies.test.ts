@@ -5,10 +5,10 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule, Schema } from "effect"
-import { TestClock } from "effect/testing"
 import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
-import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "./support/replies.ts"
+import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "../support/replies.ts"
+import { forEachKind } from "../support/toolsets.ts"
 
 /**
  * A background tool: says "started", then after each of `steps` seconds one more update, then
@@ -36,36 +36,36 @@ const startWork = (
   plan: { readonly steps: ReadonlyArray<number>; readonly end: number }
 ) => Effect.flatMap(call(callId, "work", { label: callId, ...plan }), toolset.execute)
 
-describe("AsyncToolset replies", () => {
+forEachKind("AsyncToolset replies", (kind) => {
   describe("C1 items are in the chat when they arrive", () => {
     it.effect("updates and the final result are in the chat while the agent is busy, before any reply", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const agent = yield* AgentSession.AgentSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work] })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [1], end: 1 })
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
 
         // the agent's own next reply (made for another reason) reads the chat through the session
         assert.deepStrictEqual(callIdsInChat(yield* agent.chatContext), ["c1_update_1"])
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         assert.deepStrictEqual(callIdsInChat(yield* agent.chatContext), ["c1_update_1", "c1_final"])
         assert.strictEqual(pairOf(yield* agent.chatContext, "c1_final").output.output, "done c1")
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("C2 one reply fiber, gated on idle", () => {
     it.effect("no reply is requested while the session is busy; once idle, exactly one reply covers everything", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work] })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [1, 1], end: 1 })
-        yield* TestClock.adjust("1 minute")
+        yield* kind.advance("1 minute")
 
         assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_update_1", "c1_update_2", "c1_final"])
         assert.deepStrictEqual(yield* session.replies, [])
@@ -83,23 +83,23 @@ describe("AsyncToolset replies", () => {
           reply.instructions,
           Prompts.render(Prompts.defaults.replyAtTail, { pendingCallIds: "c1_update_1, c1_update_2, c1_final" })
         )
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("no reply is requested while busy, even when the session turns busy again as soon as it went idle", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work] })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [1], end: 1 })
-        yield* TestClock.adjust("2 seconds")
+        yield* kind.advance("2 seconds")
         // the agent stops speaking and the user starts at the same instant, twice
         yield* session.setIdle
         yield* session.setBusy
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* session.setIdle
         yield* session.setBusy
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
 
         assert.deepStrictEqual((yield* session.replies).filter((r) => r.whileBusy), [])
 
@@ -108,38 +108,38 @@ describe("AsyncToolset replies", () => {
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.isFalse(replies[0]!.whileBusy)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("items that arrive while the reply waits for idle join that one reply", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work] })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [1], end: 2 })
-        yield* TestClock.adjust("1 second") // c1_update_1: the reply fiber takes it and waits
+        yield* kind.advance("1 second") // c1_update_1: the reply fiber takes it and waits
         yield* startWork(toolset, "c2", { steps: [1], end: 5 })
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* session.setIdle
         yield* toolset.awaitIdle
 
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.sameMembers([...namedCallIds(replies[0]!.instructions)], ["c1_update_1", "c1_final", "c2_update_1", "c2_final"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("C3 several tools, one reply, nothing twice, nothing lost", () => {
     it.effect("updates from several tools arriving while busy produce one reply, each item inserted once", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work] })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [1, 2], end: 1 })
         yield* startWork(toolset, "c2", { steps: [2], end: 2 })
         yield* startWork(toolset, "c3", { steps: [], end: 3 })
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* session.setIdle
         yield* toolset.awaitIdle
 
@@ -150,22 +150,22 @@ describe("AsyncToolset replies", () => {
         const replies = yield* session.replies
         assert.strictEqual(replies.length, 1)
         assert.sameMembers([...namedCallIds(replies[0]!.instructions)], expected)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("an item arriving after a reply was requested gets its own reply; earlier items are not named again", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work] })
 
         yield* startWork(toolset, "c1", { steps: [1], end: 1 })
-        yield* TestClock.adjust("1 second")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
 
         const replies = yield* session.replies
         assert.deepStrictEqual(replies.map((r) => namedCallIds(r.instructions)), [["c1_update_1"], ["c1_final"]])
         assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_update_1", "c1_final"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("an item whose insertion failed is retried and replied to, even when it arrives while a reply waits", () => {
       let failed = false
@@ -182,12 +182,12 @@ describe("AsyncToolset replies", () => {
       })
       return Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work], sessionRetry: Schedule.recurs(3) })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work], sessionRetry: Schedule.recurs(3) })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [1], end: 1 })
-        yield* TestClock.adjust("1 second") // c1_update_1 is in the chat; the reply fiber waits for idle
-        yield* TestClock.adjust("1 second") // c1_final arrives, its insertion fails
+        yield* kind.advance("1 second") // c1_update_1 is in the chat; the reply fiber waits for idle
+        yield* kind.advance("1 second") // c1_final arrives, its insertion fails
         yield* session.setIdle
         yield* toolset.awaitIdle
 
@@ -195,7 +195,7 @@ describe("AsyncToolset replies", () => {
         assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_update_1", "c1_final"])
         const named = (yield* session.replies).flatMap((r) => namedCallIds(r.instructions))
         assert.sameMembers(named, ["c1_update_1", "c1_final"])
-      }).pipe(Effect.provide(flaky))
+      }).pipe(kind.provide(flaky))
     })
 
     const Seconds = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 3 }))
@@ -264,7 +264,7 @@ describe("AsyncToolset replies", () => {
         return Effect.gen(function*() {
           const session = yield* TestSession.TestSession
           if (busyAtStart) yield* session.setBusy
-          const toolset = yield* AsyncToolset.make({ id: "prop", tools: [job] })
+          const toolset = yield* kind.make({ id: "prop", tools: [job] })
           const calls = yield* Effect.forEach(plans, (_, i) =>
             call(`c${i}`, "job", { plan: i }).pipe(
               Effect.flatMap(toolset.execute),
@@ -275,14 +275,14 @@ describe("AsyncToolset replies", () => {
           let now = 0
           for (const flip of [...flips].sort((a, b) => a.at - b.at)) {
             if (flip.at > now) {
-              yield* TestClock.adjust(Duration.millis((flip.at - now) * 500))
+              yield* kind.advance(Duration.millis((flip.at - now) * 500))
               now = flip.at
             }
             if (flip.to !== "busy") yield* session.setIdle
             if (flip.to !== "idle") yield* session.setBusy
           }
           yield* session.setIdle
-          yield* TestClock.adjust("1 minute")
+          yield* kind.advance("1 minute")
           yield* toolset.awaitIdle
 
           const firstOutputs = yield* Fiber.joinAll(calls)
@@ -329,7 +329,7 @@ describe("AsyncToolset replies", () => {
           const repliesAfter = events.slice(lastInsertion + 1).filter((e) => "replied" in e).length
           assert.strictEqual(repliesAfter, expected.length === 0 ? 0 : 1)
           if (expected.length > 0) assert.strictEqual(replies[replies.length - 1]!.chatLength, chat.items.length)
-        }).pipe(Effect.provide(recorded))
+        }).pipe(kind.provide(recorded))
       },
       { arbitrary: { runs: 50, seed: 20250601 } }
     )
@@ -339,12 +339,12 @@ describe("AsyncToolset replies", () => {
     it.effect("the reply lets the model answer empty when the agent spoke after the items", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work] })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [], end: 1 })
-        yield* TestClock.adjust("1 second")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
+        yield* kind.advance("1 second")
         yield* session.say("assistant", "Your job c1 is done.")
         yield* session.setIdle
         yield* toolset.awaitIdle
@@ -356,37 +356,37 @@ describe("AsyncToolset replies", () => {
         assert.notStrictEqual(instructions, Prompts.render(Prompts.defaults.replyAtTail, { pendingCallIds: "c1_final" }))
         assert.include(instructions, "empty")
         assert.strictEqual(replies[0]!.toolChoice, "none")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("with whenAlreadyAnswered skip, no reply is requested when the agent spoke after the items", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work], whenAlreadyAnswered: "skip" })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work], whenAlreadyAnswered: "skip" })
         yield* session.setBusy
 
         yield* startWork(toolset, "c1", { steps: [], end: 1 })
-        yield* TestClock.adjust("1 second")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
+        yield* kind.advance("1 second")
         yield* session.say("assistant", "Your job c1 is done.")
         yield* session.setIdle
         yield* toolset.awaitIdle
 
         assert.deepStrictEqual(callIdsInChat(yield* session.chat), ["c1_final"])
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect.each([{ option: "ask" as const }, { option: "skip" as const }])(
       "with whenAlreadyAnswered $option, the at-tail reply is requested when the agent spoke only before the items",
       ({ option }) =>
         Effect.gen(function*() {
           const session = yield* TestSession.TestSession
-          const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work], whenAlreadyAnswered: option })
+          const toolset = yield* kind.make({ id: "jobs", tools: [work], whenAlreadyAnswered: option })
           yield* session.setBusy
           yield* session.say("assistant", "I started job c1.")
 
-          yield* TestClock.adjust("1 second")
+          yield* kind.advance("1 second")
           yield* startWork(toolset, "c1", { steps: [], end: 1 })
-          yield* TestClock.adjust("1 second")
+          yield* kind.advance("1 second")
           yield* session.say("user", "Thanks!")
           yield* session.setIdle
           yield* toolset.awaitIdle
@@ -397,7 +397,7 @@ describe("AsyncToolset replies", () => {
             replies[0]!.instructions,
             Prompts.render(Prompts.defaults.replyAtTail, { pendingCallIds: "c1_final" })
           )
-        }).pipe(Effect.provide(TestSession.layer))
+        }).pipe(kind.provide(TestSession.layer))
     )
   })
 
@@ -428,13 +428,13 @@ describe("AsyncToolset replies", () => {
           Effect.andThen(AsyncRunContext.update("exporting"), Effect.never))
         const confirming = FunctionTool.make("send_report", { description: "Sends" }, () =>
           Effect.andThen(AsyncRunContext.update("sending"), Effect.never))
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [work, rejecting, confirming], prompts })
+        const toolset = yield* kind.make({ id: "jobs", tools: [work, rejecting, confirming], prompts })
         yield* session.setBusy
 
         // update: the first update (the call's output) and a later one (in the chat)
         const first = yield* startWork(toolset, "c1", { steps: [1], end: 1 })
         assert.strictEqual(first.output, "UPDATE work|c1|started c1")
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         assert.strictEqual(pairOf(yield* session.chat, "c1_update_1").output.output, "UPDATE work|c1|c1 step 1")
 
         // duplicateReject and duplicateConfirm
@@ -449,7 +449,7 @@ describe("AsyncToolset replies", () => {
         yield* toolset.cancel("s1")
 
         // replyAtTail
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* session.setIdle
         yield* toolset.awaitIdle
         assert.deepStrictEqual((yield* session.replies).map((r) => r.instructions), ["TAIL c1_update_1, c1_final"])
@@ -457,7 +457,7 @@ describe("AsyncToolset replies", () => {
         // replyMaybeCovered
         yield* session.setBusy
         yield* startWork(toolset, "c2", { steps: [], end: 1 })
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* session.say("assistant", "Job c2 is done.")
         yield* session.setIdle
         yield* toolset.awaitIdle
@@ -465,6 +465,6 @@ describe("AsyncToolset replies", () => {
           "TAIL c1_update_1, c1_final",
           "COVERED c2_final"
         ])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 })

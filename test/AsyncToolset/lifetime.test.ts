@@ -5,7 +5,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Scope } from "effect"
 import type { Duration } from "effect"
-import { TestClock } from "effect/testing"
 import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import {
@@ -21,8 +20,9 @@ import {
   stillWaiting,
   thenLetToolsEnd,
   tracked
-} from "./support/lifetime.ts"
-import type { Probe } from "./support/lifetime.ts"
+} from "../support/lifetime.ts"
+import type { Probe } from "../support/lifetime.ts"
+import { forEachKind } from "../support/toolsets.ts"
 
 /**
  * A tool that works for `delay` before its first update, so `execute` waits that long; with
@@ -59,11 +59,11 @@ const listRunning = (toolset: AsyncToolset.AsyncToolset) =>
     (out) => JSON.parse(out.output) as ReadonlyArray<ListedTask>
   )
 
-describe("AsyncToolset lifetime", () => {
+forEachKind("AsyncToolset lifetime", (kind) => {
   describe("E1 management tools", () => {
     it.effect("the model sees get_running_tasks and cancel_task named after the toolset", () =>
       Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(makeProbe())] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(makeProbe())] })
 
         assert.deepStrictEqual(
           toolset.tools.map((tool) => FunctionTool.toJsonSchema(tool).name),
@@ -71,12 +71,12 @@ describe("AsyncToolset lifetime", () => {
         )
         const cancelTask = FunctionTool.toJsonSchema(toolset.tools[2]!)
         assert.deepStrictEqual(Object.keys(cancelTask.parameters.properties as object), ["call_id"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("two toolsets in one session have no colliding tool names", () =>
       Effect.gen(function*() {
-        const travel = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(makeProbe())] })
-        const hotels = yield* AsyncToolset.make({ id: "hotels", tools: [bookingTool(makeProbe(), { name: "book_hotel" })] })
+        const travel = yield* kind.make({ id: "travel", tools: [bookingTool(makeProbe())] })
+        const hotels = yield* kind.make({ id: "hotels", tools: [bookingTool(makeProbe(), { name: "book_hotel" })] })
 
         const names = [...travel.tools, ...hotels.tools].map((tool) => tool.name)
         assert.strictEqual(new Set(names).size, names.length, `unique: ${names}`)
@@ -86,14 +86,14 @@ describe("AsyncToolset lifetime", () => {
           "get_running_tasks_hotels",
           "cancel_task_hotels"
         ])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("the management tools are present with no call running, and the tool list stays the same as calls come and go", () =>
       Effect.gen(function*() {
-        const empty = yield* AsyncToolset.make({ id: "empty", tools: [] })
+        const empty = yield* kind.make({ id: "empty", tools: [] })
         assert.deepStrictEqual(empty.tools.map((tool) => tool.name), ["get_running_tasks_empty", "cancel_task_empty"])
 
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(makeProbe(), { work: finishesAfter("1 second", "booked") })]
         })
@@ -101,16 +101,16 @@ describe("AsyncToolset lifetime", () => {
         const before = schemas()
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         assert.strictEqual(schemas(), before)
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
         assert.strictEqual(schemas(), before)
         assert.include(before, "get_running_tasks_travel")
         assert.include(before, "cancel_task_travel")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("get_running_tasks lists the running calls with call id, name and status", () =>
       Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "allow",
           tools: [bookingTool(makeProbe()), bookingTool(makeProbe(), { name: "book_hotel" })]
@@ -128,12 +128,12 @@ describe("AsyncToolset lifetime", () => {
             { call_id: "c2", name: "book_hotel", status: "running" }
           ]
         )
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("cancel_task cancels a running call when the model calls it", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
 
         const out = yield* execute(toolset, "m1", "cancel_task_travel", { call_id: "c1" })
@@ -148,14 +148,14 @@ describe("AsyncToolset lifetime", () => {
         const unknown = yield* execute(toolset, "m2", "cancel_task_travel", { call_id: "c9" })
         assert.include(unknown.output, "c9")
         assert.include(unknown.output, "get_running_tasks_travel")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("E2 cancel", () => {
     it.effect("cancel interrupts the call's fiber", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
 
         assert.strictEqual(yield* toolset.cancel("c1"), "cancelled")
@@ -163,12 +163,12 @@ describe("AsyncToolset lifetime", () => {
 
         assert.deepStrictEqual(probe.interrupted, ["c1"])
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a call cancelled before its first update returns a cancelled output", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [quietTool(probe, { delay: "10 seconds" })] })
+        const toolset = yield* kind.make({ id: "travel", tools: [quietTool(probe, { delay: "10 seconds" })] })
         const waiting = yield* Effect.forkChild(execute(toolset, "c1", "search_hotels", { to: "NRT" }))
         assert.isTrue(yield* stillWaiting(waiting))
 
@@ -181,12 +181,12 @@ describe("AsyncToolset lifetime", () => {
         assert.include(out.output, "cancelled")
         yield* toolset.awaitIdle
         assert.deepStrictEqual(probe.interrupted, ["c1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a cancelled call's later updates and result never reach the chat", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(makeProbe(), {
             work: Effect.gen(function*() {
@@ -198,20 +198,20 @@ describe("AsyncToolset lifetime", () => {
           })]
         })
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
-        yield* TestClock.adjust("500 millis")
+        yield* kind.advance("500 millis")
 
         yield* toolset.cancel("c1")
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* toolset.awaitIdle
 
         assert.deepStrictEqual(yield* session.insertions, [])
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a cancelled call that keeps running uninterruptibly still never reaches the chat", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(makeProbe(), {
             work: Effect.uninterruptible(Effect.gen(function*() {
@@ -228,16 +228,16 @@ describe("AsyncToolset lifetime", () => {
         yield* toolset.cancel("c1")
         yield* settle
         assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.status), ["cancelling"], "it goes on")
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* toolset.awaitIdle
 
         assert.deepStrictEqual(yield* session.insertions, [])
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a call cancelled while it waits for the call it replaces to stop returns a cancelled output at once", () =>
       Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "replace",
           tools: [bookingTool(makeProbe(), { work: Effect.uninterruptible(finishesAfter("10 seconds", "booked")) })]
@@ -252,14 +252,14 @@ describe("AsyncToolset lifetime", () => {
 
         assert.isTrue(out.isError)
         assert.include(out.output, "cancelled")
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* toolset.awaitIdle
-      }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer)))
+      }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer)))
 
     it.effect("a call cancelled while it waits for the call it replaces to stop never runs", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "replace",
           tools: [bookingTool(probe, { work: Effect.uninterruptible(finishesAfter("10 seconds", "booked")) })]
@@ -270,28 +270,28 @@ describe("AsyncToolset lifetime", () => {
         assert.isTrue(yield* stillWaiting(replacing))
 
         yield* toolset.cancel("c2")
-        yield* TestClock.adjust("10 seconds") // c1 stops
+        yield* kind.advance("10 seconds") // c1 stops
         yield* Fiber.join(replacing)
-        yield* TestClock.adjust("10 seconds") // long enough for c2's work, had it started
+        yield* kind.advance("10 seconds") // long enough for c2's work, had it started
         yield* toolset.awaitIdle
 
         assert.deepStrictEqual(probe.started, ["c1"])
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("cancel of an unknown or finished call id is not-found", () =>
       Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(makeProbe(), { work: finishesAfter("1 second", "booked") })]
         })
         assert.strictEqual(yield* toolset.cancel("nobody"), "not-found")
 
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* toolset.awaitIdle
         assert.strictEqual(yield* toolset.cancel("c1"), "not-found")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("E3 not cancellable", () => {
@@ -299,7 +299,7 @@ describe("AsyncToolset lifetime", () => {
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(probe, { cancellable: false, work: finishesAfter("2 seconds", "booked") })]
         })
@@ -314,19 +314,19 @@ describe("AsyncToolset lifetime", () => {
           [{ callId: "c1", status: "running", cancellable: false }]
         )
 
-        yield* TestClock.adjust("2 seconds")
+        yield* kind.advance("2 seconds")
         yield* toolset.awaitIdle
         assert.deepStrictEqual(probe.interrupted, [])
         const final = (yield* chatOutputs(session)).get("c1_final")
         assert.strictEqual(final?.output, "booked")
         assert.isFalse(final?.isError)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("E4 uninterruptible tools", () => {
     it.effect("cancel returns at once even if the tool is inside an uninterruptible region", () =>
       Effect.gen(function*() {
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(makeProbe(), { work: Effect.uninterruptible(finishesAfter("10 seconds", "booked")) })]
         })
@@ -335,15 +335,15 @@ describe("AsyncToolset lifetime", () => {
 
         assert.strictEqual(yield* promptly(toolset.cancel("c1")), "cancelled")
 
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* toolset.awaitIdle
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a call stopping from an uninterruptible region stays listed as cancelling until it really stops", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(probe, { work: Effect.uninterruptible(finishesAfter("10 seconds", "booked")) })]
         })
@@ -362,17 +362,17 @@ describe("AsyncToolset lifetime", () => {
           [{ call_id: "c1", status: "cancelling", cancellable: false }]
         )
         const idle = yield* Effect.forkChild(toolset.awaitIdle)
-        yield* TestClock.adjust("9 seconds")
+        yield* kind.advance("9 seconds")
         assert.deepStrictEqual(yield* current, stopping)
         assert.isTrue(yield* stillWaiting(idle))
 
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* Fiber.join(idle)
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
         assert.deepStrictEqual(probe.interrupted, ["c1"])
         assert.deepStrictEqual(yield* session.insertions, [])
         assert.deepStrictEqual(yield* session.replies, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("E5 reused call ids", () => {
@@ -381,7 +381,7 @@ describe("AsyncToolset lifetime", () => {
         const session = yield* TestSession.TestSession
         const old = makeProbe()
         const fresh = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [
             bookingTool(old, { name: "pay", work: Effect.uninterruptible(finishesAfter("10 seconds", "paid")) }),
@@ -400,7 +400,7 @@ describe("AsyncToolset lifetime", () => {
         const out = yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         assert.isTrue(AsyncToolset.isPending(out))
 
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* settle
         assert.deepStrictEqual(old.interrupted, ["c1"], "the old call has stopped")
         assert.deepStrictEqual(
@@ -408,7 +408,7 @@ describe("AsyncToolset lifetime", () => {
           [{ callId: "c1", name: "book_flight", status: "running" }]
         )
 
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* settle
         assert.strictEqual((yield* chatOutputs(session)).get("c1_update_1")?.name, "book_flight")
 
@@ -416,13 +416,13 @@ describe("AsyncToolset lifetime", () => {
         yield* toolset.awaitIdle
         assert.deepStrictEqual(fresh.interrupted, ["c1"])
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a new call reusing a stopping call's id (same tool, allow) is not removed by the old call's clean-up", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           onDuplicateCall: "allow",
           tools: [bookingTool(probe, {
@@ -437,10 +437,10 @@ describe("AsyncToolset lifetime", () => {
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         yield* settle // the tool is inside its uninterruptible region now
         yield* toolset.cancel("c1")
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* execute(toolset, "c1", "book_flight", { to: "HND" })
 
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* settle
         assert.deepStrictEqual(probe.interrupted, ["c1"], "the old call has stopped")
         assert.deepStrictEqual(
@@ -448,13 +448,13 @@ describe("AsyncToolset lifetime", () => {
           [{ callId: "c1", args: `{"to":"HND"}`, status: "running" }]
         )
 
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* settle
         assert.deepStrictEqual(yield* chatCallIds(session), ["c1_update_1", "c1_update_1"])
         assert.strictEqual(yield* toolset.cancel("c1"), "cancelled")
         yield* toolset.awaitIdle
         assert.deepStrictEqual(probe.interrupted, ["c1", "c1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("E6 close and drain", () => {
@@ -464,7 +464,7 @@ describe("AsyncToolset lifetime", () => {
         const flights = makeProbe()
         const hotels = makeProbe()
         const scope = yield* Scope.make()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [
             bookingTool(flights, {
@@ -480,7 +480,7 @@ describe("AsyncToolset lifetime", () => {
 
         yield* session.setBusy
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
-        yield* TestClock.adjust("1 second") // c1_update_1 waits for the agent to be idle
+        yield* kind.advance("1 second") // c1_update_1 waits for the agent to be idle
         const waiting = yield* Effect.forkChild(execute(toolset, "c2", "search_hotels", { to: "NRT" }))
         assert.isTrue(yield* stillWaiting(waiting))
 
@@ -495,19 +495,19 @@ describe("AsyncToolset lifetime", () => {
 
         // The reply fiber is gone: an idle agent is not asked to reply.
         yield* session.setIdle
-        yield* TestClock.adjust("1 minute")
+        yield* kind.advance("1 minute")
         assert.deepStrictEqual(yield* session.replies, [])
 
         const later = yield* execute(toolset, "c3", "book_flight", { to: "HND" })
         assert.isTrue(later.isError)
         assert.include(later.output, "book_flight")
         assert.deepStrictEqual(flights.started, ["c1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("toolset.close interrupts every call; later calls get an error output", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({ id: "travel", tools: [bookingTool(probe)] })
+        const toolset = yield* kind.make({ id: "travel", tools: [bookingTool(probe)] })
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
 
         yield* promptly(toolset.close)
@@ -517,12 +517,12 @@ describe("AsyncToolset lifetime", () => {
         const later = yield* execute(toolset, "c2", "book_flight", { to: "NRT" })
         assert.isTrue(later.isError)
         assert.deepStrictEqual(probe.started, ["c1"])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("after close, awaitIdle completes even when results were still queued for a reply", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(makeProbe(), {
             work: Effect.gen(function*() {
@@ -538,23 +538,23 @@ describe("AsyncToolset lifetime", () => {
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         // Both updates arrive while the agent is busy: one is taken by the waiting reply fiber, the
         // other is still queued when the toolset closes.
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* settle
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* settle
         assert.deepStrictEqual(yield* chatCallIds(session), ["c1_update_1", "c1_update_1", "c1_update_2", "c1_update_2"])
 
         yield* toolset.close
 
         yield* promptly(toolset.awaitIdle)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("drain cancels the cancellable calls and waits for the others to finish", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const flights = makeProbe()
         const payments = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [
             bookingTool(flights),
@@ -569,29 +569,29 @@ describe("AsyncToolset lifetime", () => {
         assert.deepStrictEqual(flights.interrupted, ["c1"])
         assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.callId), ["c2"])
 
-        yield* TestClock.adjust("9 seconds")
+        yield* kind.advance("9 seconds")
         assert.isTrue(yield* stillWaiting(draining))
 
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* Fiber.join(draining)
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
         assert.deepStrictEqual(payments.interrupted, [])
         yield* toolset.awaitIdle
         assert.strictEqual((yield* chatOutputs(session)).get("c2_final")?.output, "paid")
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 
   describe("E7 timeouts", () => {
     it.effect("a call that times out before its first update gets a timed-out output", () =>
       Effect.gen(function*() {
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [quietTool(probe, { delay: "10 seconds", timeout: "5 seconds" })]
         })
         const waiting = yield* Effect.forkChild(execute(toolset, "c1", "search_hotels", { to: "NRT" }))
 
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         const out = yield* Fiber.join(waiting)
 
         assert.isTrue(out.isError)
@@ -602,20 +602,20 @@ describe("AsyncToolset lifetime", () => {
         yield* toolset.awaitIdle
         assert.deepStrictEqual(probe.interrupted, ["c1"])
         assert.deepStrictEqual(yield* toolset.runningTasks, [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a call that times out after an update gets a timed-out error as its final result in the chat", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const probe = makeProbe()
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(probe, { timeout: "5 seconds", work: finishesAfter("10 seconds", "booked") })]
         })
         const first = yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
         assert.isTrue(AsyncToolset.isPending(first))
 
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* toolset.awaitIdle
 
         assert.deepStrictEqual(probe.interrupted, ["c1"])
@@ -628,35 +628,35 @@ describe("AsyncToolset lifetime", () => {
         assert.strictEqual(replies.length, 1)
         assert.include(replies[0]!.instructions, "c1_final")
 
-        yield* TestClock.adjust("10 seconds")
+        yield* kind.advance("10 seconds")
         yield* toolset.awaitIdle
         assert.strictEqual((yield* session.replies).length, 1)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
     it.effect("a call that times out inside an uninterruptible region before its first update gets the timed-out output at expiry", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [quietTool(makeProbe(), { delay: "10 seconds", uninterruptible: true, timeout: "5 seconds" })]
         })
         const waiting = yield* Effect.forkChild(execute(toolset, "c1", "search_hotels", { to: "NRT" }))
 
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         const out = yield* promptly(Fiber.join(waiting), "the timed-out call's execute")
 
         assert.isTrue(out.isError)
         assert.match(out.output, /longer than 5s|timed out/)
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* toolset.awaitIdle
         assert.deepStrictEqual(yield* session.insertions, [], "its late update never reaches the chat")
-      }).pipe(thenLetToolsEnd, Effect.provide(TestSession.layer)))
+      }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer)))
 
     it.effect("a timeout does not cut a tool's uninterruptible region short, even at an update", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
         const steps: Array<string> = []
-        const toolset = yield* AsyncToolset.make({
+        const toolset = yield* kind.make({
           id: "travel",
           tools: [bookingTool(makeProbe(), {
             timeout: "1 second",
@@ -671,13 +671,13 @@ describe("AsyncToolset lifetime", () => {
         })
         yield* execute(toolset, "c1", "book_flight", { to: "NRT" })
 
-        yield* TestClock.adjust("5 seconds")
+        yield* kind.advance("5 seconds")
         yield* toolset.awaitIdle
 
         assert.deepStrictEqual(steps, ["card charged", "booking recorded"])
         const final = (yield* chatOutputs(session)).get("c1_final")
         assert.isTrue(final?.isError)
         assert.match(final?.output ?? "", /longer than 1s|timed out/)
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
   })
 })

@@ -3,11 +3,11 @@
  * steps (`MaxOpsBeforeYield` 3 to 64), and an interruption or a cancel is sent at each of those
  * steps in turn. Whatever the step, nothing stays registered and `awaitIdle` completes.
  */
-import { assert, describe, it } from "@effect/vitest"
+import { assert, it } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer, References } from "effect"
-import { TestClock } from "effect/testing"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
+import { forEachKind } from "../support/toolsets.ts"
 
 /** Lets every fiber that can run, run (they yield every few steps here). */
 const settle = Effect.gen(function*() {
@@ -41,13 +41,13 @@ const chatty = FunctionTool.make("chatty", { description: "Talks a lot, never en
 /** Scheduler yield settings the step-by-step races run under. */
 const yieldSettings = [3, 5, 16, 64] as const
 
-describe("AsyncToolset races", () => {
+forEachKind("AsyncToolset races", (kind) => {
   for (const maxOps of yieldSettings) for (const timeout of [undefined, "1 second"] as const) {
     it.effect(`a caller interrupted at any step of execute leaves no call registered (timeout ${timeout ?? "none"}, MaxOpsBeforeYield ${maxOps})`, () =>
       Effect.gen(function*() {
         for (let step = 0; step < 60; step++) {
           const leftover = yield* Effect.gen(function*() {
-            const toolset = yield* AsyncToolset.make({ id: "t", tools: [quick(timeout)] })
+            const toolset = yield* kind.make({ id: "t", tools: [quick(timeout)] })
             const call = yield* ChatContext.functionCall({ callId: "c1", name: "quick" })
             const caller = yield* Effect.forkChild(
               toolset.execute(call).pipe(Effect.provideService(References.MaxOpsBeforeYield, maxOps)),
@@ -56,10 +56,10 @@ describe("AsyncToolset races", () => {
             for (let i = 0; i < step; i++) yield* Effect.yieldNow
             yield* Fiber.interrupt(caller)
             yield* settle
-            yield* TestClock.adjust("2 seconds")
+            yield* kind.advance("2 seconds")
             yield* settle
             return { tasks: (yield* toolset.runningTasks).length, idle: yield* idleNow(toolset) }
-          }).pipe(Effect.scoped, Effect.provide(TestSession.layer))
+          }).pipe(Effect.scoped, kind.provide(TestSession.layer))
           assert.deepStrictEqual(leftover, { tasks: 0, idle: true }, `interrupted after ${step} yields`)
         }
       }))
@@ -69,7 +69,7 @@ describe("AsyncToolset races", () => {
     Effect.gen(function*() {
       for (let step = 0; step < 150; step++) {
         const { cancelled, idle } = yield* Effect.gen(function*() {
-          const toolset = yield* AsyncToolset.make({ id: "t", tools: [chatty] })
+          const toolset = yield* kind.make({ id: "t", tools: [chatty] })
           const call = yield* ChatContext.functionCall({ callId: "c1", name: "chatty" })
           yield* Effect.forkChild(
             toolset.execute(call).pipe(Effect.provideService(References.MaxOpsBeforeYield, maxOps)),
@@ -80,7 +80,7 @@ describe("AsyncToolset races", () => {
           const cancelled = (yield* toolset.cancel("c1")) === "cancelled"
           yield* settle
           return { cancelled, idle: yield* idleNow(toolset) }
-        }).pipe(Effect.scoped, Effect.provide(TestSession.layer))
+        }).pipe(Effect.scoped, kind.provide(TestSession.layer))
         if (cancelled) assert.isTrue(idle, `cancelled after ${step} yields`)
       }
     }))
@@ -112,23 +112,23 @@ describe("AsyncToolset races", () => {
       }))
     return Effect.gen(function*() {
       const chat = yield* TestSession.TestSession
-      const toolset = yield* AsyncToolset.make({ id: "t", tools: [work] })
+      const toolset = yield* kind.make({ id: "t", tools: [work] })
       yield* toolset.execute(yield* ChatContext.functionCall({ callId: "c1", name: "work" }))
-      yield* TestClock.adjust("1 second")
-      yield* TestClock.adjust("10 seconds")
+      yield* kind.advance("1 second")
+      yield* kind.advance("10 seconds")
       assert.deepStrictEqual((yield* chat.replies).map((r) => r.whileBusy), [false]) // the retry waits
       yield* chat.setIdle
       yield* toolset.awaitIdle
       assert.deepStrictEqual((yield* chat.replies).map((r) => r.whileBusy), [false, false])
-    }).pipe(Effect.provide(session))
+    }).pipe(kind.provide(session))
   })
 
   it.effect("a result with no JSON form gets the generic error output, not a cancellation", () =>
     Effect.gen(function*() {
       const tool = FunctionTool.make("f", { description: "Returns a function" }, () => Effect.succeed(() => 1))
-      const toolset = yield* AsyncToolset.make({ id: "t", tools: [tool] })
+      const toolset = yield* kind.make({ id: "t", tools: [tool] })
       const out = yield* toolset.execute(yield* ChatContext.functionCall({ callId: "c1", name: "f" }))
       assert.isTrue(out.isError)
       assert.strictEqual(out.output, FunctionTool.internalError("f").output)
-    }).pipe(Effect.provide(TestSession.layer)))
+    }).pipe(kind.provide(TestSession.layer)))
 })
