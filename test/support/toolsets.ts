@@ -21,7 +21,7 @@
 import { afterAll, describe } from "@effect/vitest"
 import type { PGliteInterface } from "@electric-sql/pglite"
 import { Duration, Effect, Layer, ManagedRuntime } from "effect"
-import type { Scope } from "effect"
+import { Scope } from "effect"
 import type { SqlClient } from "effect/sql/SqlClient"
 import { TestClock } from "effect/testing"
 import * as WorkflowEngine from "effect/workflow/WorkflowEngine"
@@ -69,6 +69,8 @@ const yields = (n: number): Effect.Effect<void> =>
 /** A store's statements in flight, and a way to wait until there are none. */
 export interface Tracker {
   pending: number
+  /** Statements started so far. */
+  started: number
   readonly idle: () => Promise<void>
 }
 
@@ -76,6 +78,7 @@ const makeTracker = (): Tracker => {
   const waiters: Array<() => void> = []
   const tracker: Tracker & { done: () => void } = {
     pending: 0,
+    started: 0,
     idle: () => tracker.pending === 0 ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve)),
     done: () => {
       if (--tracker.pending === 0) for (const wake of waiters.splice(0)) wake()
@@ -92,6 +95,7 @@ const tracked = (pglite: PGliteInterface, tracker: Tracker & { readonly done?: (
       if (property !== "query" && property !== "exec" && property !== "transaction") return value
       return (...args: Array<unknown>) => {
         tracker.pending++
+        tracker.started++
         const done = (tracker as unknown as { done: () => void }).done
         return (value as (...args: Array<unknown>) => Promise<unknown>).apply(target, args).finally(done)
       }
@@ -100,11 +104,17 @@ const tracked = (pglite: PGliteInterface, tracker: Tracker & { readonly done?: (
 
 const settleWith = (tracker: Tracker | undefined): Effect.Effect<void> =>
   Effect.gen(function*() {
+    // Quiet: a round of scheduler turns in which no statement ran or started, twice in a row.
     let quiet = 0
+    let seen = tracker?.started ?? 0
     for (let round = 0; round < 10_000; round++) {
       yield* yields(20)
-      if (tracker === undefined || tracker.pending === 0) {
-        if (++quiet >= (tracker === undefined ? 1 : 2)) return
+      if (tracker === undefined) return
+      if (tracker.pending === 0) {
+        const started = tracker.started
+        quiet = started === seen ? quiet + 1 : 0
+        seen = started
+        if (quiet >= 2) return
       } else {
         quiet = 0
         yield* Effect.promise(() => tracker.idle())
@@ -199,6 +209,8 @@ const makeDurable = (): Kind => {
     return runtime
   }
   const settle = settleWith(tracker)
+  /** The scope of the test running now, where the toolsets' workflows are registered. */
+  let runners: Scope.Scope | undefined
   disposeStore = () => runtime?.dispose() ?? Promise.resolve()
   const kind: Kind = {
     name: "durable",
@@ -206,21 +218,26 @@ const makeDurable = (): Kind => {
     make: (options) =>
       Effect.gen(function*() {
         const definition = DurableToolset.define(options)
-        yield* Layer.build(DurableToolset.layer(definition))
+        // Its workflow is registered for the whole test (the runner's lifetime), not the toolset's:
+        // closing a durable toolset leaves its calls running.
+        yield* Layer.build(DurableToolset.layer(definition)).pipe(Scope.provide(runners!))
         return yield* DurableToolset.make(definition)
       }) as never,
     settle,
     advance: advanceWith(settle),
     provide: (session) => (effect) =>
       Effect.flatMap(Effect.andThen(running(kind), Effect.promise(() => store().context())), (context) =>
-        Effect.provide(
-          effect,
-          Layer.mergeAll(
-            session,
-            WorkflowEngine.layerMemory,
-            DurableChat.layer({ sessionId: `t${sessions++}` }).pipe(Layer.orDie)
-          ).pipe(Layer.provideMerge(Layer.succeedContext(context)))
-        )) as never
+        Effect.scoped(Effect.flatMap(Effect.scope, (scope) => {
+          runners = scope
+          return Effect.provide(
+            effect,
+            Layer.mergeAll(
+              session,
+              WorkflowEngine.layerMemory,
+              DurableChat.layer({ sessionId: `t${sessions++}` }).pipe(Layer.orDie)
+            ).pipe(Layer.provideMerge(Layer.succeedContext(context)))
+          )
+        }))) as never
   }
   return kind
 }

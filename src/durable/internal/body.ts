@@ -14,7 +14,7 @@
  * Cancellation and the timeout are data: a call asked to stop has its row say `stopping` (seen here
  * at once in this process, else at the next look), and a call's deadline is in its row.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Option, Result, Schedule, Schema } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Option, Result, Schedule, Schema } from "effect"
 import * as Workflow from "effect/workflow/Workflow"
 import type { WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
 import { AsyncRunContext } from "../../AsyncRunContext.ts"
@@ -196,20 +196,26 @@ const runTool = (
       Effect.provideService(AsyncRunContext, runContext),
       Effect.provideService(DurableRun, run),
       // A scope of the call's own, closed when the tool ends (as in memory).
-      Effect.scoped,
-      Effect.exit,
-      Effect.map((exit): Outcome => ({ _tag: "Exit", exit }))
+      Effect.scoped
     )
-  const timed: Effect.Effect<Outcome> = row.deadline === null ? handler : Effect.flatMap(
-    Clock.currentTimeMillis,
-    (now) =>
-      Effect.map(
-        Effect.timeoutOption(handler, Duration.millis(Math.max(0, row.deadline! - now))),
-        Option.getOrElse((): Outcome => ({ _tag: "TimedOut" }))
-      )
-  )
-  return Effect.raceFirst(timed, watchStop(store, sessionId, row.base))
+  // The tool runs until it ends, is asked to stop, or runs out of time; stopped, it is interrupted
+  // and waited for: the end is recorded once the tool has really stopped (an activity is never
+  // cut short, F3).
+  const stopOrDeadline: Effect.Effect<Outcome> = row.deadline === null
+    ? watchStop(store, sessionId, row.base)
+    : Effect.raceFirst(
+      watchStop(store, sessionId, row.base),
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.as(Effect.sleep(Duration.millis(Math.max(0, row.deadline! - now))), timedOut))
+    )
+  return Effect.flatMap(Effect.forkChild(Effect.exit(handler), { startImmediately: true }), (fiber) =>
+    Effect.flatMap(
+      Effect.raceFirst(Effect.map(Fiber.join(fiber), (exit): Outcome => ({ _tag: "Exit", exit })), stopOrDeadline),
+      (outcome): Effect.Effect<Outcome> => outcome._tag === "Exit" ? Effect.succeed(outcome) : Effect.as(Fiber.interrupt(fiber), outcome)
+    ))
 }
+
+const timedOut: Outcome = { _tag: "TimedOut" }
 
 /**
  * Completes once the call's row says it is asked to stop: told at once by a stop in this process,

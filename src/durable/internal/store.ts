@@ -29,6 +29,7 @@ import { withCreatedAt } from "../../internal/items.ts"
 import type { DurableChat } from "../DurableChat.ts"
 import type { DurableStore } from "../DurableStore.ts"
 import type { CallWorkflow } from "./body.ts"
+import { crypto, WebCrypto } from "./digest.ts"
 import { firstOutputId, pairAt, retrying, syntheticCallId } from "./body.ts"
 import type { CallEvent, Mailbox } from "./hub.ts"
 import { mailbox, post } from "./hub.ts"
@@ -173,7 +174,11 @@ const start = (
       })
       if (existing !== undefined && existing.callItemId !== c.functionCall.id) continue
       Coordinator.noteBase(toolset.session, c.base)
-      yield* Effect.provideContext(deps.workflow.execute({ sessionId, base: c.base }, { discard: true }), deps.engine)
+      // (Hashing its execution id at once: no round trip to a worker thread.)
+      yield* deps.workflow.execute({ sessionId, base: c.base }, { discard: true }).pipe(
+        Effect.provideContext(deps.engine),
+        Effect.provideService(WebCrypto, crypto)
+      )
       record.recorded = true
       if (existing !== undefined) {
         // The same model call, recorded before: it is that call.
