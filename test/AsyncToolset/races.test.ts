@@ -7,11 +7,12 @@ import { assert, it } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer, References } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
-import { forEachKind } from "../support/toolsets.ts"
+import { forEachKind, settle as settleKind } from "../support/toolsets.ts"
 
-/** Lets every fiber that can run, run (they yield every few steps here). */
+/** Lets every fiber that can run, run (they yield every few steps here), and the store finish. */
 const settle = Effect.gen(function*() {
   for (let i = 0; i < 50; i++) yield* Effect.yieldNow
+  yield* settleKind
 })
 
 /** Whether `awaitIdle` completes once the fibers that can run have run. */
@@ -19,6 +20,7 @@ const idleNow = (toolset: AsyncToolset.AsyncToolset) =>
   Effect.gen(function*() {
     const waiter = yield* Effect.forkChild(toolset.awaitIdle, { startImmediately: true })
     for (let i = 0; i < 20; i++) yield* Effect.yieldNow
+    yield* settleKind
     const done = waiter.pollUnsafe() !== undefined
     yield* Fiber.interrupt(waiter)
     return done

@@ -111,11 +111,13 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
 ): Effect.Effect<void, never, WorkflowEngine | WorkflowInstance> =>
   Effect.gen(function*() {
     const { base, sessionId } = payload
+    // Listening before reading (a stop or a predecessor's end told from now on is not missed).
+    const told = yield* Effect.acquireRelease(Effect.sync(() => arm(store, sessionId, [base], isStop)), (armed) => Effect.sync(armed.close))
     let row = yield* retrying(readCall(store.sql, sessionId, base))
     // Ended already (its end was recorded; this is a replay), or never recorded: nothing to do.
     if (row === undefined || !isLive(row.status)) return
     if (row.status === "waiting") {
-      row = yield* awaitTurn(store, sessionId, row)
+      row = yield* awaitTurn(store, sessionId, row, told)
       if (row === undefined || !isLive(row.status)) return
     }
     const call = decodeCall(row.callItem)
@@ -125,7 +127,7 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
       ? { _tag: "Stopped" }
       : p === undefined
       ? { _tag: "Invalid", message: `${call.name} is no longer a tool of this agent; the call did not finish.` }
-      : yield* runTool(definition, store, sessionId, row, call, p, executionId, context).pipe(Effect.provideContext(services))
+      : yield* runTool(definition, store, sessionId, row, call, p, executionId, context, told).pipe(Effect.provideContext(services))
     if (outcome._tag === "Exit" && Exit.isFailure(outcome.exit) && Cause.hasInterruptsOnly(outcome.exit.cause)) {
       // Interrupted, and not by a stop of ours (that is `Stopped`) or the deadline: the workflow
       // engine stopped this execution (its runner shutting down, its shard moving, an activity
@@ -135,40 +137,79 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
       return yield* Effect.failCause(outcome.exit.cause as Cause.Cause<never>)
     }
     yield* recordOutcome(definition, store, sessionId, base, call, p, outcome)
-  }).pipe(Effect.annotateLogs({ toolset: definition.id, callId: payload.base }))
+  }).pipe(Effect.scoped, Effect.annotateLogs({ toolset: definition.id, callId: payload.base }))
 
 /**
  * A call that replaces others begins once each of them has ended (D4): woken when one ends in this
  * process, else looking every `pollInterval`. Returns its row once it runs (or once it was stopped).
  */
-const awaitTurn = (store: DurableStore["Service"], sessionId: string, row: CallRow) =>
-  Effect.gen(function*() {
-    let current: CallRow | undefined = row
-    while (current !== undefined && current.status === "waiting") {
-      const live = yield* retrying(liveAmong(store.sql, sessionId, current.after))
-      if (live === 0) {
-        const now = yield* Clock.currentTimeMillis
-        current = yield* retrying(beginRunning(store.sql, sessionId, current.base, now))
-        if (current?.status === "running") store.hub.publish(sessionId, current.base, running)
+const awaitTurn = (store: DurableStore["Service"], sessionId: string, row: CallRow, told: Armed) =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => arm(store, sessionId, row.after, isEnd)),
+    (predecessors) =>
+      Effect.gen(function*() {
+        let current: CallRow | undefined = row
+        while (current !== undefined && current.status === "waiting") {
+          const live = yield* retrying(liveAmong(store.sql, sessionId, current.after))
+          if (live === 0) {
+            const now = yield* Clock.currentTimeMillis
+            current = yield* retrying(beginRunning(store.sql, sessionId, current.base, now))
+            if (current?.status === "running") store.hub.publish(sessionId, current.base, running)
+            return current
+          }
+          yield* Effect.raceFirst(predecessors.wait, told.wait)
+          current = yield* retrying(readCall(store.sql, sessionId, current.base))
+        }
         return current
-      }
-      yield* awaitAny(store, sessionId, [...current.after, current.base])
-      current = yield* retrying(readCall(store.sql, sessionId, current.base))
-    }
-    return current
-  })
+      }),
+    (predecessors) => Effect.sync(predecessors.close)
+  )
+
+const isStop = (event: CallEvent) => event._tag === "Stop"
+const isEnd = (event: CallEvent) => event._tag === "Ended"
 
 const running: CallEvent = { _tag: "Running" }
 
-/** Waits until one of these calls says something in this process, or `pollInterval` passed. */
-const awaitAny = (store: DurableStore["Service"], sessionId: string, bases: ReadonlyArray<string>) =>
-  Effect.timeoutOption(
+/**
+ * A listener armed on some calls' events in this process: `wait` completes at once if one was told
+ * since the last wait, else at the next one, or after `pollInterval` (what another process changed
+ * is read then). Armed before the store is read, nothing told after the read is missed.
+ */
+interface Armed {
+  readonly wait: Effect.Effect<void>
+  readonly close: () => void
+}
+
+const arm = (
+  store: DurableStore["Service"],
+  sessionId: string,
+  bases: ReadonlyArray<string>,
+  matters: (event: CallEvent) => boolean
+): Armed => {
+  let told = false
+  let wake: (() => void) | undefined
+  const listener = (event: CallEvent) => {
+    if (!matters(event)) return
+    told = true
+    const w = wake
+    wake = undefined
+    w?.()
+  }
+  const stops = bases.map((base) => store.hub.listen(sessionId, base, listener))
+  const wait = Effect.timeoutOption(
     Effect.callback<void>((resume) => {
-      const stops = bases.map((base) => store.hub.listen(sessionId, base, () => resume(Effect.void)))
-      return Effect.sync(() => stops.forEach((stop) => stop()))
+      if (told) return resume(Effect.void)
+      wake = () => resume(Effect.void)
+      return Effect.sync(() => {
+        wake = undefined
+      })
     }),
     store.pollInterval
-  )
+  ).pipe(Effect.andThen(Effect.sync(() => {
+    told = false
+  })))
+  return { wait, close: () => stops.forEach((stop) => stop()) }
+}
 
 /** Runs the tool, raced against the call being asked to stop and against its deadline. */
 const runTool = (
@@ -179,7 +220,8 @@ const runTool = (
   call: FunctionCall,
   p: Prepared,
   executionId: string,
-  context: Context.Context<WorkflowEngine | WorkflowInstance>
+  context: Context.Context<WorkflowEngine | WorkflowInstance>,
+  told: Armed
 ): Effect.Effect<Outcome> => {
   const decoded = FunctionTool.decodeArguments(p.visible, call.arguments, { maxLength: Number.MAX_SAFE_INTEGER })
   if (Result.isFailure(decoded)) return Effect.succeed({ _tag: "Invalid", message: decoded.failure.message })
@@ -202,9 +244,9 @@ const runTool = (
   // and waited for: the end is recorded once the tool has really stopped (an activity is never
   // cut short, F3).
   const stopOrDeadline: Effect.Effect<Outcome> = row.deadline === null
-    ? watchStop(store, sessionId, row.base)
+    ? watchStop(store, sessionId, row.base, told)
     : Effect.raceFirst(
-      watchStop(store, sessionId, row.base),
+      watchStop(store, sessionId, row.base, told),
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
         Effect.as(Effect.sleep(Duration.millis(Math.max(0, row.deadline! - now))), timedOut))
     )
@@ -222,10 +264,10 @@ const timedOut: Outcome = { _tag: "TimedOut" }
  * else seen at the next look (every `pollInterval`). The tool is interrupted then; its activities
  * are not cut short (F3).
  */
-const watchStop = (store: DurableStore["Service"], sessionId: string, base: string): Effect.Effect<Outcome> =>
+const watchStop = (store: DurableStore["Service"], sessionId: string, base: string, told: Armed): Effect.Effect<Outcome> =>
   Effect.gen(function*() {
     while (true) {
-      yield* awaitAny(store, sessionId, [base])
+      yield* told.wait
       const now = yield* Effect.orElseSucceed(readCall(store.sql, sessionId, base), () => undefined)
       if (now !== undefined && now.status !== "running") return { _tag: "Stopped" } as const
     }

@@ -120,6 +120,8 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
       unlisten = listen(deps, c, box)
       yield* catchUp(deps, toolset, c, record, box)
     }
+    // Stopped while it was being recorded (a call waiting for its turn is not interrupted: it ends).
+    if (c.status === "done") return yield* stopped(deps, toolset, c, record, box)
     if (c.status === "waiting" && !(yield* CallRun.waitTurn(toolset, c, context))) {
       return yield* stopped(deps, toolset, c, record, box)
     }
