@@ -31,6 +31,9 @@ export default defineConfig({
   },
   test: {
     include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"],
+    // The durable toolset's tests run a store (PGlite) in the test's process: on a loaded 2-core
+    // machine one can take several seconds. A hang still fails, after this.
+    testTimeout: 30_000,
     globalSetup: ["test/support/globalSetup.ts"]
   }
 })

@@ -57,6 +57,12 @@ export class AgentSession extends Context.Service<AgentSession, {
    * again): the toolset requests its reply right after, without suspending.
    */
   readonly awaitInactive: Effect.Effect<void>
-  /** Asks the agent for one reply. */
+  /**
+   * Asks the agent for one reply. Completes once the agent has taken the request up (it is making
+   * that reply now, or will next, whatever else it is asked meanwhile); the reply itself may go on
+   * for as long as the agent speaks (`awaitInactive` tells when it is over). Fails if the request
+   * cannot be taken up: the toolset asks again (its `sessionRetry`). The toolset's `replyTimeout`
+   * bounds how long taking it up may take, never how long the reply lasts.
+   */
   readonly generateReply: (request: ReplyRequest) => Effect.Effect<void, SessionError>
 }>()("effect-async-toolset/AgentSession") {}

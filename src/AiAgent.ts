@@ -44,7 +44,7 @@ import type { Scope } from "effect"
 import { AiError, LanguageModel, Prompt } from "effect/ai"
 import type { Toolkit } from "effect/ai"
 import type * as AgentEvent from "./AgentEvent.ts"
-import { AgentSession, SessionError } from "./AgentSession.ts"
+import { AgentSession } from "./AgentSession.ts"
 import type { AsyncRunContext } from "./AsyncRunContext.ts"
 import { isPending, make as makeToolset } from "./AsyncToolset.ts"
 import type { AsyncToolset, Options as ToolsetOptions } from "./AsyncToolset.ts"
@@ -204,6 +204,8 @@ interface Job {
   readonly cause: "user" | "reply"
   readonly instructions: string | undefined
   readonly toolChoice: "auto" | "none"
+  /** Completed when the turn begins (the agent took the request up). */
+  readonly started: Deferred.Deferred<void>
   readonly done: Deferred.Deferred<Turn, AiError.AiError>
 }
 
@@ -632,13 +634,16 @@ export const make = Effect.fnUntraced(function*(
       Effect.sync(() => {
         closed = true
         pendingTurns -= left.length
-        for (const job of left) Deferred.doneUnsafe(job.done, Exit.interrupt())
+        for (const job of left) {
+          Deferred.doneUnsafe(job.started, Exit.interrupt())
+          Deferred.doneUnsafe(job.done, Exit.interrupt())
+        }
         notify()
       }))
   )
   const worker = Queue.take(jobs).pipe(
     Effect.flatMap((job) =>
-      runTurn(job, ++turns).pipe(
+      Effect.andThen(Effect.sync(() => Deferred.doneUnsafe(job.started, Exit.void)), runTurn(job, ++turns)).pipe(
         // The caller resumes inside `doneUnsafe`: count the turn as over before that.
         Effect.onExit((exit) =>
           Effect.sync(() => {
@@ -655,13 +660,18 @@ export const make = Effect.fnUntraced(function*(
   yield* Effect.forkScoped(worker, { startImmediately: true })
 
   /** Queues a turn; `before` runs once it is queued, before waiting for the turn. */
-  const enqueue = (job: Omit<Job, "done">, before: Effect.Effect<void> = Effect.void): Effect.Effect<Turn, AiError.AiError> =>
+  /** Queues a turn; returns the queued job (its `started` and `done`). */
+  const queue = (job: Omit<Job, "done" | "started">): Job => {
+    const queued: Job = { ...job, started: Deferred.makeUnsafe(), done: Deferred.makeUnsafe() }
+    pendingTurns++
+    Queue.offerUnsafe(jobs, queued)
+    return queued
+  }
+  const enqueue = (job: Omit<Job, "done" | "started">, before: Effect.Effect<void> = Effect.void): Effect.Effect<Turn, AiError.AiError> =>
     Effect.suspend(() => {
       if (closed) return Effect.interrupt
-      const done = Deferred.makeUnsafe<Turn, AiError.AiError>()
-      pendingTurns++
-      Queue.offerUnsafe(jobs, { ...job, done })
-      return Effect.andThen(before, Deferred.await(done))
+      const queued = queue(job)
+      return Effect.andThen(before, Deferred.await(queued.done))
     })
 
   const session = AgentSession.of({
@@ -669,11 +679,14 @@ export const make = Effect.fnUntraced(function*(
     items: Effect.sync((): ReadonlyArray<ChatItem> => items),
     insert: (batch) => Effect.andThen(Effect.sync(() => add(batch)), save(batch)),
     awaitInactive,
+    // Completes once the reply's turn begins: the agent took the request up (the port's
+    // contract). The turn may go on for minutes, speaking; a model error in it is the turn's
+    // (logged), and the toolset's items stay in the chat for the next reply.
     generateReply: (request) =>
-      enqueue({ cause: "reply", instructions: request.instructions, toolChoice: request.toolChoice }).pipe(
-        Effect.mapError((error) => new SessionError({ operation: "generateReply", message: error.message, cause: error })),
-        Effect.asVoid
-      )
+      Effect.suspend(() => {
+        if (closed) return Effect.interrupt
+        return Deferred.await(queue({ cause: "reply", instructions: request.instructions, toolChoice: request.toolChoice }).started)
+      })
   })
 
   return AiAgent.of({

@@ -251,11 +251,12 @@ describe("AiAgent", () => {
         )
         yield* Effect.yieldNow
         assert.strictEqual((yield* model.requests).length, 1)
+        assert.isUndefined(reply.pollUnsafe(), "the request is taken up once the turn before it is over")
         yield* TestClock.adjust("1 second")
         yield* Fiber.join(turn)
-        assert.isUndefined(reply.pollUnsafe())
+        yield* Fiber.join(reply) // taken up: its turn began
         yield* TestClock.adjust("1 second")
-        yield* Fiber.join(reply)
+        yield* agent.awaitInactive
         assert.deepStrictEqual((yield* model.requests).map((r) => r.toolChoice), ["auto", "none"])
       }).pipe(Effect.provide(agentLayer((r) => ({ text: `answer ${r.index + 1}`, delay: "1 second" })))))
   })
@@ -269,6 +270,7 @@ describe("AiAgent", () => {
         yield* agent.send("hello")
 
         yield* session.generateReply({ instructions: "Tell the user the weather changed.", toolChoice: "none" })
+        yield* agent.awaitInactive // the reply is taken up at once, and made
 
         const request = (yield* model.requests)[1]!
         assert.strictEqual(request.toolChoice, "none")
@@ -283,10 +285,12 @@ describe("AiAgent", () => {
 
     it.effect("a provider without system messages inside the history gets the instructions in the leading one", () =>
       Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
         const session = yield* AgentSession.AgentSession
         const model = yield* ScriptedModel.ScriptedModel
 
         yield* session.generateReply({ instructions: "Say hello.", toolChoice: "none" })
+        yield* agent.awaitInactive
 
         const [request] = yield* model.requests
         assert.deepStrictEqual(promptLines(request!.prompt), ["system: Be brief.\n\nSay hello."])
@@ -358,7 +362,7 @@ describe("AiAgent", () => {
         assert.include(transcript(yield* agent.chat).at(-1)!, "call_1_1_final")
 
         yield* agent.setUserTyping(false)
-        yield* toolset.awaitIdle
+        yield* agent.awaitIdle
         const requests = yield* model.requests
         assert.strictEqual(requests.length, 3)
         assert.strictEqual(requests[2]!.toolChoice, "none")
@@ -634,13 +638,28 @@ describe("AiAgent", () => {
       )))
     )
 
-    it.effect("a model failure in a reply turn reaches the toolset as a SessionError", () =>
+    it.effect("C4e a reply request is taken up when its turn begins; a model failure in that turn is the turn's (logged), not the request's", () =>
       Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
         const session = yield* AgentSession.AgentSession
-        const error = yield* Effect.flip(session.generateReply({ instructions: "x", toolChoice: "none" }))
-        assert.strictEqual(error._tag, "SessionError")
-        assert.strictEqual(error.operation, "generateReply")
+        const events = yield* agent.events.pipe(Stream.take(2), Stream.runCollect, Effect.forkChild({ startImmediately: true }))
+        yield* session.generateReply({ instructions: "x", toolChoice: "none" })
+        yield* agent.awaitInactive
+        const [started, ended] = yield* Fiber.join(events)
+        assert.strictEqual(started?._tag, "TurnStarted")
+        assert.isTrue(ended?._tag === "TurnEnded" && ended.outcome === "failed")
       }).pipe(Effect.provide(agentLayer(() => Effect.fail(ScriptedModel.error("down"))))))
+
+    it.effect("C4e a reply that takes minutes to make is taken up at once: generateReply does not wait for it", () =>
+      Effect.gen(function*() {
+        const agent = yield* AiAgent.AiAgent
+        const session = yield* AgentSession.AgentSession
+        yield* session.generateReply({ instructions: "Tell it all.", toolChoice: "none" })
+        assert.isFalse(yield* agent.isInactive, "the agent is speaking")
+        yield* TestClock.adjust("5 minutes")
+        yield* agent.awaitInactive
+        assert.deepStrictEqual(transcript(yield* agent.chat), ["assistant: a long story"])
+      }).pipe(Effect.provide(agentLayer(() => ({ text: "a long story", delay: "5 minutes" })))))
   })
 
   describe("toolsets as layers", () => {

@@ -43,7 +43,7 @@ describe("scenario: the agent on an OpenAI-compatible server", () => {
         const turn = yield* agent.send("Book me a flight to Tokyo")
         assert.strictEqual(turn.text, "On it: I am looking up flights to Tokyo.")
 
-        yield* toolset.awaitIdle // the booking ended and the agent told the user
+        yield* agent.awaitIdle // the booking ended and the agent told the user
         const lines = transcript(yield* agent.chat)
         assert.strictEqual(lines[0], "user: Book me a flight to Tokyo")
         assert.strictEqual(lines[1], `call call_abc book_flight {"to":"Tokyo"}`)
@@ -146,7 +146,7 @@ describe("scenario: the agent on an OpenAI-compatible server", () => {
 
         const turn = yield* agent.send("Book me a flight to Tokyo")
         assert.strictEqual(turn.text, "On it: looking up flights.")
-        yield* toolset.awaitIdle
+        yield* agent.awaitIdle
 
         const lines = transcript(yield* agent.chat)
         assert.strictEqual(lines[1], `call call_abc book_flight {"to":"Tokyo"}`)
