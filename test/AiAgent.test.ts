@@ -353,7 +353,7 @@ describe("AiAgent", () => {
       Effect.gen(function*() {
         const agent = yield* AiAgent.AiAgent
         const model = yield* ScriptedModel.ScriptedModel
-        const toolset = yield* travel
+        yield* travel
         yield* agent.send("Book me a flight to Tokyo")
 
         yield* agent.setUserTyping(true)

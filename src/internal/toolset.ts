@@ -211,18 +211,34 @@ const reject = (toolset: CallRun.Toolset, call: FunctionCall, text: string): Eff
 const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOutput> => {
   const ticket: Ticket = { call: undefined }
   // A caller interrupted once its call is admitted (while it waits for the first output, or just
-  // as that output is settled) does not get it: it abandons the call, which is cancelled.
+  // as that output is handed over) does not get it: it abandons the call, which is withdrawn (B9).
   // `onExitPrimitive`: the finalizer is synchronous and returns no effect, which saves the steps
-  // `onExit` spends running one. It runs uninterruptibly (`false`), as `onExit`'s do: with an
-  // interruptible one, a caller interrupted during the tool's inline run left its call running
-  // (test/Review2.callers.test.ts).
-  return Effect.onExitPrimitive(admitAndAwait(state, call, ticket), (exit) => {
+  // `onExit` spends running one.
+  return Effect.onExitPrimitive(Effect.flatMap(admitAndAwait(state, call, ticket), handOver), (exit) => {
     if (ticket.call !== undefined && Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause)) {
       CallRun.abandon(state.toolset, ticket.call)
     }
     return undefined
   }, false)
 }
+
+/**
+ * The first output goes back to the caller with operations to spare before the caller's fiber
+ * yields to the scheduler (B9). Effect's run loop yields when a fiber spends its budget, and an
+ * interruption that arrives during that yield replaces the value being returned: if that happened
+ * between this function and the caller's next step, the caller would lose the output while its
+ * call went on. So when the budget is nearly spent, the fiber yields here first, where an
+ * interruption still reaches the exit handler above (and withdraws the call).
+ */
+const handOver = (output: FunctionCallOutput): Effect.Effect<FunctionCallOutput> =>
+  Effect.withFiber((fiber) =>
+    !fiber.cache.preventYield && fiber.currentOpCount + handOverSteps >= fiber.cache.maxOpsBeforeYield
+      ? Effect.as(Effect.yieldNow, output)
+      : Effect.succeed(output)
+  )
+
+/** The run-loop steps from `handOver` to the caller's next step, and a margin. */
+const handOverSteps = 8
 
 /** What `execute` admitted, once it did. */
 interface Ticket {

@@ -3,7 +3,7 @@
  * tool goes on in the background, and what it says later reaches the chat as numbered pairs.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Schema } from "effect"
+import { Deferred, Effect, Exit, Fiber, References, Schema } from "effect"
 import { AsyncRunContext, AsyncToolset, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "../support/replies.ts"
@@ -423,4 +423,76 @@ forEachKind("AsyncToolset hand-off", (kind) => {
         for (const id of ids) assert.deepStrictEqual(insertionsOf(yield* session.insertions, id), { calls: 1, outputs: 1 })
       }).pipe(kind.provide(TestSession.layer)))
   })
+
+  describe("B7 call ids stay unique in the chat, whatever ids the model sends", () => {
+    it.effect("a model call whose id equals a running call's future <id>_update_1 never makes two chat items share it", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* kind.make({ id: "travel", tools: [bookFlight], onDuplicateCall: "allow" })
+
+        const first = yield* call("job", "book_flight", { to: "NRT" })
+        yield* session.insert([first, yield* toolset.execute(first)]) // as the agent stores it
+        const clash = yield* call("job_update_1", "book_flight", { to: "KIX" }) // a later answer's call id
+        yield* session.insert([clash, yield* toolset.execute(clash)])
+        yield* kind.advance("3 seconds")
+        yield* toolset.awaitIdle
+
+        const calls = (yield* session.chat).items.filter((i) => i._tag === "FunctionCall").map((i) => i.callId)
+        assert.strictEqual(new Set(calls).size, calls.length, `a call id twice: ${calls.join(", ")}`)
+        const outputs = (yield* session.chat).items.filter((i) => i._tag === "FunctionCallOutput").map((i) => i.callId)
+        assert.strictEqual(new Set(outputs).size, outputs.length, `an output id twice: ${outputs.join(", ")}`)
+        // job's updates and result are all there, its first later update under an id of its own
+        assert.includeMembers(calls, ["job", "job_update_1", "job_update_1_2", "job_update_2", "job_final"])
+      }).pipe(kind.provide(TestSession.layer)))
+  })
+
+  describe("B9 a caller interrupted while it waits for the first output gets it, or the call is withdrawn", () => {
+    /** Says "started" at once (inline), then "half way" after 1 s, then "done" after 1 s. */
+    const worker = FunctionTool.make("w", { description: "w", onDuplicateCall: "allow" }, () =>
+      Effect.gen(function*() {
+        yield* AsyncRunContext.update("started")
+        yield* Effect.sleep("1 second")
+        yield* AsyncRunContext.update("half way")
+        yield* Effect.sleep("1 second")
+        return "done"
+      }))
+    for (const budget of [1, 2, 3, 5, 8, 16, 64, 2048]) {
+      it.effect(`interrupted after any number of its steps, at MaxOpsBeforeYield ${budget}`, () =>
+        Effect.gen(function*() {
+          const session = yield* TestSession.TestSession
+          const toolset = yield* kind.make({ id: "t", tools: [worker] })
+          // The caller's fiber has done `spent` operations of its own before it calls execute, so
+          // that it reaches its yield budget at each step of execute in turn; it is interrupted
+          // after `k` turns of the scheduler.
+          const spent = [...new Set(Array.from({ length: Math.min(budget, 24) + 1 }, (_, i) => Math.max(0, budget - i)))]
+          const answered = new Set<string>()
+          const ids: Array<string> = []
+          for (const n of spent) {
+            for (const k of [0, 1, 2, 3]) {
+              const id = `c${n}x${k}`
+              ids.push(id)
+              const burn = Effect.forEach(Array.from({ length: n }), () => Effect.void, { discard: true })
+              const caller = yield* Effect.forkChild(
+                Effect.andThen(
+                  burn,
+                  Effect.onExit(
+                    Effect.flatMap(call(id, "w"), toolset.execute),
+                    (exit) => Effect.sync(() => Exit.isSuccess(exit) && answered.add(id))
+                  )
+                ).pipe(Effect.provideService(References.MaxOpsBeforeYield, budget)),
+                { startImmediately: true }
+              )
+              for (let i = 0; i < k; i++) yield* Effect.yieldNow
+              yield* Fiber.interrupt(caller)
+            }
+          }
+          yield* kind.advance("5 seconds")
+          yield* toolset.awaitIdle
+          const chat = yield* session.chat
+          const lost = ids.filter((id) => !answered.has(id) && chat.items.some((i) => i._tag !== "ChatMessage" && i.callId.startsWith(`${id}_`)))
+          assert.deepStrictEqual(lost, [], "their callers got no output, yet the calls went on and spoke")
+        }).pipe(kind.provide(TestSession.layer)))
+    }
+  })
 })
+

@@ -254,8 +254,14 @@ let durableKind: Kind | undefined
 /** The durable toolset (its store opened at the file's first durable test). */
 export const durable = (): Kind => durableKind ??= makeDurable()
 
-/** Both kinds, in-memory first. */
-export const kinds = (): ReadonlyArray<Kind> => [memory, durable()]
+/**
+ * Both kinds, in-memory first; `TOOLSET_KINDS=memory` (or `durable`) runs one of them only (to
+ * look at one quickly, or to run a test against code that has only one).
+ */
+export const kinds = (): ReadonlyArray<Kind> => {
+  const only = process.env.TOOLSET_KINDS
+  return only === "memory" ? [memory] : only === "durable" ? [durable()] : [memory, durable()]
+}
 
 /** A `describe` per kind: `name (in memory)`, `name (durable)`. */
 export const forEachKind = (name: string, body: (kind: Kind) => void): void => {
