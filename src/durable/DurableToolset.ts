@@ -364,13 +364,12 @@ export const activity = <A, E = never, R = never>(
     const unique = `step/${name}${n === 1 ? "" : `/${n}`}`
     const success: Schema.Codec<A, unknown> = options?.success ?? voidSchema
     const error: Schema.Codec<E, unknown> = options?.error ?? toolErrorSchema
-    // Never cut short (F3): a cancel or a timeout waits for the step to end, then stops the tool.
-    return Effect.uninterruptible(
-      Effect.flatMap(Effect.provideContext(Activity.idempotencyKey(unique), durable.context), (idempotencyKey) =>
-        Activity.make({ name: unique, success, error, execute: run({ idempotencyKey }) }).pipe(
-          Effect.provideContext(durable.context)
-        ))
-    )
+    // Never cut short (F3): the step itself is uninterruptible, so a cancel or a timeout (which
+    // interrupts the tool, and the engine's wait for the step) waits for it to end and be stored.
+    return Effect.flatMap(Effect.provideContext(Activity.idempotencyKey(unique), durable.context), (idempotencyKey) =>
+      Activity.make({ name: unique, success, error, execute: Effect.uninterruptible(run({ idempotencyKey })) }).pipe(
+        Effect.provideContext(durable.context)
+      ))
   })
 
 /**

@@ -3,9 +3,10 @@
  * call ids, closing and draining the toolset, and timeouts.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Scope } from "effect"
+import { Deferred, Effect, Exit, Fiber, Scope } from "effect"
 import type { Duration } from "effect"
 import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+import { DurableToolset } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
 import {
   bookingTool,
@@ -692,4 +693,104 @@ forEachKind("AsyncToolset lifetime", (kind) => {
         assert.match(final?.output ?? "", /longer than 1s|timed out/)
       }).pipe(kind.provide(TestSession.layer)))
   })
+
+  describe("E7 the timeout of a replacing call counts from when it runs", () => {
+    it.effect("a call that waited for the one it replaces has its whole timeout once it runs", () =>
+      Effect.gen(function*() {
+        const log: Array<string> = []
+        const job = FunctionTool.make("job", {
+          description: "A job with a timeout; a new one replaces the running one",
+          onDuplicateCall: "replace",
+          timeout: "1.5 seconds"
+        }, () =>
+          Effect.gen(function*() {
+            const { callId } = yield* AsyncRunContext.functionCall
+            yield* AsyncRunContext.update(`started ${callId}`)
+            // the first call stops slowly (1 s); each needs 0.1 s of its 1.5 s for its work
+            yield* Effect.uninterruptible(Effect.sleep(callId === "a" ? "1 second" : "100 millis"))
+            log.push(`done ${callId}`)
+            return `done ${callId}`
+          }))
+        const session = yield* TestSession.TestSession
+        const toolset = yield* kind.make({ id: "jobs", tools: [job] })
+        yield* execute(toolset, "a", "job")
+        yield* settle
+        const b = yield* Effect.forkChild(execute(toolset, "b", "job"), { startImmediately: true })
+        yield* kind.advance("1 second") // a stops (it was replaced); b begins
+        assert.include((yield* Fiber.join(b)).output, "started b")
+        yield* kind.advance("1 second")
+        yield* toolset.awaitIdle
+        const final = (yield* session.chat).items.find((i) => i._tag === "FunctionCallOutput" && i.callId === "b_final")
+        assert.strictEqual(final?._tag === "FunctionCallOutput" ? final.output : undefined, "done b", "b needed 0.1 s of its 1.5 s")
+        assert.include(log, "done b")
+      }).pipe(kind.provide(TestSession.layer)))
+  })
+
+  describe("F4 a call whose whole result was returned is over at once", () => {
+    it.effect("right after execute returns a whole result the call is not listed, and the same tool runs again at once", () =>
+      Effect.gen(function*() {
+        const lookup = FunctionTool.make("lookup", { description: "Looks up", onDuplicateCall: "reject" }, () =>
+          Effect.succeed("found it"))
+        const toolset = yield* kind.make({ id: "weather", tools: [lookup] })
+        const first = yield* execute(toolset, "c1", "lookup")
+        assert.strictEqual(first.output, "found it")
+        assert.deepStrictEqual(yield* toolset.runningTasks, [])
+        const second = yield* execute(toolset, "c2", "lookup")
+        assert.strictEqual(second.output, "found it", "not refused as a duplicate")
+      }).pipe(kind.provide(TestSession.layer)))
+
+    it.effect("E2 cancel_task right after the tool returned: the call is over, and its result is told once", () =>
+      Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const go = yield* Deferred.make<void>()
+        const job = FunctionTool.make("job", { description: "Reports, then ends when told" }, () =>
+          Effect.gen(function*() {
+            yield* AsyncRunContext.update("started")
+            yield* Deferred.await(go)
+            return "finished"
+          }))
+        const toolset = yield* kind.make({ id: "jobs", tools: [job] })
+        yield* execute(toolset, "c1", "job")
+        yield* Deferred.succeed(go, undefined)
+        const answer = yield* execute(toolset, "x1", "cancel_task_jobs", { call_id: "c1" })
+        yield* toolset.awaitIdle
+        const final = (yield* session.chat).items.filter((i) => i._tag === "FunctionCallOutput" && i.callId === "c1_final")
+        // The model hears either that the call had ended (and its result), or that it was
+        // cancelled (and nothing after): never both.
+        if (answer.output.includes("was cancelled")) assert.deepStrictEqual(final, [])
+        else assert.strictEqual(final.length, 1)
+      }).pipe(kind.provide(TestSession.layer)))
+  })
+
+  describe("F3 a step marked as an activity is never cut short", () => {
+    for (const how of ["cancel", "timeout"] as const) {
+      it.effect(`a ${how} during an activity waits for it to end, then stops the tool`, () =>
+        Effect.gen(function*() {
+          const log: Array<string> = []
+          const pay = FunctionTool.make("pay", { description: "Charges, then books", ...(how === "timeout" ? { timeout: "1 second" } : {}) }, () =>
+            Effect.gen(function*() {
+              yield* AsyncRunContext.update("charging")
+              yield* DurableToolset.activity("charge", Effect.gen(function*() {
+                log.push("charge start")
+                yield* Effect.sleep("3 seconds")
+                log.push("charge done")
+              }))
+              log.push("after charge")
+              yield* Effect.sleep("10 seconds")
+              return "booked"
+            }).pipe(Effect.onInterrupt(() => Effect.sync(() => log.push("interrupted")))))
+          const toolset = yield* kind.make({ id: "pay", tools: [pay] })
+          yield* execute(toolset, "c1", "pay")
+          yield* settle
+          if (how === "cancel") assert.strictEqual(yield* toolset.cancel("c1"), "cancelled")
+          yield* kind.advance("1 second")
+          assert.deepStrictEqual(log, ["charge start"], "still charging")
+          assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.status), ["cancelling"])
+          yield* kind.advance("2 seconds")
+          yield* toolset.awaitIdle
+          assert.deepStrictEqual(log, ["charge start", "charge done", "interrupted"])
+        }).pipe(kind.provide(TestSession.layer)))
+    }
+  })
 })
+
