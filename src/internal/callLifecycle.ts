@@ -51,6 +51,8 @@ export interface Call<Tool> {
   status: Status
   /** It began to run (its start was told): a call stopped while it waited never does. */
   begun: boolean
+  /** It counts among its session's running calls (from its start to its fiber's end; C4d). */
+  counted: boolean
   /** How it ended, or is ending; `done` and `error` are set when the handler returns. */
   outcome: Outcome
   /** Why it was stopped, once it was. */
@@ -131,6 +133,7 @@ export const makeCall = <Tool>(
   startedAt,
   status: "running",
   begun: false,
+  counted: false,
   outcome: "cancelled",
   stopCause: undefined,
   firstSettled: false,

@@ -195,6 +195,8 @@ export const waitTurn = (toolset: Toolset, c: Call, context: Context.Context<nev
 /** The call begins to run: its start is told. */
 const announce = (toolset: Toolset, c: Call): void => {
   c.begun = true
+  c.counted = true
+  Coordinator.callBegan(toolset.coordinator, c.startedAt)
   const { arguments: argumentsText, callId, name } = c.functionCall
   toolset.emit(() => ({ _tag: "CallStarted", toolsetId: toolset.id, callId, name, arguments: argumentsText, at: c.startedAt }))
   toolset.countRunning(1)
@@ -436,6 +438,10 @@ export const tellResult = (
 /** The call's fiber ended: out of the tables, counted, reported. */
 const ended = (toolset: Toolset, c: Call): void => {
   Lifecycle.fiberEnded(toolset.registry, c, (c) => toolset.cancelled(c) ?? cancelledOutput(toolset, c))
+  if (c.counted) {
+    c.counted = false
+    Coordinator.callEnded(toolset.coordinator, c.startedAt)
+  }
   if (c.begun) {
     toolset.countRunning(-1)
     toolset.countEnded(c.functionCall.name, c.outcome)

@@ -19,14 +19,16 @@
  *   final-inserted      the final result is in the agent's chat, the reply not yet asked for
  *   after-cancel        the call was cancelled (CANCEL=1) and the cancellation recorded
  *   holding             (a runner) the call is between its steps, polling the airline, on this runner
+ *   replace-waiting     (REPLACE=1) a second booking replaced the first, which is still stopping (its
+ *                       polling cannot be cut short): the second is recorded, waiting for its turn
  *
  * Everything that must happen once is appended to MARKS (a file shared by the processes):
  * `activity-start`, `activity-done`, `charge <key>`, `reply <call ids>`, `poll <pid>`. At the end the
  * process prints `REPORT <json>`: the chat and the calls still running.
  */
 import { appendFileSync, closeSync, openSync, writeSync } from "node:fs"
-import { Effect, Layer, Redacted, Schema } from "effect"
-import type { SqlClient } from "effect/sql/SqlClient"
+import { Effect, Layer, Redacted, Schedule, Schema } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import { AgentSession, AiAgent, AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
@@ -75,6 +77,8 @@ const chargeCard = (key: string) =>
 
 const bookFlight = FunctionTool.make("book_flight", {
   description: "Find and book the best flight to a city",
+  // REPLACE=1: a second booking replaces the first
+  ...(env("REPLACE") === "1" ? { onDuplicateCall: "replace" as const } : {}),
   parameters: Schema.Struct({ to: Schema.String }),
   success: Schema.Struct({ confirmation: Schema.String })
 }, ({ to }) =>
@@ -85,7 +89,9 @@ const bookFlight = FunctionTool.make("book_flight", {
     mark(`poll ${process.pid}`)
     if (mode === "runner") writeSync(1, `POLLING ${process.pid}\n`)
     crashPoint("holding")
-    yield* Effect.sleep(env("POLL_MS") === undefined ? "300 millis" : Number(env("POLL_MS")))
+    const polling = Effect.sleep(env("POLL_MS") === undefined ? "300 millis" : Number(env("POLL_MS")))
+    // REPLACE=1: polling cannot be cut short (a replaced booking stops once it is over)
+    yield* env("REPLACE") === "1" ? Effect.uninterruptible(polling) : polling
     yield* AsyncRunContext.update(`Found 3 flights to ${to}; booking the best one`)
     const confirmation = yield* DurableToolset.activity("charge_card", ({ idempotencyKey }) =>
       Effect.gen(function*() {
@@ -161,6 +167,16 @@ const agentProgram = Effect.gen(function*() {
       const [task] = yield* toolset.runningTasks
       yield* toolset.cancel(task!.callId)
       crashPoint("after-cancel")
+    }
+    if (env("REPLACE") === "1") {
+      // the user asks again: the new booking replaces the first, which is still polling
+      yield* Effect.forkChild(agent.send("Book me a flight to Tokyo, please"))
+      const sql = yield* SqlClient
+      yield* Effect.repeat(sql`SELECT count(*)::int AS n FROM async_toolset_call WHERE status = 'waiting'`, {
+        until: (rows) => Number(rows[0]!["n"]) > 0,
+        schedule: Schedule.spaced("20 millis")
+      })
+      crashPoint("replace-waiting")
     }
   }
   timing("toolset made")

@@ -31,7 +31,8 @@ describe("scenario: a tool fails after its first update", () => {
       assert.strictEqual(first.text, "Looking up flights to Nowhere.")
 
       yield* TestClock.adjust("2 seconds") // the search fails
-      yield* toolset.awaitIdle
+      yield* toolset.awaitIdle // the follow-up reply is taken up
+      yield* agent.awaitIdle // and made
 
       const reply = (yield* scripted.requests).at(-1)!
       assert.strictEqual(reply.toolChoice, "none")

@@ -188,6 +188,26 @@ export const crashTests = (store: Store) => {
     assert.strictEqual(marks.filter((line) => line.startsWith("reply ") && line.includes("_final")).length, 1)
   }, 240_000)
 
+  it("killed while a replacing booking waits for the one it replaces to stop: after the restart the first stays stopped, the second runs, and all of it is told once", async () => {
+    const { marks, report } = await crashAndResume("replace-waiting", { REPLACE: "1", POLL_MS: "3000" }, store)
+    const bookings = report.chat.filter((item) => item.tag === "FunctionCall" && !/_(update_\d+|final)$/.test(item.callId!))
+    assert.strictEqual(bookings.length, 2, "two booking calls in the chat")
+    const [first, second] = bookings.map((item) => item.callId!)
+    // the replaced booking: its first update only
+    assert.strictEqual(count(report, "FunctionCallOutput", first!), 1)
+    assert.strictEqual(count(report, "FunctionCall", `${first}_update_1`), 0)
+    assert.strictEqual(count(report, "FunctionCall", `${first}_final`), 0)
+    // the replacing one ran after the restart: its output, its update and its result, once each
+    for (const id of [second!, `${second}_update_1`, `${second}_final`]) {
+      assert.strictEqual(count(report, "FunctionCall", id), 1, `one call ${id}`)
+      assert.strictEqual(count(report, "FunctionCallOutput", id), 1, `one output ${id}`)
+    }
+    assert.include(report.chat.find((item) => item.callId === `${second}_final` && item.tag === "FunctionCallOutput")!.output, "FL-847293")
+    assert.include(repliedCallIds(marks), `${second}_final`)
+    assert.deepStrictEqual(report.running, [])
+    assert.strictEqual(new Set(marks.filter((line) => line.startsWith("charge ")).map((line) => line.slice(7))).size, 1, "one booking charged")
+  }, 240_000)
+
   it("a call cancelled before the crash stays cancelled: its steps never run and nothing more of it reaches the chat", async () => {
     const { marks, report } = await crashAndResume("after-cancel", { CANCEL: "1", POLL_MS: "10000" }, store)
     const callId = bookingCallId(report)

@@ -118,6 +118,12 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
       if (!started) return
     } else {
       unlisten = listen(deps, c, box)
+      // Its execution may never have been started (the process that recorded the call ended
+      // before it could): starting it again is a no-op for one that exists.
+      yield* Effect.catchCause(
+        Effect.retry(startExecution(deps, c.base!), { times: 3 }),
+        (cause) => Effect.logError(`${c.base} could not be resumed; it goes on when the toolset is made again`, cause)
+      )
       yield* catchUp(deps, toolset, c, record, box)
     }
     // Stopped while it was being recorded (a call waiting for its turn is not interrupted: it ends).
@@ -176,11 +182,7 @@ const start = (
       })
       if (existing !== undefined && existing.callItemId !== c.functionCall.id) continue
       Coordinator.noteBase(toolset.session, c.base)
-      // (Hashing its execution id at once: no round trip to a worker thread.)
-      yield* deps.workflow.execute({ sessionId, base: c.base }, { discard: true }).pipe(
-        Effect.provideContext(deps.engine),
-        Effect.provideService(WebCrypto, crypto)
-      )
+      yield* startExecution(deps, c.base)
       record.recorded = true
       if (existing !== undefined) {
         // The same model call, recorded before: it is that call.
@@ -191,6 +193,13 @@ const start = (
   }).pipe(
     Effect.retry({ times: 3 }),
     Effect.catchCause((cause) => couldNotStart(deps, toolset, c, cause))
+  )
+
+/** Starts a recorded call's execution (its id hashed at once: no round trip to a worker thread). */
+const startExecution = (deps: Deps, base: string) =>
+  deps.workflow.execute({ sessionId: deps.chat.sessionId, base }, { discard: true }).pipe(
+    Effect.provideContext(deps.engine),
+    Effect.provideService(WebCrypto, crypto)
   )
 
 /** The calls of its key a waiting call waits for, by base (those with a record). */

@@ -72,6 +72,10 @@ export interface Owner {
 export interface CallState {
   /** Why the call was stopped, once it was (`closed`: its toolset closed). */
   readonly stopCause: string | undefined
+  /** When it was admitted (clock milliseconds); absent for an item owed from before. */
+  readonly startedAt?: number
+  /** It counts among the session's running calls (`callBegan`, not yet `callEnded`). */
+  readonly counted?: boolean
 }
 
 /**
@@ -122,6 +126,13 @@ export interface Coordinator {
   batch: Array<Item>
   /** Called when the batch of a round that retries is left with nothing of an open toolset. */
   nothingLeft: (() => void) | undefined
+  /**
+   * The session's running calls, counted by the clock millisecond they were admitted in: results
+   * of calls started together are gathered into one reply (C4d, `round.ts`).
+   */
+  readonly running: Map<number, number>
+  /** Called when a running call of the session ends (while the coordinator gathers). */
+  callEnded: (() => void) | undefined
 }
 
 const waiting = (wake: () => void): Phase => ({ _tag: "Waiting", wake })
@@ -156,7 +167,9 @@ export const acquire = (
         phase: gathering,
         queue: [],
         batch: [],
-        nothingLeft: undefined
+        nothingLeft: undefined,
+        running: new Map(),
+        callEnded: undefined
       }
       coordinators.set(session, made)
       // The fiber never yields to the scheduler on its own (it does little between waits, and its
@@ -276,6 +289,23 @@ export const awaitWork = (coordinator: Coordinator): Effect.Effect<void> =>
       if (coordinator.phase._tag === "Waiting") coordinator.phase = gathering
     })
   })
+
+// --- running calls (C4d) -------------------------------------------------------------------------
+
+/** A call of the session began to run. */
+export const callBegan = (coordinator: Coordinator, startedAt: number): void => {
+  const at = Math.floor(startedAt)
+  coordinator.running.set(at, (coordinator.running.get(at) ?? 0) + 1)
+}
+
+/** A call of the session that began to run has ended (its last item, if any, handed over). */
+export const callEnded = (coordinator: Coordinator, startedAt: number): void => {
+  const at = Math.floor(startedAt)
+  const left = (coordinator.running.get(at) ?? 1) - 1
+  if (left <= 0) coordinator.running.delete(at)
+  else coordinator.running.set(at, left)
+  coordinator.callEnded?.()
+}
 
 // --- synthetic call ids (B7) ---------------------------------------------------------------------
 

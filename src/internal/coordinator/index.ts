@@ -8,6 +8,8 @@ import { run } from "./round.ts"
 
 export {
   begin,
+  callBegan,
+  callEnded,
   claimBase,
   claimSynthetic,
   closeOwner,

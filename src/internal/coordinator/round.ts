@@ -17,7 +17,9 @@
  * what arrived meanwhile and reads the chat again. A request that does not answer in time is not
  * repeated (the session may still make that reply; a second request would repeat it).
  */
+import type { Clock } from "effect"
 import { Cause, Duration, Effect, Exit, Fiber, Schedule } from "effect"
+import type { TestClock } from "effect/testing"
 import type { ChatItem } from "../../ChatContext.ts"
 import {
   answerable,
@@ -45,13 +47,81 @@ export const run = (coordinator: Coordinator): Effect.Effect<never> => {
 }
 
 /**
- * Lets everything ready now run before the round takes the queue: one scheduler turn. On the real
- * clock, timers that fired together (results that end at the same instant) have all run by then;
- * on any clock, fibers woken together, and a call's update and result made in one run, have. So
- * results that end together are answered together (C4d). (A test clock wakes the sleeps of one
- * instant one after the other, each to its end: to the coordinator they are separate moments.)
+ * Lets everything ready now run before the round takes the queue, so results that end together are
+ * answered together (C4d).
+ *
+ * On the real clock: one scheduler turn (timers that fired together have all run by then, as have
+ * fibers woken together and a call's update and result made in one run); then, while calls of the
+ * session admitted within `gatherWindow` of a queued item's call are still running (calls the
+ * model made in one answer), the coordinator waits for them: as long as each ends within
+ * `gatherWindow` of the last one. An instant on the real clock is blurred by timer granularity
+ * and scheduling: five calls of one length started in one answer end a few milliseconds apart.
+ * Calls started apart, or a lone call, are not waited for.
+ *
+ * On a test clock (effect's `TestClock`) an instant is exact, and its sleeps are woken one after
+ * the other, each to its end: the coordinator waits for the clock's adjustment under way to end
+ * (a test moves to the next instant through `adjust`), or for the clock to pass the instant,
+ * whichever comes first.
  */
-const gatherOnce = (_coordinator: Coordinator): Effect.Effect<void> => Effect.yieldNow
+const gatherOnce = (coordinator: Coordinator): Effect.Effect<void> => {
+  const clock = coordinator.clock
+  if (isTestClock(clock)) return Effect.raceFirst(clock.adjust(0), Effect.sleep(Duration.millis(1)))
+  const siblings = awaitSiblings(coordinator)
+  return Effect.andThen(Effect.yieldNow, siblings)
+}
+
+/** How far apart calls may be admitted and still count as started together (C4d, real clock). */
+export const gatherWindow = Duration.millis(25)
+const windowMillis = Duration.toMillis(gatherWindow)
+
+/** Waits while running calls started together with a queued item's call go on (each within the window). */
+const awaitSiblings = (coordinator: Coordinator): Effect.Effect<void> => {
+  const step: Effect.Effect<void> = Effect.suspend(() => {
+    if (!hasSiblings(coordinator)) return Effect.void
+    const ended = Effect.callback<boolean>((resume) => {
+      coordinator.callEnded = () => resume(Effect.succeed(true))
+      return Effect.sync(() => {
+        coordinator.callEnded = undefined
+      })
+    })
+    return Effect.flatMap(
+      Effect.raceFirst(ended, Effect.as(Effect.sleep(gatherWindow), false)),
+      (again) => again ? step : Effect.void
+    )
+  })
+  return step
+}
+
+/**
+ * Whether a call admitted within the window of a queued item's call is running, apart from the
+ * queued items' own calls.
+ */
+const hasSiblings = (coordinator: Coordinator): boolean => {
+  const running = coordinator.running
+  if (running.size === 0) return false
+  const own = new Set<Item["call"]>()
+  const starts = new Set<number>()
+  for (const item of coordinator.queue) {
+    const startedAt = item.call.startedAt
+    if (startedAt === undefined) continue
+    starts.add(Math.floor(startedAt))
+    if (item.call.counted === true) own.add(item.call)
+  }
+  for (const start of starts) {
+    let count = 0
+    for (let at = start - windowMillis; at <= start + windowMillis; at++) count += running.get(at) ?? 0
+    if (count === 0) continue
+    let mine = 0
+    for (const call of own) if (Math.abs(Math.floor(call.startedAt!) - start) <= windowMillis) mine++
+    if (count > mine) return true
+  }
+  return false
+}
+
+/** A clock a test moves by hand (effect's `TestClock`): it has `adjust` and `withLive`. */
+const isTestClock = (clock: Clock.Clock): clock is TestClock.TestClock =>
+  typeof (clock as Partial<TestClock.TestClock>).adjust === "function" &&
+  typeof (clock as Partial<TestClock.TestClock>).withLive === "function"
 
 /** What a round's request step ended with: asked (or nothing to ask), or prepare again. */
 type Step = "done" | "again"
