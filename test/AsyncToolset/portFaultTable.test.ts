@@ -21,7 +21,7 @@ import {
   reported,
   whileClockRuns
 } from "../support/reliability.ts"
-import { forEachKind, settle } from "../support/toolsets.ts"
+import { forEachKind } from "../support/toolsets.ts"
 
 // --- tools ----------------------------------------------------------------------------------------
 
