@@ -4,9 +4,9 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Metric, Schedule, Schema, Stream, Tracer } from "effect"
-import { TestClock } from "effect/testing"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, ToolError, ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
+import { forEachKind } from "./support/toolsets.ts"
 
 /** Says "started", works `seconds`, then ends as `ending` says. */
 const job = FunctionTool.make("job", {
@@ -57,11 +57,23 @@ const line = (event: ToolsetEvent.ToolsetEvent): string => {
   }
 }
 
-describe("ToolsetEvent", () => {
+/** One event of each kind, made with the constructors. */
+const oneOfEach: ReadonlyArray<ToolsetEvent.ToolsetEvent> = [
+  ToolsetEvent.CallStarted.make({ toolsetId: "t", callId: "c1", name: "job", arguments: `{"seconds":1}`, at: 1 }),
+  ToolsetEvent.CallUpdated.make({ toolsetId: "t", callId: "c1", name: "job", step: 0, message: "started", at: 2 }),
+  ToolsetEvent.CallEnded.make({ toolsetId: "t", callId: "c1", name: "job", outcome: "timed-out", duration: 5, at: 6 }),
+  ToolsetEvent.ReplyScheduled.make({ toolsetId: "t", callId: "c1_final", at: 6 }),
+  ToolsetEvent.ReplyDelivered.make({ toolsetId: "t", callIds: ["c1_final"], instructions: "Tell the user", at: 7 }),
+  ToolsetEvent.ReplySkipped.make({ toolsetId: "t", callIds: ["c2_final"], reason: "session-failed", at: 8 })
+]
+const roundTrip = (event: ToolsetEvent.ToolsetEvent) =>
+  Schema.decodeUnknownSync(ToolsetEvent.JsonString)(Schema.encodeSync(ToolsetEvent.JsonString)(event))
+
+forEachKind("ToolsetEvent", (kind) => {
   it.effect("the events report each call's start, updates and end (done, error, cancelled, timed-out) and the replies", () =>
     Effect.gen(function*() {
       const session = yield* TestSession.TestSession
-      const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [job, limited] })
+      const toolset = yield* kind.make({ id: "jobs", tools: [job, limited] })
       const events = yield* record(toolset)
       yield* session.setBusy
 
@@ -70,7 +82,7 @@ describe("ToolsetEvent", () => {
       yield* start(toolset, "stop", "job", { seconds: 60, ending: "result" })
       yield* start(toolset, "late", "limited")
       yield* toolset.cancel("stop")
-      yield* TestClock.adjust("2 seconds")
+      yield* kind.advance("2 seconds")
       yield* session.setIdle
       yield* toolset.awaitIdle
       yield* toolset.close
@@ -98,25 +110,25 @@ describe("ToolsetEvent", () => {
         "scheduled late_final",
         "delivered ok_update_1 ok_final bad_update_1 bad_final late_final"
       ])
-    }).pipe(Effect.provide(TestSession.layer)))
+    }).pipe(kind.provide(TestSession.layer)))
 
   it.effect("the events report skipped replies: the agent already answered, or the session failed", () =>
     Effect.gen(function*() {
       const session = yield* TestSession.TestSession
-      const skipping = yield* AsyncToolset.make({ id: "skipping", tools: [job], whenAlreadyAnswered: "skip" })
-      const failing = yield* AsyncToolset.make({ id: "failing", tools: [job], sessionRetry: Schedule.recurs(0) })
+      const skipping = yield* kind.make({ id: "skipping", tools: [job], whenAlreadyAnswered: "skip" })
+      const failing = yield* kind.make({ id: "failing", tools: [job], sessionRetry: Schedule.recurs(0) })
       const skipped = yield* record(skipping)
       const failed = yield* record(failing)
       yield* session.setBusy
 
       yield* start(skipping, "a", "job", { seconds: 1, ending: "result" })
-      yield* TestClock.adjust("1 second")
+      yield* kind.advance("1 second")
       yield* session.say("assistant", "Job a is done.") // the agent covered it already
       yield* session.setIdle
       yield* skipping.awaitIdle
 
       yield* start(failing, "b", "job", { seconds: 1, ending: "result" })
-      yield* TestClock.adjust("1 second")
+      yield* kind.advance("1 second")
       yield* failing.awaitIdle
       yield* skipping.close
       yield* failing.close
@@ -124,7 +136,7 @@ describe("ToolsetEvent", () => {
       assert.include((yield* Fiber.join(skipped)).map(line), "skipped a_update_1 a_final (already-answered)")
       assert.include((yield* Fiber.join(failed)).map(line), "skipped b_update_1 b_final (session-failed)")
     }).pipe(
-      Effect.provide(TestSession.layerWith({
+      kind.provide(TestSession.layerWith({
         onReply: (request) =>
           request.instructions.includes("b_final")
             ? Effect.fail(new AgentSession.SessionError({ operation: "generateReply", message: "session down" }))
@@ -134,7 +146,7 @@ describe("ToolsetEvent", () => {
 
   it.effect("the metrics move: running calls go up and back down; ended calls are counted by tool and outcome", () =>
     Effect.gen(function*() {
-      const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [job, limited] })
+      const toolset = yield* kind.make({ id: "jobs", tools: [job, limited] })
       const running = Metric.withAttributes(AsyncToolset.runningCalls, { toolset: "jobs" })
       const ended = (tool: string, outcome: ToolsetEvent.Outcome) =>
         Metric.value(Metric.withAttributes(AsyncToolset.callsEnded, { toolset: "jobs", tool, outcome })).pipe(
@@ -148,7 +160,7 @@ describe("ToolsetEvent", () => {
       assert.strictEqual((yield* Metric.value(running)).value, 4)
 
       yield* toolset.cancel("stop")
-      yield* TestClock.adjust("2 seconds")
+      yield* kind.advance("2 seconds")
       yield* toolset.awaitIdle
 
       assert.strictEqual((yield* Metric.value(running)).value, 0)
@@ -157,34 +169,22 @@ describe("ToolsetEvent", () => {
       assert.strictEqual(yield* ended("job", "cancelled"), 1)
       assert.strictEqual(yield* ended("limited", "timed-out"), 1)
     }).pipe(
-      Effect.provide(TestSession.layer),
+      kind.provide(TestSession.layer),
       Effect.provideService(Metric.MetricRegistry, new Map()) // this test's own metrics
     ))
 
   describe("as data (for a UI)", () => {
-    /** One event of each kind, made with the constructors. */
-    const oneOfEach: ReadonlyArray<ToolsetEvent.ToolsetEvent> = [
-      ToolsetEvent.CallStarted.make({ toolsetId: "t", callId: "c1", name: "job", arguments: `{"seconds":1}`, at: 1 }),
-      ToolsetEvent.CallUpdated.make({ toolsetId: "t", callId: "c1", name: "job", step: 0, message: "started", at: 2 }),
-      ToolsetEvent.CallEnded.make({ toolsetId: "t", callId: "c1", name: "job", outcome: "timed-out", duration: 5, at: 6 }),
-      ToolsetEvent.ReplyScheduled.make({ toolsetId: "t", callId: "c1_final", at: 6 }),
-      ToolsetEvent.ReplyDelivered.make({ toolsetId: "t", callIds: ["c1_final"], instructions: "Tell the user", at: 7 }),
-      ToolsetEvent.ReplySkipped.make({ toolsetId: "t", callIds: ["c2_final"], reason: "session-failed", at: 8 })
-    ]
-    const roundTrip = (event: ToolsetEvent.ToolsetEvent) =>
-      Schema.decodeUnknownSync(ToolsetEvent.JsonString)(Schema.encodeSync(ToolsetEvent.JsonString)(event))
-
     it.effect("every event a toolset publishes round-trips through the JSON codec", () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
-        const toolset = yield* AsyncToolset.make({ id: "jobs", tools: [job, limited] })
+        const toolset = yield* kind.make({ id: "jobs", tools: [job, limited] })
         const events = yield* record(toolset)
         yield* session.setBusy
         yield* start(toolset, "ok", "job", { seconds: 1, ending: "result" })
         yield* start(toolset, "stop", "job", { seconds: 60, ending: "result" })
         yield* start(toolset, "late", "limited")
         yield* toolset.cancel("stop")
-        yield* TestClock.adjust("2 seconds")
+        yield* kind.advance("2 seconds")
         yield* session.setIdle
         yield* toolset.awaitIdle
         yield* toolset.close
@@ -196,42 +196,8 @@ describe("ToolsetEvent", () => {
           assert.deepStrictEqual(JSON.parse(text), { ...event }) // plain JSON, the fields as they are
           assert.deepStrictEqual(roundTrip(event), event)
         }
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
 
-    it("the constructors make the plain objects the engine publishes; guards and match tell the kinds apart", () => {
-      assert.deepStrictEqual(
-        oneOfEach.map((e) => e._tag),
-        ["CallStarted", "CallUpdated", "CallEnded", "ReplyScheduled", "ReplyDelivered", "ReplySkipped"]
-      )
-      assert.strictEqual(Object.getPrototypeOf(oneOfEach[0]), Object.prototype)
-      const { guards } = ToolsetEvent.ToolsetEvent
-      assert.deepStrictEqual(oneOfEach.map((e) => guards.CallEnded(e)), [false, false, true, false, false, false])
-      assert.isFalse(guards.CallStarted({ _tag: "CallStarted", callId: "c1" })) // fields missing
-      const describe = ToolsetEvent.ToolsetEvent.match({
-        CallStarted: (e) => `${e.name} started`,
-        CallUpdated: (e) => `${e.name}: ${e.message}`,
-        CallEnded: (e) => `${e.name} ${e.outcome} after ${e.duration} ms`,
-        ReplyScheduled: (e) => `${e.callId} waits for a reply`,
-        ReplyDelivered: (e) => `replied to ${e.callIds.join(", ")}`,
-        ReplySkipped: (e) => `no reply for ${e.callIds.join(", ")} (${e.reason})`
-      })
-      assert.deepStrictEqual(oneOfEach.map(describe), [
-        "job started",
-        "job: started",
-        "job timed-out after 5 ms",
-        "c1_final waits for a reply",
-        "replied to c1_final",
-        "no reply for c2_final (session-failed)"
-      ])
-      assert.isTrue(ToolsetEvent.ToolsetEvent.isAnyOf(["ReplyDelivered", "ReplySkipped"])(oneOfEach[5]!))
-    })
-
-    it("decoding rejects text that is not an event: an unknown kind, a wrong field", () => {
-      const decode = Schema.decodeUnknownExit(ToolsetEvent.JsonString)
-      assert.isTrue(Exit.isFailure(decode(`{"_tag":"CallExploded","toolsetId":"t","at":1}`)))
-      assert.isTrue(Exit.isFailure(decode(`{"_tag":"CallEnded","toolsetId":"t","callId":"c","name":"n","outcome":"exploded","duration":1,"at":1}`)))
-      assert.isTrue(Exit.isFailure(decode("not json")))
-    })
   })
 
   describe("spans", () => {
@@ -255,18 +221,55 @@ describe("ToolsetEvent", () => {
     it.effect("each call runs in an AsyncToolset.call span that ends with it; spanPerCall false turns it off", () =>
       Effect.gen(function*() {
         const on = recording()
-        const traced = yield* AsyncToolset.make({ id: "traced", tools: [job] }).pipe(Effect.withTracer(on.tracer))
+        const traced = yield* kind.make({ id: "traced", tools: [job] }).pipe(Effect.withTracer(on.tracer))
         yield* start(traced, "c1", "job", { seconds: 1, ending: "result" }).pipe(Effect.withTracer(on.tracer))
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* traced.awaitIdle
         assert.deepStrictEqual(on.ended.filter((s) => s.name === "AsyncToolset.call"), [{ name: "AsyncToolset.call", callId: "c1" }])
 
         const off = recording()
-        const quiet = yield* AsyncToolset.make({ id: "quiet", tools: [job], spanPerCall: false })
+        const quiet = yield* kind.make({ id: "quiet", tools: [job], spanPerCall: false })
         yield* start(quiet, "c2", "job", { seconds: 1, ending: "result" }).pipe(Effect.withTracer(off.tracer))
-        yield* TestClock.adjust("1 second")
+        yield* kind.advance("1 second")
         yield* quiet.awaitIdle
         assert.deepStrictEqual(off.ended.filter((s) => s.name === "AsyncToolset.call"), [])
-      }).pipe(Effect.provide(TestSession.layer)))
+      }).pipe(kind.provide(TestSession.layer)))
+  })
+})
+
+describe("ToolsetEvent as data (for a UI)", () => {
+  it("the constructors make the plain objects the engine publishes; guards and match tell the kinds apart", () => {
+    assert.deepStrictEqual(
+      oneOfEach.map((e) => e._tag),
+      ["CallStarted", "CallUpdated", "CallEnded", "ReplyScheduled", "ReplyDelivered", "ReplySkipped"]
+    )
+    assert.strictEqual(Object.getPrototypeOf(oneOfEach[0]), Object.prototype)
+    const { guards } = ToolsetEvent.ToolsetEvent
+    assert.deepStrictEqual(oneOfEach.map((e) => guards.CallEnded(e)), [false, false, true, false, false, false])
+    assert.isFalse(guards.CallStarted({ _tag: "CallStarted", callId: "c1" })) // fields missing
+    const describe = ToolsetEvent.ToolsetEvent.match({
+      CallStarted: (e) => `${e.name} started`,
+      CallUpdated: (e) => `${e.name}: ${e.message}`,
+      CallEnded: (e) => `${e.name} ${e.outcome} after ${e.duration} ms`,
+      ReplyScheduled: (e) => `${e.callId} waits for a reply`,
+      ReplyDelivered: (e) => `replied to ${e.callIds.join(", ")}`,
+      ReplySkipped: (e) => `no reply for ${e.callIds.join(", ")} (${e.reason})`
+    })
+    assert.deepStrictEqual(oneOfEach.map(describe), [
+      "job started",
+      "job: started",
+      "job timed-out after 5 ms",
+      "c1_final waits for a reply",
+      "replied to c1_final",
+      "no reply for c2_final (session-failed)"
+    ])
+    assert.isTrue(ToolsetEvent.ToolsetEvent.isAnyOf(["ReplyDelivered", "ReplySkipped"])(oneOfEach[5]!))
+  })
+
+  it("decoding rejects text that is not an event: an unknown kind, a wrong field", () => {
+    const decode = Schema.decodeUnknownExit(ToolsetEvent.JsonString)
+    assert.isTrue(Exit.isFailure(decode(`{"_tag":"CallExploded","toolsetId":"t","at":1}`)))
+    assert.isTrue(Exit.isFailure(decode(`{"_tag":"CallEnded","toolsetId":"t","callId":"c","name":"n","outcome":"exploded","duration":1,"at":1}`)))
+    assert.isTrue(Exit.isFailure(decode("not json")))
   })
 })

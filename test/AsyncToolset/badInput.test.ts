@@ -1,17 +1,21 @@
 /**
- * The bad-input corpus (issue 5, item 3): malformed model tool calls from `test/corpus/*.json`,
- * each run through a fresh toolset. Every call must give an output for its own call id (never a
+ * The bad-input corpus (rule A1, and "Bad input and faults"): malformed model tool calls from
+ * `test/corpus/*.json`, each run through `execute` of a fresh toolset, on both toolsets. Every call must give an output for its own call id (never a
  * crash); a malformed call gets a short error output naming the problem and runs nothing; an odd
  * but valid call runs and its handler sees exactly what was sent; no prototype changes. Large
  * inputs are generated at test time from the recipes in the corpus (`test/corpus/README.md`).
+ *
+ * A durable call's record is keyed by its call id: an id over 200 characters or with a NUL is
+ * refused (an error output naming the limit), so such a case expects that on the durable toolset.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Effect, Exit, Schema } from "effect"
-import { TestClock } from "effect/testing"
 import { readdirSync, readFileSync } from "node:fs"
 import { AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
-import { chatCallIds, chatProblems } from "./support/reliability.ts"
+import { chatCallIds, chatProblems } from "../support/reliability.ts"
+import { forEachKind } from "../support/toolsets.ts"
+import type { Kind } from "../support/toolsets.ts"
 
 // --- the corpus -----------------------------------------------------------------------------------
 
@@ -46,7 +50,7 @@ type Case = typeof Case.Type
 
 const CorpusFile = Schema.Struct({ description: Schema.String, cases: Schema.Array(Case) })
 
-const corpusDir = new URL("./corpus/", import.meta.url)
+const corpusDir = new URL("../corpus/", import.meta.url)
 const corpus = readdirSync(corpusDir).filter((f) => f.endsWith(".json")).sort().map((file) => ({
   file,
   ...Schema.decodeUnknownSync(CorpusFile)(JSON.parse(readFileSync(new URL(file, corpusDir), "utf8")))
@@ -137,30 +141,38 @@ const protoKeys = (value: unknown): number => {
 const prototypeKeys = () => Object.getOwnPropertyNames(Object.prototype).sort().join()
 const pristinePrototype = prototypeKeys()
 
-const runCase = (c: Case) =>
+/** Whether the durable toolset refuses `callId` (its record is keyed by it): over 200 characters, or a NUL. */
+const refusedDurably = (kind: Kind, callId: string) => kind.durable && (callId.length > 200 || callId.includes("\u0000"))
+
+const runCase = (kind: Kind, c: Case) =>
   Effect.gen(function*() {
     const session = yield* TestSession.TestSession
     const seen: Seen = new Map()
-    const toolset = yield* AsyncToolset.make({ id: "corpus", tools: corpusTools(seen), onDuplicateCall: "allow" })
+    const toolset = yield* kind.make({ id: "corpus", tools: corpusTools(seen), onDuplicateCall: "allow" })
 
     const before = (c.before ?? []).map((b) => ({ tool: generate(b.tool), callId: generate(b.callId ?? "before"), arguments: generate(b.arguments) }))
     for (const b of before) {
       const out = yield* toolset.execute(yield* ChatContext.functionCall({ callId: b.callId, name: b.tool, arguments: b.arguments }))
-      assert.isFalse(out.isError, `the call made first runs: ${preview(out.output)}`)
+      // (durable: a call id it cannot key a record by is refused)
+      assert.strictEqual(out.isError, refusedDurably(kind, b.callId), `the call made first runs: ${preview(out.output)}`)
     }
     const runningBefore = (yield* toolset.runningTasks).map((t) => t.callId)
     seen.clear()
 
     const callId = generate(c.callId ?? "corpus_call")
+    // (durable: a call id it cannot key a record by is refused, whatever the call)
+    const refused = refusedDurably(kind, callId)
+    const expect = refused ? "error" : c.expect
+    const mentions = refused ? ["at most 200 characters"] : c.mentions ?? []
     const call = yield* ChatContext.functionCall({ callId, name: generate(c.tool), arguments: generate(c.arguments) })
     const exit = yield* Effect.exit(toolset.execute(call))
     if (Exit.isFailure(exit)) return assert.fail(`execute crashed instead of answering:\n${preview(Cause.pretty(exit.cause))}`)
     const out = exit.value
 
     assert.isTrue(out.callId === callId, "the output answers the call's own id")
-    if (c.expect !== "runs") {
-      assert.strictEqual(out.isError, c.expect === "error", `an error output: ${preview(out.output)}`)
-      for (const m of c.mentions ?? []) assert.isTrue(out.output.includes(m), `the output names the problem (${m}): ${preview(out.output)}`)
+    if (expect !== "runs") {
+      assert.strictEqual(out.isError, expect === "error", `an error output: ${preview(out.output)}`)
+      for (const m of mentions) assert.isTrue(out.output.includes(m), `the output names the problem (${m}): ${preview(out.output)}`)
       assert.isFalse(seen.has(callId), "the handler did not run")
       assert.isAtMost(out.output.length, maxErrorLength(callId), `the answer stays short: ${preview(out.output)}`)
       assert.deepStrictEqual((yield* toolset.runningTasks).map((t) => t.callId), runningBefore, "nothing new runs")
@@ -172,13 +184,15 @@ const runCase = (c: Case) =>
     }
 
     // wind down: the calls made first are cancelled, background calls end
-    for (const b of before) assert.strictEqual(yield* toolset.cancel(b.callId), "cancelled")
-    yield* TestClock.adjust("1 second")
+    for (const b of before) {
+      assert.strictEqual(yield* toolset.cancel(b.callId), refusedDurably(kind, b.callId) ? "not-found" : "cancelled")
+    }
+    yield* kind.advance("1 second")
     yield* toolset.awaitIdle
     assert.deepStrictEqual(yield* toolset.runningTasks, [], "the registry is empty once the calls end")
     const chat = yield* session.chat
     assert.deepStrictEqual(chatProblems(chat), [])
-    if (c.expect === "runs" && AsyncToolset.isPending(out)) {
+    if (expect === "runs" && AsyncToolset.isPending(out)) {
       assert.deepStrictEqual(chatCallIds(chat), [`${callId}_final`], "the final uses the call id as its prefix")
     } else {
       assert.deepStrictEqual(chatCallIds(chat), [])
@@ -186,20 +200,22 @@ const runCase = (c: Case) =>
 
     assert.strictEqual(prototypeKeys(), pristinePrototype, "Object.prototype is unchanged")
     assert.isUndefined((({}) as Record<string, unknown>)["polluted"], "no prototype was polluted")
-  }).pipe(Effect.provide(TestSession.layer))
+  }).pipe(kind.provide(TestSession.layer))
 
 // --- the tests ------------------------------------------------------------------------------------
 
-describe("Reliability: bad-input corpus", () => {
+describe("the bad-input corpus", () => {
   it("holds at least 50 cases, each with a unique name", () => {
     const names = corpus.flatMap(({ cases, file }) => cases.map((c) => `${file}: ${c.name}`))
     assert.isAtLeast(names.length, 50)
     assert.strictEqual(new Set(names).size, names.length)
   })
+})
 
+forEachKind("A1 bad input through execute: an output for the call's own id, nothing else affected", (kind) => {
   for (const { cases, file } of corpus) {
     describe(file, () => {
-      for (const c of cases) it.effect(c.name, () => runCase(c))
+      for (const c of cases) it.effect(c.name, () => runCase(kind, c))
     })
   }
 })
