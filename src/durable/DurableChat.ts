@@ -38,6 +38,11 @@ export class DurableChat extends Context.Service<DurableChat, {
   /** A durable toolset is putting these stored items into the agent's chat: they need no save. */
   readonly adopt: (itemIds: ReadonlyArray<string>) => void
   /**
+   * When the newest item the agent's chat holds was made, as far as the store knows (loaded or
+   * saved): a durable call's result recorded before it is placed after it.
+   */
+  readonly newestAt: () => number
+  /**
    * A reply about these items was asked for: the first assistant message saved from now on is
    * stored in the same statement as the record that they are owed nothing (so a process that stops
    * right after the reply never asks for it again). Items of an earlier request no message marked
@@ -74,6 +79,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const rows = yield* loadChat(store.sql, sessionId)
   const history = new ChatContext({ items: rows.map((row) => decodeItem(row.item, row.createdAt)) })
   const known = new Set(rows.map((row) => row.itemId))
+  let newest = rows.reduce((max, row) => Math.max(max, row.createdAt), Number.NEGATIVE_INFINITY)
   let awaitingReply: ReadonlyArray<string> = []
   const retry = Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 4 }))
   const services = yield* Effect.context<never>()
@@ -92,6 +98,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
     adopt: (itemIds) => {
       for (const id of itemIds) known.add(id)
     },
+    newestAt: () => newest,
     replyFor: (itemIds) => {
       const left = awaitingReply
       awaitingReply = itemIds
@@ -102,7 +109,10 @@ export const make = Effect.fnUntraced(function*(options: Options) {
       Effect.suspend(() => {
         const fresh = items.filter((item) => !known.has(item.id))
         if (fresh.length === 0) return Effect.void
-        for (const item of fresh) known.add(item.id)
+        for (const item of fresh) {
+          known.add(item.id)
+          if (item.createdAt > newest) newest = item.createdAt
+        }
         // The agent's reply, when one was asked for: it answers those items, in the same commit.
         const replied = fresh.some((item) => item._tag === "ChatMessage" && item.role === "assistant") ? awaitingReply : []
         if (replied.length > 0) awaitingReply = []

@@ -213,7 +213,9 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
       if (deps.chat.has(row.callItemId)) continue
       yield* restoreCall(sql, sessionId, toolset.id, row.base, decodeCall(row.callItem), decodeOutput(row.firstOutput!))
     }
-    const inChat = new Set((yield* Effect.orElseSucceed(session.items, () => [])).map((item) => item.id))
+    // What the agent's chat holds, as the store knows it (no read of the session's chat: its port
+    // may be slow or failing, and make must not wait on it).
+    const inChat = deps.chat
     const toInsert: Array<ChatItem> = []
     const owed: Array<{ readonly callId: string; readonly items: ReadonlyArray<ChatItem>; readonly at: number; readonly inChat: boolean }> = []
     for (const pair of pairsOf(yield* owedItems(sql, sessionId, toolset.id))) {
@@ -226,7 +228,7 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
     }
     if (toInsert.length > 0) {
       deps.chat.adopt(toInsert.map((item) => item.id))
-      const inserted = yield* Effect.exit(session.insert(toInsert))
+      const inserted = yield* Effect.exit(Effect.timeout(session.insert(toInsert), state.toolset.owner.policy.replyTimeout))
       if (Exit.isFailure(inserted)) {
         yield* Effect.logError(`could not put ${toInsert.map((i) => i.id).join(", ")} into the agent's chat; they are in the store (the next start has them)`, inserted.cause)
       }

@@ -14,13 +14,13 @@
  * Cancellation and the timeout are data: a call asked to stop has its row say `stopping` (seen here
  * at once in this process, else at the next look), and a call's deadline is in its row.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Option, Result, Schedule, Schema } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Option, Result, Schedule, Schema, Semaphore } from "effect"
 import * as Workflow from "effect/workflow/Workflow"
 import type { WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
 import { AsyncRunContext } from "../../AsyncRunContext.ts"
 import { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import * as FunctionTool from "../../FunctionTool.ts"
-import { encodeUpdate, pendingExtra } from "../../internal/callRun.ts"
+import { encodeUpdate, lateFailure, pendingExtra } from "../../internal/callRun.ts"
 import type { Prepared } from "../../internal/toolTable.ts"
 import { confirmParameter } from "../../internal/toolTable.ts"
 import * as Prompts from "../../Prompts.ts"
@@ -227,7 +227,7 @@ const runTool = (
   if (Result.isFailure(decoded)) return Effect.succeed({ _tag: "Invalid", message: decoded.failure.message })
   const { [confirmParameter]: _flag, ...args } = decoded.success as Record<string, unknown>
   const run = DurableRun.of({ executionId, context, steps: new Map() })
-  const counts = { steps: 0, recorded: row.steps, updates: row.updates }
+  const counts: Counts = { steps: 0, recorded: row.steps, updates: row.updates, lock: Semaphore.makeUnsafe(1) }
   const runContext = AsyncRunContext.of({
     functionCall: call,
     toolsetId: definition.id,
@@ -253,7 +253,13 @@ const runTool = (
   return Effect.flatMap(Effect.forkChild(Effect.exit(handler), { startImmediately: true }), (fiber) =>
     Effect.flatMap(
       Effect.raceFirst(Effect.map(Fiber.join(fiber), (exit): Outcome => ({ _tag: "Exit", exit })), stopOrDeadline),
-      (outcome): Effect.Effect<Outcome> => outcome._tag === "Exit" ? Effect.succeed(outcome) : Effect.as(Fiber.interrupt(fiber), outcome)
+      (outcome): Effect.Effect<Outcome> =>
+        outcome._tag === "Exit" ? Effect.succeed(outcome) : Effect.as(
+          // What the tool did as it stopped (a clean-up that died) is logged, not delivered (as in memory).
+          Effect.flatMap(Effect.andThen(Fiber.interrupt(fiber), Fiber.await(fiber)), (exit) =>
+            lateFailure(Exit.isSuccess(exit) ? exit.value : exit)),
+          outcome
+        )
     ))
 }
 
@@ -280,10 +286,12 @@ const update = (
   sessionId: string,
   base: string,
   call: FunctionCall,
-  counts: { steps: number; readonly recorded: number; updates: number },
+  counts: Counts,
   message: unknown
 ): Effect.Effect<void> =>
-  Effect.suspend(() => {
+  // One at a time, in the order the tool gave them: each update's pair number follows the one
+  // recorded before it (B8: of updates racing from the tool's fibers, none is lost).
+  counts.lock.withPermits(1)(Effect.suspend(() => {
     const k = counts.steps++
     // Recorded by a run before this one (this is a replay): its follower has it.
     if (k < counts.recorded) return Effect.void
@@ -316,7 +324,19 @@ const update = (
         }
       )
     })
-  })
+  }))
+
+/** Where a run of a call's body is in its updates. */
+interface Counts {
+  /** Updates the tool gave in this run. */
+  steps: number
+  /** Updates recorded by runs before this one (a replay skips them). */
+  readonly recorded: number
+  /** `_update_<n>` pairs recorded. */
+  updates: number
+  /** Updates are recorded one at a time. */
+  readonly lock: Semaphore.Semaphore
+}
 
 /** How the call ended, recorded once, then told. */
 const recordOutcome = (

@@ -301,11 +301,13 @@ const deliver = (
   items: ReadonlyArray<ChatItem>,
   force: boolean
 ): Effect.Effect<void> =>
-  Effect.flatMap(Effect.orElseSucceed(toolset.session.items, () => undefined), (chat) => {
+  Effect.suspend(() => {
     // In the agent's chat already (it was there when the session was opened, or this is the same
     // call taken up again): it was told, or is owed and was handed over then.
     if (items.every((item) => deps.chat.has(item.id))) return Effect.void
-    const newest = chat?.at(-1)?.createdAt ?? Number.NEGATIVE_INFINITY
+    // Placed after the newest item of the agent's chat (as the store knows it: no read of the
+    // session's chat, whose port may be slow or failing, on the way to the chat).
+    const newest = deps.chat.newestAt()
     const callId = (items[0] as FunctionCall).callId
     const free = Coordinator.isTaken(toolset.session, callId) ? Coordinator.claimSynthetic(toolset.session, callId, "") : callId
     const now = deps.clock.currentTimeMillisUnsafe()
