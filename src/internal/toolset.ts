@@ -215,7 +215,7 @@ const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOu
   // `onExitPrimitive`: the finalizer is synchronous and returns no effect, which saves the steps
   // `onExit` spends running one. It runs uninterruptibly (`false`), as `onExit`'s do: with an
   // interruptible one, a caller interrupted during the tool's inline run left its call running
-  // (test/Review2.callers.test.ts).
+  // (test/AsyncToolset/callerInterrupted.test.ts).
   return Effect.onExitPrimitive(admitAndAwait(state, call, ticket), (exit) => {
     if (ticket.call !== undefined && Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause)) {
       CallRun.abandon(state.toolset, ticket.call)
