@@ -77,7 +77,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
             yield* settleLong
             assert.strictEqual(fibers.active, 0)
           })).pipe(kind.provide(TestSession.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps))
-        })
+        }, 30_000) // 41 durable calls, each recorded in the store: a few seconds
       }
     }
 
