@@ -213,7 +213,9 @@ const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOu
   // A caller interrupted once its call is admitted (while it waits for the first output, or just
   // as that output is handed over) does not get it: it abandons the call, which is withdrawn (B9).
   // `onExitPrimitive`: the finalizer is synchronous and returns no effect, which saves the steps
-  // `onExit` spends running one.
+  // `onExit` spends running one. It runs uninterruptibly (`false`), as `onExit`'s do: with an
+  // interruptible one, a caller interrupted during the tool's inline run left its call running
+  // (test/AsyncToolset/callerInterrupted.test.ts).
   return Effect.onExitPrimitive(Effect.flatMap(admitAndAwait(state, call, ticket), handOver), (exit) => {
     if (ticket.call !== undefined && Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause)) {
       CallRun.abandon(state.toolset, ticket.call)
