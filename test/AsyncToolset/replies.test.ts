@@ -4,7 +4,7 @@
  * the session is idle.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Schedule, Schema } from "effect"
+import { Duration, Effect, Fiber, Schedule, Schema, Stream } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "../support/replies.ts"
@@ -333,6 +333,39 @@ forEachKind("AsyncToolset replies", (kind) => {
       },
       { arbitrary: { runs: 50, seed: 20250601 } }
     )
+  })
+
+  describe("C4e replyTimeout counts how long the session takes to take a request up", () => {
+    it.effect("after a failed request, a user who speaks for longer than replyTimeout does not cost the items their reply", () => {
+      let requests = 0
+      return Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* kind.make({ id: "jobs", tools: [work], replyTimeout: "10 seconds", sessionRetry: Schedule.spaced("1 second") })
+        const skipped = yield* toolset.events.pipe(
+          Stream.filter((e) => e._tag === "ReplySkipped"),
+          Stream.runCollect,
+          Effect.forkChild({ startImmediately: true })
+        )
+        yield* startWork(toolset, "c1", { steps: [], end: 1 })
+        yield* kind.advance("1 second") // the result is in; the request fails
+        assert.strictEqual(requests, 1)
+        yield* session.setBusy // the user speaks for a minute before the retry can go out
+        yield* kind.advance("1 minute")
+        yield* session.setIdle
+        yield* toolset.awaitIdle
+        assert.strictEqual(requests, 2)
+        assert.deepStrictEqual((yield* session.replies).map((r) => namedCallIds(r.instructions)), [["c1_final"], ["c1_final"]])
+        yield* toolset.close
+        assert.deepStrictEqual(yield* Fiber.join(skipped), [], "nothing given up")
+      }).pipe(kind.provide(TestSession.layerWith({
+        onReply: () =>
+          Effect.suspend(() =>
+            ++requests === 1
+              ? Effect.fail(new AgentSession.SessionError({ operation: "generateReply", message: "the model provider is down" }))
+              : Effect.void
+          )
+      })))
+    })
   })
 
   describe("C4 when the agent already spoke after the pending items", () => {
