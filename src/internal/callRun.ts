@@ -63,7 +63,7 @@ export interface CallStore {
    * Completes once the stop of a call is recorded where it must be (`undefined`: nothing to wait
    * for, in memory): a cancel answers then.
    */
-  readonly stopRecorded: (toolset: Toolset, c: Call) => Effect.Effect<void> | undefined
+  readonly stopRecorded: ((toolset: Toolset, c: Call) => Effect.Effect<void>) | undefined
 }
 
 /** What the calls of one toolset share. */
@@ -149,7 +149,8 @@ export const launch = (
   toolset: Toolset,
   c: Call,
   args: unknown,
-  caller: Context.Context<never>
+  caller: Context.Context<never>,
+  callerFiber?: Fiber.Fiber<unknown, unknown>
 ): Effect.Effect<FunctionCallOutput> => {
   const callScope = Scope.makeUnsafe()
   const context = contextOf(toolset, caller, c, callScope)
@@ -171,7 +172,7 @@ export const launch = (
     if (c.status === "stopping") fiber.interruptUnsafe()
     else if (c.status === "running") armTimer(toolset, c, context)
   }
-  return awaitFirst(c)
+  return awaitFirst(c, callerFiber)
 }
 
 const startUninterruptible = { uninterruptible: true } as const
@@ -206,10 +207,28 @@ const announce = (toolset: Toolset, c: Call): void => {
  * The first output: at once if it is settled (the call ran inline up to its first update, or was
  * stopped); else waited for. A caller that stops waiting abandons the call (see `AsyncToolset.execute`).
  */
-export const awaitFirst = (c: Call): Effect.Effect<FunctionCallOutput> => {
+export const awaitFirst = (c: Call, caller?: Fiber.Fiber<unknown, unknown>): Effect.Effect<FunctionCallOutput> => {
   const first = Lifecycle.takeFirst(c)
-  return first !== undefined ? Effect.succeed(first) : Deferred.await(Lifecycle.firstWaiter(c))
+  if (first === undefined) return Effect.flatMap(Deferred.await(Lifecycle.firstWaiter(c)), handOver)
+  return caller !== undefined && nearYield(caller) ? Effect.as(Effect.yieldNow, first) : Effect.succeed(first)
 }
+
+/**
+ * The first output goes back to the caller with run-loop steps to spare before the caller's fiber
+ * yields to the scheduler (B9). Effect's run loop yields when a fiber spends its budget, and an
+ * interruption that arrives during that yield replaces the value being returned: if that happened
+ * between here and the caller's next step, the caller would lose the output while its call went
+ * on. So when the budget is nearly spent, the fiber yields here first, where an interruption
+ * still reaches `execute`'s exit handler (which withdraws the call).
+ */
+const handOver = (output: FunctionCallOutput): Effect.Effect<FunctionCallOutput> =>
+  Effect.withFiber((fiber) => nearYield(fiber) ? Effect.as(Effect.yieldNow, output) : Effect.succeed(output))
+
+const nearYield = (fiber: Fiber.Fiber<unknown, unknown>): boolean =>
+  !fiber.cache.preventYield && fiber.currentOpCount + handOverSteps >= fiber.cache.maxOpsBeforeYield
+
+/** The run-loop steps from the hand-over to the caller's next step, and a margin. */
+const handOverSteps = 8
 
 /** The caller stopped waiting for the call's first output (or never got it): the call is cancelled. */
 export const abandon = (toolset: Toolset, c: Call): void => {
@@ -327,11 +346,20 @@ export const deliverPair = (
 ): Effect.Effect<void> =>
   // From the count of pending items to the hand-over nothing may interrupt: the count moves with
   // the item, whatever interrupts the caller and when. Only the insertion is interruptible.
-  Effect.uninterruptible(Effect.suspend(() => {
-    if (!force && c.status !== "running" && c.status !== "finishing") return Effect.void
-    if (toolset.owner.closed) return lostAtClose(toolset, callId)
-    return insertItem(toolset, c, prepareItem(toolset, c, callId, items, force))
-  }))
+  Effect.uninterruptible(Effect.suspend(() => deliverNow(toolset, c, callId, items, force)))
+
+/** `deliverPair`, run where nothing can interrupt already. */
+const deliverNow = (
+  toolset: Toolset,
+  c: Call,
+  callId: string,
+  items: ReadonlyArray<ChatItem>,
+  force: boolean
+): Effect.Effect<void> => {
+  if (!force && c.status !== "running" && c.status !== "finishing") return Effect.void
+  if (toolset.owner.closed) return lostAtClose(toolset, callId)
+  return insertItem(toolset, c, prepareItem(toolset, c, callId, items, force))
+}
 
 /** An item of a call; it counts as pending from here on. */
 const prepareItem = (
@@ -432,7 +460,7 @@ export const tellResult = (
   // The fiber is uninterruptible here already (only the insertion is not).
   if (toolset.owner.closed) return lostAtClose(toolset, syntheticId(toolset, c, "_final"))
   const finalId = syntheticId(toolset, c, "_final")
-  return deliverPair(toolset, c, finalId, pairOf(toolset, c, finalId, out))
+  return deliverNow(toolset, c, finalId, pairOf(toolset, c, finalId, out), false)
 }
 
 /** The call's fiber ended: out of the tables, counted, reported. */

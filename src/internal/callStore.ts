@@ -17,7 +17,7 @@ export const memory: CallStore = {
       : runHandler(toolset, c, args, callScope),
   closedOutput: cancelledOutput,
   timerTellsTimeout: true,
-  stopRecorded: () => undefined
+  stopRecorded: undefined
 }
 
 /**

@@ -179,7 +179,7 @@ export const make = Effect.fnUntraced(function*<const Tools extends ReadonlyArra
       id,
       tools: [...Array.from(tools.values(), (p) => p.visible), state.management.getRunningTasks, state.management.cancelTask],
       execute: (call) => execute(state, call),
-      cancel: (callId) => Effect.suspend(() => cancel(toolset, callId)),
+      cancel: (callId) => cancel(toolset, callId),
       runningTasks: Effect.sync(() => runningTasks(registry)),
       awaitIdle: waitFor(registry, () => registry.live.size === 0 && owner.pending === 0),
       drain: Effect.suspend(() => drain(toolset)),
@@ -216,31 +216,13 @@ const execute = (state: State, call: FunctionCall): Effect.Effect<FunctionCallOu
   // `onExit` spends running one. It runs uninterruptibly (`false`), as `onExit`'s do: with an
   // interruptible one, a caller interrupted during the tool's inline run left its call running
   // (test/AsyncToolset/callerInterrupted.test.ts).
-  return Effect.onExitPrimitive(Effect.flatMap(admitAndAwait(state, call, ticket), handOver), (exit) => {
+  return Effect.onExitPrimitive(admitAndAwait(state, call, ticket), (exit) => {
     if (ticket.call !== undefined && Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause)) {
       CallRun.abandon(state.toolset, ticket.call)
     }
     return undefined
   }, false)
 }
-
-/**
- * The first output goes back to the caller with operations to spare before the caller's fiber
- * yields to the scheduler (B9). Effect's run loop yields when a fiber spends its budget, and an
- * interruption that arrives during that yield replaces the value being returned: if that happened
- * between this function and the caller's next step, the caller would lose the output while its
- * call went on. So when the budget is nearly spent, the fiber yields here first, where an
- * interruption still reaches the exit handler above (and withdraws the call).
- */
-const handOver = (output: FunctionCallOutput): Effect.Effect<FunctionCallOutput> =>
-  Effect.withFiber((fiber) =>
-    !fiber.cache.preventYield && fiber.currentOpCount + handOverSteps >= fiber.cache.maxOpsBeforeYield
-      ? Effect.as(Effect.yieldNow, output)
-      : Effect.succeed(output)
-  )
-
-/** The run-loop steps from `handOver` to the caller's next step, and a margin. */
-const handOverSteps = 8
 
 /** What `execute` admitted, once it did. */
 interface Ticket {
@@ -267,14 +249,14 @@ const admitAndAwait = (state: State, call: FunctionCall, ticket: Ticket): Effect
     if (holder !== undefined) {
       // The same model call executed again (an agent runtime retrying a turn) is that call: it
       // runs once, and this caller gets its output too. Another call with its id is refused.
-      return holder.functionCall.id === call.id ? CallRun.awaitFirst(holder) : reject(toolset, call, ToolTable.inUse(call))
+      return holder.functionCall.id === call.id ? CallRun.awaitFirst(holder, caller) : reject(toolset, call, ToolTable.inUse(call))
     }
     const refusal = state.refuseCallId?.(call)
     if (refusal !== undefined) return reject(toolset, call, refusal)
     // The model's id is the chat's from now on: no synthetic id of another call may take it (B7).
     Coordinator.noteCallId(toolset.session, call.callId)
     const { args, confirmed, prepared: p } = reading
-    return admit(state, call, p, args, confirmed, caller.context, ticket)
+    return admit(state, call, p, args, confirmed, caller, ticket)
   })
 
 /**
@@ -287,7 +269,7 @@ const admit = (
   p: Prepared,
   args: unknown,
   confirmed: boolean,
-  caller: Context.Context<never>,
+  caller: Fiber.Fiber<unknown, unknown>,
   ticket: Ticket
 ): Effect.Effect<FunctionCallOutput> => {
   const { toolset } = state
@@ -324,7 +306,8 @@ const admit = (
   // key to stop, those still stopping from earlier cancels, timeouts or replacements included (D4).
   Lifecycle.register(registry, c, p.mode === "replace" && key !== undefined ? registry.byKey.get(key) ?? [] : [])
   Lifecycle.flush(registry)
-  return CallRun.launch(toolset, c, args, caller)
+  // (The first output goes back with run-loop steps to spare: B9, see `CallRun.awaitFirst`.)
+  return CallRun.launch(toolset, c, args, caller.context, caller)
 }
 
 const noneRunning: ReadonlyArray<Call> = []
@@ -342,18 +325,28 @@ const describeRunning = (calls: Iterable<Call>) =>
  * waited for: it stops on its own, listed as cancelling, E4).
  */
 const cancel = (toolset: CallRun.Toolset, callId: string): Effect.Effect<CancelResult> => {
+  const recorded = toolset.store.stopRecorded
+  if (recorded === undefined) return Effect.sync(() => resultOf(stop(toolset, callId)))
+  return Effect.suspend(() => {
+    const stopped = stop(toolset, callId)
+    return typeof stopped === "string" ? Effect.succeed(stopped) : Effect.as(recorded(toolset, stopped), "cancelled")
+  })
+}
+
+/** Stops a call now: the call it stopped (its store may still be recording that), or why not. */
+const stop = (toolset: CallRun.Toolset, callId: string): CancelResult | Call => {
   const { registry } = toolset
   const c = registry.byId.get(callId)
   // Asked again while it stops: it is being cancelled, as the model wanted.
-  if (c === undefined) return Effect.succeed(Lifecycle.isStopping(registry, callId) ? "cancelled" : "not-found")
-  if (!c.cancellable) return Effect.succeed("not-cancellable")
+  if (c === undefined) return Lifecycle.isStopping(registry, callId) ? "cancelled" : "not-found"
+  if (!c.cancellable) return "not-cancellable"
   Lifecycle.stop(registry, c, "cancelled", toolset.cancelled)
   Lifecycle.flush(registry)
-  const recorded = toolset.store.stopRecorded(toolset, c)
-  return recorded === undefined ? cancelled : Effect.as(recorded, "cancelled")
+  return c
 }
 
-const cancelled = Effect.succeed<CancelResult>("cancelled")
+const resultOf = (stopped: CancelResult | Call): CancelResult => typeof stopped === "string" ? stopped : "cancelled"
+
 
 const runningTasks = (registry: Lifecycle.Registry<Prepared>): ReadonlyArray<RunningTask> => {
   const tasks: Array<RunningTask> = []
@@ -438,7 +431,7 @@ const management = (toolset: CallRun.Toolset, names: Names) =>
   ToolTable.managementTools(names, {
     id: toolset.id,
     running: () => runningTasks(toolset.registry),
-    cancel: (callId) => Effect.suspend(() => cancel(toolset, callId)),
+    cancel: (callId) => cancel(toolset, callId),
     nameOf: (callId) => toolset.registry.byId.get(callId)?.functionCall.name
   })
 

@@ -54,10 +54,11 @@ export const unbatch = (coordinator: Coordinator, item: Item): void => {
 const listened = (item: Item): boolean => item.owner.listening()
 
 /** The reply was asked for (and taken up): tell each toolset, per its own items. */
-export const delivered = (coordinator: Coordinator, ready: ReadonlyArray<Item>, instructions: string): void => {
-  if (!ready.some(listened)) return
+export const delivered = (coordinator: Coordinator, asked: ReadonlyArray<Item>, instructions: string): void => {
+  if (!asked.some(listened)) return
   const at = coordinator.clock.currentTimeMillisUnsafe()
-  for (const [owner, items] of byOwner(ready)) {
+  // (An item given up while the request was under way is not in the batch any more: it was told so.)
+  for (const [owner, items] of byOwner(asked.filter((item) => coordinator.batch.includes(item)))) {
     if (owner.closed) continue
     owner.emit({ _tag: "ReplyDelivered", toolsetId: owner.id, callIds: items.map((i) => i.callId), instructions, at })
   }

@@ -133,6 +133,8 @@ export interface Coordinator {
   readonly running: Map<number, number>
   /** Called when a running call of the session ends (while the coordinator gathers). */
   callEnded: (() => void) | undefined
+  /** Request steps that did not end at once (stopped, and waited for, when the scope closes). */
+  readonly steps: Set<Fiber.Fiber<unknown, unknown>>
 }
 
 const waiting = (wake: () => void): Phase => ({ _tag: "Waiting", wake })
@@ -169,17 +171,23 @@ export const acquire = (
         batch: [],
         nothingLeft: undefined,
         running: new Map(),
-        callEnded: undefined
+        callEnded: undefined,
+        steps: new Set()
       }
       coordinators.set(session, made)
       // The fiber never yields to the scheduler on its own (it does little between waits, and its
       // last idle wait and the reply request must not be separated by a yield: C2). It waits only
-      // where it means to: for work, for the clock, for the session.
-      return Effect.as(
-        Effect.forkIn(Effect.provideService(run(made), References.PreventSchedulerYield, true), made.scope, {
-          startImmediately: true
-        }),
-        made
+      // where it means to: for work, for the clock, for the session. After it is stopped (the
+      // scope's finalizers run last added first), a request step left running (its toolsets
+      // closed while it hung) is stopped and waited for.
+      return Effect.andThen(
+        Scope.addFinalizer(made.scope, Effect.suspend(() => Fiber.interruptAll(made.steps))),
+        Effect.as(
+          Effect.forkIn(Effect.provideService(run(made), References.PreventSchedulerYield, true), made.scope, {
+            startImmediately: true
+          }),
+          made
+        )
       )
     })
   )
@@ -274,17 +282,18 @@ export const settle = (item: Item): void => {
 }
 
 /**
- * Waits for an item to be handed over (at once if one is queued). Only the coordinator's fiber
- * calls it, between rounds.
+ * Waits for an item to be handed over (at once if one is queued), then runs `gather` (which lets
+ * everything ready at this instant be handed over too). Only the coordinator's fiber calls it,
+ * between rounds.
  */
-export const awaitWork = (coordinator: Coordinator): Effect.Effect<void> =>
+export const awaitWork = (coordinator: Coordinator, gather: Effect.Effect<void>): Effect.Effect<void> =>
   Effect.callback<void>((resume) => {
     if (isClosed(coordinator)) return resume(Effect.void)
     if (coordinator.queue.length > 0) {
       coordinator.phase = gathering
-      return resume(Effect.void)
+      return resume(gather)
     }
-    coordinator.phase = waiting(() => resume(Effect.void))
+    coordinator.phase = waiting(() => resume(gather))
     return Effect.sync(() => {
       if (coordinator.phase._tag === "Waiting") coordinator.phase = gathering
     })

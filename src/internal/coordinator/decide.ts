@@ -29,6 +29,8 @@ export const decide = (
   chat: ReadonlyArray<ChatItem> | undefined,
   late: ReadonlySet<Item>
 ): Decision => {
+  const first = ready[0]?.owner
+  if (first !== undefined && ready.every((item) => item.owner === first)) return decideOne(first, ready, chat, late)
   const groups = byOwner(ready)
   const ask: Array<Item> = []
   const skip: Array<Item> = []
@@ -52,6 +54,21 @@ export const decide = (
   ).join("\n\n")
   return { ask, instructions, skip }
 }
+
+/** `decide` for the items of one toolset (the usual case): the same, with nothing to group. */
+const decideOne = (
+  owner: Owner,
+  items: ReadonlyArray<Item>,
+  chat: ReadonlyArray<ChatItem> | undefined,
+  late: ReadonlySet<Item>
+): Decision => {
+  const covered = chat !== undefined && (late.size === 0 || !items.some((item) => late.has(item))) && spokeAfter(chat, items)
+  if (covered && owner.policy.whenAlreadyAnswered === "skip") return { ask: none, instructions: "", skip: items }
+  const template = covered ? owner.policy.prompts.replyMaybeCovered : owner.policy.prompts.replyAtTail
+  return { ask: items, instructions: Prompts.render(template, { pendingCallIds: callIdsOf(items) }), skip: none }
+}
+
+const none: ReadonlyArray<Item> = []
 
 /** The items by their toolset, in the order the toolsets first appear. */
 export const byOwner = (items: ReadonlyArray<Item>): ReadonlyMap<Owner, Array<Item>> => {

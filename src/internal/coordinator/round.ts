@@ -42,8 +42,13 @@ import { letGoCancelled, retryInsertions } from "./insertions.ts"
 /** The coordinator's fiber. */
 export const run = (coordinator: Coordinator): Effect.Effect<never> => {
   const gather = gatherOnce(coordinator)
-  const round = Effect.suspend(() => oneRound(coordinator))
-  return Effect.forever(Effect.andThen(Effect.andThen(awaitWork(coordinator), gather), round), { disableYield: true })
+  const siblings = isTestClock(coordinator.clock) ? undefined : awaitSiblings(coordinator)
+  const round = Effect.suspend(() =>
+    siblings !== undefined && hasSiblings(coordinator)
+      ? Effect.andThen(siblings, Effect.suspend(() => oneRound(coordinator)))
+      : oneRound(coordinator)
+  )
+  return Effect.forever(Effect.andThen(awaitWork(coordinator, gather), round), { disableYield: true })
 }
 
 /**
@@ -65,9 +70,7 @@ export const run = (coordinator: Coordinator): Effect.Effect<never> => {
  */
 const gatherOnce = (coordinator: Coordinator): Effect.Effect<void> => {
   const clock = coordinator.clock
-  if (isTestClock(clock)) return Effect.raceFirst(clock.adjust(0), Effect.sleep(Duration.millis(1)))
-  const siblings = awaitSiblings(coordinator)
-  return Effect.andThen(Effect.yieldNow, siblings)
+  return isTestClock(clock) ? Effect.raceFirst(clock.adjust(0), Effect.sleep(Duration.millis(1))) : Effect.yieldNow
 }
 
 /** How far apart calls may be admitted and still count as started together (C4d, real clock). */
@@ -140,10 +143,10 @@ interface Round {
   reread: boolean
   /** The reply asked for in this attempt, once the step asks. */
   request: { readonly items: ReadonlyArray<Item>; readonly instructions: string } | undefined
-  /** Each toolset's retry schedule, as far as it went in this round. */
-  readonly retries: Map<Owner, Retry>
-  /** What to do once the round is over (skipped items recorded by their store). */
-  readonly after: Array<Effect.Effect<void>>
+  /** Each toolset's retry schedule, as far as it went in this round (made at the first failure). */
+  retries: Map<Owner, Retry> | undefined
+  /** What to do once the round is over (skipped items recorded by their store), if anything. */
+  after: Array<Effect.Effect<void>> | undefined
 }
 
 type Retry = (now: number, input: unknown) => Effect.Effect<[unknown, Duration.Duration], Cause.Done<unknown>>
@@ -155,8 +158,8 @@ const newRound = (): Round => ({
   suspended: false,
   reread: false,
   request: undefined,
-  retries: new Map(),
-  after: []
+  retries: undefined,
+  after: undefined
 })
 
 /** One reply: everything pending once the session is idle. Never fails. */
@@ -165,7 +168,7 @@ const oneRound = (coordinator: Coordinator): Effect.Effect<void> => {
   const r = newRound()
   const settled = Effect.suspend(() => {
     settleBatch(coordinator)
-    return r.after.length === 0 ? Effect.void : Effect.all(r.after, { discard: true })
+    return r.after === undefined ? Effect.void : Effect.all(r.after, { discard: true })
   })
   return Effect.matchCauseEffect(prepare(coordinator, r), {
     onSuccess: () => settled,
@@ -215,13 +218,20 @@ const ask = (coordinator: Coordinator, r: Round): Effect.Effect<void, PortFault>
   r.waiting = false
   r.request = undefined
   r.boundFrom = coordinator.clock.currentTimeMillisUnsafe()
-  return Effect.flatMap(Effect.forkChild(requestStep(coordinator, r), { startImmediately: true }), (step) => {
-    const exit = step.pollUnsafe()
-    if (exit !== undefined) return stepEnded(coordinator, r, exit)
-    r.suspended = true
-    return Effect.flatMap(awaitStep(coordinator, r, step), (ended) =>
-      ended === undefined ? Effect.void : stepEnded(coordinator, r, ended))
-  })
+  // Started here and now on the coordinator's context (no fork effect: the step of a session that
+  // answers at once is over before this returns). A step that suspends is waited for, and stopped
+  // if the coordinator is.
+  const step = Effect.runForkWith(Fiber.getCurrent()!.context)(requestStep(coordinator, r))
+  const exit = step.pollUnsafe()
+  if (exit !== undefined) return stepEnded(coordinator, r, exit)
+  // Owned by the coordinator: its scope waits for the step to stop when it closes.
+  coordinator.steps.add(step)
+  step.addObserver(() => coordinator.steps.delete(step))
+  r.suspended = true
+  return Effect.flatMap(
+    Effect.onInterrupt(awaitStep(coordinator, r, step), () => Effect.sync(() => interruptQuietly(step))),
+    (ended) => ended === undefined ? Effect.void : stepEnded(coordinator, r, ended)
+  )
 }
 
 /** The step ended: asked (or nothing to ask), to be prepared again, or failed (retried). */
@@ -291,13 +301,13 @@ const decideAndAsk = (
   }
   const { instructions } = decision
   r.request = { items: decision.ask, instructions }
-  for (const [owner, items] of byOwner(decision.ask)) owner.hooks?.asking(items)
+  if (decision.ask.some(hooked)) for (const [owner, items] of byOwner(decision.ask)) owner.hooks?.asking(items)
   const request = coordinator.session.generateReply({ instructions, toolChoice: "none" })
   const answered = (exit: Exit.Exit<void, unknown>): Effect.Effect<Step, PortFault> => {
     if (Exit.isFailure(exit)) return portFault(coordinator)(exit.cause)
     r.request = undefined
     // (A toolset whose time ran out while the request was under way was told it was given up.)
-    delivered(coordinator, decision.ask.filter((item) => coordinator.batch.includes(item)), instructions)
+    delivered(coordinator, decision.ask, instructions)
     return Effect.succeed("done")
   }
   const waitEnded = r.waitEnded
@@ -315,11 +325,13 @@ const decideAndAsk = (
 
 const noLate: ReadonlySet<Item> = new Set()
 
+const hooked = (item: Item): boolean => item.owner.hooks !== undefined
+
 /** Items skipped because the agent already answered them (their toolset's `skip`): told, then let go. */
 const skip = (coordinator: Coordinator, r: Round, items: ReadonlyArray<Item>): void => {
   skipped(coordinator, items, "already-answered")
   for (const [owner, mine] of byOwner(items)) {
-    if (owner.hooks !== undefined) r.after.push(owner.hooks.skipped(mine))
+    if (owner.hooks !== undefined) (r.after ??= []).push(owner.hooks.skipped(mine))
   }
   for (const item of items) unbatch(coordinator, item)
 }
@@ -400,10 +412,11 @@ const retry = (coordinator: Coordinator, r: Round, cause: Cause.Cause<PortFault>
     let delay: number | undefined
     const exhausted: Array<Owner> = []
     for (const owner of openOwners(coordinator)) {
-      let step = r.retries.get(owner)
+      const retries: Map<Owner, Retry> = r.retries ??= new Map()
+      let step = retries.get(owner)
       if (step === undefined) {
         step = (yield* Schedule.toStep(owner.policy.sessionRetry)) as Retry
-        r.retries.set(owner, step)
+        retries.set(owner, step)
       }
       const next = yield* Effect.exit(step(now, port))
       if (Exit.isFailure(next)) exhausted.push(owner)
