@@ -706,8 +706,9 @@ forEachKind("AsyncToolset lifetime", (kind) => {
           Effect.gen(function*() {
             const { callId } = yield* AsyncRunContext.functionCall
             yield* AsyncRunContext.update(`started ${callId}`)
-            // the first call stops slowly (1 s); each needs 0.1 s of its 1.5 s for its work
-            yield* Effect.uninterruptible(Effect.sleep(callId === "a" ? "1 second" : "100 millis"))
+            // the first call stops slowly (1 s); the second needs 0.8 s of its 1.5 s for its work
+            // (with the wait counted, 1.8 s: over its timeout)
+            yield* Effect.uninterruptible(Effect.sleep(callId === "a" ? "1 second" : "800 millis"))
             log.push(`done ${callId}`)
             return `done ${callId}`
           }))
@@ -721,7 +722,7 @@ forEachKind("AsyncToolset lifetime", (kind) => {
         yield* kind.advance("1 second")
         yield* toolset.awaitIdle
         const final = (yield* session.chat).items.find((i) => i._tag === "FunctionCallOutput" && i.callId === "b_final")
-        assert.strictEqual(final?._tag === "FunctionCallOutput" ? final.output : undefined, "done b", "b needed 0.1 s of its 1.5 s")
+        assert.strictEqual(final?._tag === "FunctionCallOutput" ? final.output : undefined, "done b", "b needed 0.8 s of its 1.5 s")
         assert.include(log, "done b")
       }).pipe(kind.provide(TestSession.layer)))
   })
