@@ -103,6 +103,8 @@ forEachKind("B9 a caller that loses a race to a signal its own tool gives", (kin
               Effect.raceFirst(Effect.map(execute(toolset, id, "s"), () => true), Effect.as(Deferred.await(signal), false)),
               { startImmediately: true }
             )
+            // (A durable call's tool starts asynchronously: it is let reach its first sleep before the clock moves.)
+            if (kind.durable) yield* settleLong
             for (let i = 0; i < k; i++) yield* Effect.yieldNow
             yield* kind.advance("1 second")
             outcomes.push([id, yield* promptly(Fiber.join(racer), `racer ${id}`)])
