@@ -213,12 +213,20 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
       if (deps.chat.has(row.callItemId)) continue
       yield* restoreCall(sql, sessionId, toolset.id, row.base, decodeCall(row.callItem), decodeOutput(row.firstOutput!))
     }
-    // What the agent's chat holds, as the store knows it (no read of the session's chat: its port
-    // may be slow or failing, and make must not wait on it).
-    const inChat = deps.chat
+    const owedRows = yield* owedItems(sql, sessionId, toolset.id)
+    // What the agent's chat holds: read from the session only when something is owed (within the
+    // toolset's replyTimeout; make does not wait longer on a slow or failing port), else as the
+    // store knows it.
+    const chatRead = owedRows.length === 0 ? undefined : yield* Store.readChat(state.toolset)
+    if (owedRows.length > 0 && chatRead === undefined) {
+      yield* Effect.logWarning("could not read the agent's chat; going by the stored conversation")
+        .pipe(Effect.annotateLogs({ toolset: toolset.id }))
+    }
+    const agentChat = chatRead === undefined ? undefined : new Set(chatRead.map((item) => item.id))
+    const inChat = { has: (id: string) => agentChat === undefined ? deps.chat.has(id) : agentChat.has(id) }
     const toInsert: Array<ChatItem> = []
     const owed: Array<{ readonly callId: string; readonly items: ReadonlyArray<ChatItem>; readonly at: number; readonly inChat: boolean }> = []
-    for (const pair of pairsOf(yield* owedItems(sql, sessionId, toolset.id))) {
+    for (const pair of pairsOf(owedRows)) {
       const there = pair.every((row) => inChat.has(row.itemId))
       // A live call's pairs not yet in the agent's chat reach it through that call's fiber.
       if (!there && pair[0].step !== 0 && pair[0].base !== null && liveBases.has(pair[0].base)) continue

@@ -157,7 +157,9 @@ forEachKind("E6 a toolset closed before a partial insertion is retried", (kind) 
             yield* kind.advance("1 second")
             yield* settleLong
           }
-          assert.isAbove(logs.find(["Error"], "c1_update_1", "never reached the chat").length, 0, "close did not report it")
+          // (A durable store keeps the item: the toolset made again puts it into the chat.)
+          const notInChat = kind.durable ? ["Warn", "did not reach the chat yet"] as const : ["Error", "never reached the chat"] as const
+          assert.isAbove(logs.find([notInChat[0]], "c1_update_1", notInChat[1]).length, 0, "close did not report it")
           yield* settleLong
           assert.strictEqual(fibers.active, 0)
         })).pipe(

@@ -506,7 +506,9 @@ forEachKind("AsyncToolset reply request step", (kind) => {
         yield* Scope.close(scope, Exit.void)
         yield* settle
         assert.deepStrictEqual(chatCallIds(yield* session.chat), [], "nothing is inserted after close")
-        assert.strictEqual(logs.find(["Error"], "a2_final", "never reached the chat").length, 1)
+        // (A durable store keeps the item: the toolset made again puts it into the chat.)
+        const notInChat = kind.durable ? ["Warn", "did not reach the chat yet"] as const : ["Error", "never reached the chat"] as const
+        assert.strictEqual(logs.find([notInChat[0]], "a2_final", notInChat[1]).length, 1)
       }).pipe(kind.provide(faulty.layer), Effect.provide(logs.layer))
     })
   })

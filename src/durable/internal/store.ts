@@ -320,6 +320,17 @@ const deliver = (
     return Effect.andThen(rewrite, CallRun.deliverPair(toolset, c, free, placed, force))
   })
 
+/**
+ * The agent's chat as the session says, if it answers in time (its toolset's `replyTimeout`);
+ * whatever else it answers (a failure, a defect, an interruption), or if the fiber is stopped
+ * meanwhile, `undefined`.
+ */
+export const readChat = (toolset: Toolset): Effect.Effect<ReadonlyArray<ChatItem> | undefined> =>
+  Effect.matchCause(Effect.interruptible(Effect.timeout(toolset.session.items, toolset.owner.policy.replyTimeout)), {
+    onSuccess: (items): ReadonlyArray<ChatItem> | undefined => items,
+    onFailure: () => undefined
+  })
+
 const renamed = (item: ChatItem, callId: string): ChatItem =>
   item._tag === "ChatMessage" || item.callId === callId ? item : Object.assign(Object.create(Object.getPrototypeOf(item)), item, { callId })
 

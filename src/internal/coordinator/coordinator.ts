@@ -236,7 +236,10 @@ export const letGo = (owner: Owner, items: ReadonlyArray<Item>): Effect.Effect<v
     ? "no reply will be requested for them"
     : "a reply is still owed for them: the toolset made again for this conversation asks for it"
   return Effect.all([
-    lost.length > 0 ? Effect.logError(`closing: ${lost.join(", ")} never reached the chat ${half}`) : Effect.void,
+    lost.length === 0 ? Effect.void : owner.hooks === undefined
+      ? Effect.logError(`closing: ${lost.join(", ")} never reached the chat ${half}`)
+      // A store that keeps its items (durable) puts them into the chat when the toolset is made again.
+      : Effect.logWarning(`closing: ${lost.join(", ")} did not reach the chat yet ${half}; the store keeps them: the toolset made again for this conversation puts them there`),
     cancelled.length > 0
       ? Effect.logError(`closing: ${cancelled.join(", ")} of cancelled calls: a failed insertion may have left part of it in the chat (a function call without its output), not completed`)
       : Effect.void,
