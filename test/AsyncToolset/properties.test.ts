@@ -358,7 +358,10 @@ const scenario = (
       if (e._tag === "cancelled" && !cancelledAt.has(e.call)) cancelledAt.set(e.call, i)
       if (e._tag === "closing" && closedAt === Infinity) closedAt = i
     })
-    const reportedError = (item: string) => logs.find(["Error"], item).length > 0
+    // (A durable store keeps an item close left out of the chat, and says so: the toolset made
+    // again for the conversation puts it there.)
+    const reportedError = (item: string) =>
+      logs.find(["Error"], item).length > 0 || logs.find(["Warn"], item, "the store keeps them").length > 0
     /**
      * Whether the call was stopped by the model (cancel) or by its timeout: its items not yet in
      * the chat may be dropped. (Whether the timeout won is read from how the call ended: with

@@ -76,6 +76,8 @@ export interface CallState {
   readonly startedAt?: number
   /** It counts among the session's running calls (`callBegan`, not yet `callEnded`). */
   readonly counted?: boolean
+  /** Where its lifecycle is (`finishing`: its handler returned; its result is its last item). */
+  readonly status?: string
 }
 
 /**
@@ -131,6 +133,8 @@ export interface Coordinator {
    * of calls started together are gathered into one reply (C4d, `round.ts`).
    */
   readonly running: Map<number, number>
+  /** How many calls of the session are running (the sum of `running`). */
+  runningCount: number
   /** Called when a running call of the session ends (while the coordinator gathers). */
   callEnded: (() => void) | undefined
   /** Request steps that did not end at once (stopped, and waited for, when the scope closes). */
@@ -171,6 +175,7 @@ export const acquire = (
         batch: [],
         nothingLeft: undefined,
         running: new Map(),
+        runningCount: 0,
         callEnded: undefined,
         steps: new Set()
       }
@@ -308,6 +313,7 @@ export const awaitWork = (coordinator: Coordinator, gather: Effect.Effect<void>)
 export const callBegan = (coordinator: Coordinator, startedAt: number): void => {
   const at = Math.floor(startedAt)
   coordinator.running.set(at, (coordinator.running.get(at) ?? 0) + 1)
+  coordinator.runningCount++
 }
 
 /** A call of the session that began to run has ended (its last item, if any, handed over). */
@@ -316,6 +322,7 @@ export const callEnded = (coordinator: Coordinator, startedAt: number): void => 
   const left = (coordinator.running.get(at) ?? 1) - 1
   if (left <= 0) coordinator.running.delete(at)
   else coordinator.running.set(at, left)
+  coordinator.runningCount--
   coordinator.callEnded?.()
 }
 

@@ -70,7 +70,28 @@ export const run = (coordinator: Coordinator): Effect.Effect<never> => {
  */
 const gatherOnce = (coordinator: Coordinator): Effect.Effect<void> => {
   const clock = coordinator.clock
-  return isTestClock(clock) ? Effect.raceFirst(clock.adjust(0), Effect.sleep(Duration.millis(1))) : Effect.yieldNow
+  if (isTestClock(clock)) return Effect.raceFirst(clock.adjust(0), Effect.sleep(Duration.millis(1)))
+  return Effect.suspend(() => lastOfAll(coordinator) ? Effect.void : Effect.yieldNow)
+}
+
+/**
+ * Nothing else can become ready in this turn: every item queued is the result of a call whose
+ * handler returned (nothing of it follows), and no other call of the session runs. (Items owed
+ * from before, and a call's updates, are gathered.) The usual case of one call at a time: its
+ * reply needs no scheduler turn.
+ */
+const lastOfAll = (coordinator: Coordinator): boolean => {
+  const queue = coordinator.queue
+  if (queue.length === 0 || queue.length > coordinator.runningCount) return false
+  let calls = 0
+  for (let i = 0; i < queue.length; i++) {
+    const call = queue[i]!.call
+    if (call.status !== "finishing" || call.counted !== true) return false
+    let seen = false
+    for (let j = 0; j < i; j++) if (queue[j]!.call === call) seen = true
+    if (!seen) calls++
+  }
+  return calls === coordinator.runningCount
 }
 
 /** How far apart calls may be admitted and still count as started together (C4d, real clock). */
