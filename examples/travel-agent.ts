@@ -188,7 +188,6 @@ const showHistory = (screen: Screen, history: ChatContext.ChatContext, dataDir: 
     if (item.role === "user") screen.user(item.content)
     else if (item.role === "assistant") screen.agent(item.content)
   }
-  screen.note("(what the bookings did meanwhile is told now)")
 }
 
 /** How long after the last keystroke the user counts as no longer typing. */
@@ -244,16 +243,29 @@ const chat = (agent: AiAgent.AiAgent["Service"], screen: Screen) =>
     }
   })
 
-const session = (mode: Mode, screen: Screen, tally: Tally) =>
+const session = (mode: Mode, screen: Screen, tally: Tally, resumed = false) =>
   Effect.gen(function*() {
     const agent = yield* AiAgent.AiAgent
     yield* agent.events.pipe(
       Stream.runForEach((event) => Effect.sync(() => showAgent(screen, tally, event))),
       Effect.forkScoped({ startImmediately: true })
     )
+    // What a resumed conversation picks up: calls still running from before show on the status
+    // line; the first reply about what they did meanwhile, before the user says anything, is
+    // announced as such.
+    let resuming = resumed
     for (const toolset of yield* agent.toolsets) {
+      for (const task of yield* toolset.runningTasks) {
+        screen.call({ _tag: "CallStarted", toolsetId: toolset.id, callId: task.callId, name: task.name, arguments: task.arguments, at: task.startedAt })
+      }
       yield* toolset.events.pipe(
-        Stream.runForEach((event) => Effect.sync(() => screen.call(event))),
+        Stream.runForEach((event) =>
+          Effect.sync(() => {
+            if (resuming && event._tag === "ReplyDelivered") screen.note("(what the bookings did meanwhile is told now)")
+            if (event._tag === "ReplyDelivered") resuming = false
+            screen.call(event)
+          })
+        ),
         Effect.forkScoped({ startImmediately: true })
       )
     }
@@ -353,10 +365,11 @@ export const runDemo = async <E>(
     )
     exit = await Effect.runPromiseExit(
       Effect.gen(function*() {
-        showHistory(screen, (yield* DurableChat.DurableChat).history, dataDir)
+        const history = (yield* DurableChat.DurableChat).history
+        showHistory(screen, history, dataDir)
         const agent = yield* AiAgent.AiAgent
         yield* agent.addToolset(yield* DurableToolset.make(travel))
-        yield* session(mode, screen, tally)
+        yield* session(mode, screen, tally, history.items.length > 0)
       }).pipe(Effect.scoped, Effect.provide(app))
     )
   } else {
