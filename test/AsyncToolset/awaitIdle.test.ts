@@ -10,14 +10,13 @@ import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute, settle, stillWaiting, thenLetToolsEnd } from "../support/lifetime.ts"
 import { chatCallIds, chatProblems, faultySession, makeFiberCounter, namedCallIds, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong, settleLong, yieldSettings as someYieldSettings } from "../support/review2.ts"
+import { promptlyLong, settleLong, yieldSettings } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 /**
  * Scheduler settings the races run under: a yield after almost every step, up to the default
  * (2048). Below 3 a fiber that resumes yields again before its first step: it never progresses.
  */
-const yieldSettings = [3, 4, 5, 8, 16, 32, 64, 2048] as const
 
 /** Says "started", then one more update a second apart for each of `steps - 1`, then "done" a second later. */
 const job = (name: string, steps = 2) =>
@@ -47,7 +46,7 @@ const worker = (name: string, before: "inline" | "yield" | "sleep") =>
 
 forEachKind("AsyncToolset waiters", (kind) => {
   describe("awaitIdle, drain and close waiters", () => {
-    for (const maxOps of someYieldSettings) {
+    for (const maxOps of yieldSettings) {
       it.effect(`500 awaitIdle waiters, every other one interrupted: the rest wake once idle, the interrupted ones never (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const toolset = yield* kind.make({ id: "t", tools: [job("w")] })
@@ -121,7 +120,7 @@ forEachKind("AsyncToolset waiters", (kind) => {
     const ending = FunctionTool.make("quick", { description: "Ends at once", onDuplicateCall: "allow" }, () => Effect.succeed("quick done"))
 
     for (const before of ["inline", "yield", "sleep"] as const) {
-      for (const maxOps of someYieldSettings) {
+      for (const maxOps of yieldSettings) {
         it.effect(`a fiber resumed by awaitIdle (inline, in the flush of the last call's end) calls execute; its tool updates ${before} (MaxOpsBeforeYield ${maxOps})`, () =>
           Effect.gen(function*() {
             const toolset = yield* kind.make({ id: "t", tools: [ending, worker("w", before)] })

@@ -12,14 +12,13 @@ import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute, promptly, settle, thenLetToolsEnd } from "../support/lifetime.ts"
 import { chatCallIds, chatProblems, makeFiberCounter, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong, settleLong, yieldSettings as someYieldSettings } from "../support/review2.ts"
+import { promptlyLong, settleLong, yieldSettings } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 /**
  * Scheduler settings the races run under: a yield after almost every step, up to the default
  * (2048). Below 3 a fiber that resumes yields again before its first step: it never progresses.
  */
-const yieldSettings = [3, 4, 5, 8, 16, 32, 64, 2048] as const
 
 /** Says "started" after `before` (a sleep, or nothing: inline), then "half way" after 1 s, then "done" after 1 s. */
 const worker = (name: string, before: "inline" | "yield" | "sleep", extra: FunctionTool.Options = {}) =>
@@ -37,7 +36,7 @@ const worker = (name: string, before: "inline" | "yield" | "sleep", extra: Funct
 forEachKind("AsyncToolset interrupted callers", (kind) => {
   describe("B9 a caller interrupted while it waits: answered or withdrawn", () => {
     for (const before of ["inline", "yield", "sleep"] as const) {
-      for (const maxOps of someYieldSettings) {
+      for (const maxOps of yieldSettings) {
         it.effect(`tool says its first update ${before}; caller interrupted after k turns (k = 0..40): abandoned or answered, never both, never a hang (MaxOpsBeforeYield ${maxOps})`, () => {
           const fibers = makeFiberCounter()
           return fibers.track(Effect.gen(function*() {
@@ -88,7 +87,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
      * the tool is not inline: its later updates and final result must not reach the chat, unasked
      * for.
      */
-    for (const maxOps of someYieldSettings) {
+    for (const maxOps of yieldSettings) {
       it.effect(`a caller interrupted during the tool's inline run, before its first update: the call is abandoned (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         let started: Deferred.Deferred<void> | undefined
@@ -127,7 +126,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
     }
 
     for (const settledBy of ["cancel", "timeout", "close", "drain"] as const) {
-      for (const maxOps of someYieldSettings) {
+      for (const maxOps of yieldSettings) {
         it.effect(`the first output is settled by ${settledBy} while the caller is being interrupted: no hang, nothing left (MaxOpsBeforeYield ${maxOps})`, () => {
           const fibers = makeFiberCounter()
           return fibers.track(Effect.gen(function*() {
@@ -172,7 +171,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
     }
 
     for (const mode of ["replace", "reject", "allow"] as const) {
-      for (const maxOps of someYieldSettings) {
+      for (const maxOps of yieldSettings) {
         it.effect(`a tool calls execute on its own toolset inline, before its first update (mode ${mode}): no hang, each caller answered (MaxOpsBeforeYield ${maxOps})`, () => {
           const fibers = makeFiberCounter()
           let toolset: AsyncToolset.AsyncToolset | undefined

@@ -14,9 +14,8 @@ import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { chatProblems, makeFiberCounter, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong as promptly, settleLong } from "../support/review2.ts"
-import { yieldSettings } from "../support/review3.ts"
 import { forEachKind } from "../support/toolsets.ts"
+import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
 
 const strict = (maxOps: number) => maxOps >= 16
 

@@ -13,9 +13,9 @@ import { AgentSession } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { captureLogs, chatProblems, makeFiberCounter, namedCallIds, reported, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong as promptly, settleLong } from "../support/review2.ts"
-import { callIdsOf, chatty, sessionError, wrappedSession, yieldSettings } from "../support/review3.ts"
+import { callIdsOf, chatty, sessionError, wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
+import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
 
 const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 5 }))
 

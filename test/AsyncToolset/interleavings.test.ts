@@ -22,12 +22,12 @@ import {
   whileClockRuns
 } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
+import { yieldSettings } from "../support/schedules.ts"
 
 /**
  * Scheduler settings the races run under: a yield after almost every step, up to the default
  * (2048). Below 3 a fiber that resumes yields again before its first step: it never progresses.
  */
-const yieldSettings = [3, 4, 5, 8, 16, 32, 64, 2048] as const
 
 /**
  * A booking tool in `replace` mode. A call says "started <callId>" at once, then charges the card

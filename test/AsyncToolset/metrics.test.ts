@@ -9,7 +9,7 @@ import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { whileClockRuns } from "../support/reliability.ts"
-import { yieldSettings } from "../support/review2.ts"
+import { yieldSettings } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 const job = FunctionTool.make("job", { description: "job", onDuplicateCall: "allow" }, () =>

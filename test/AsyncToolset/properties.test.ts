@@ -34,6 +34,7 @@ import {
 import type { Fault } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
 import type { Kind } from "../support/toolsets.ts"
+import { yieldSettings } from "../support/schedules.ts"
 
 const runs = Number(process.env["RELIABILITY_RUNS"] ?? 40)
 /** Runs per setting on the durable toolset. */
@@ -41,10 +42,9 @@ const durableRuns = Number(process.env["RELIABILITY_DURABLE_RUNS"] ?? process.en
 const seed = Number(process.env["RELIABILITY_SEED"] ?? 20251124)
 /**
  * The scheduler yield settings (`References.MaxOpsBeforeYield`) each property runs under: fibers
- * that yield every few steps interleave differently. `RELIABILITY_YIELDS=3,4,7` picks others; the
+ * that yield every few steps interleave differently. `TEST_YIELDS=3,4,7` picks others; the
  * default setting (2048) gets `runs` runs, the others half as many.
  */
-const yieldSettings = (process.env["RELIABILITY_YIELDS"] ?? "3,5,16,64,2048").split(",").map(Number)
 
 // --- the schedule ---------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import { Context, Duration, Effect, Fiber, Layer, References } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { forEachKind, settle as settleKind } from "../support/toolsets.ts"
+import { yieldSettings } from "../support/schedules.ts"
 
 /** Lets every fiber that can run, run (they yield every few steps here), and the store finish. */
 const settle = Effect.gen(function*() {
@@ -41,7 +42,6 @@ const chatty = FunctionTool.make("chatty", { description: "Talks a lot, never en
   }))
 
 /** Scheduler yield settings the step-by-step races run under. */
-const yieldSettings = [3, 5, 16, 64] as const
 
 forEachKind("AsyncToolset races", (kind) => {
   for (const maxOps of yieldSettings) for (const timeout of [undefined, "1 second"] as const) {

@@ -14,9 +14,9 @@ import type { AsyncToolset, ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { captureLogs, namedCallIds, whileClockRuns } from "../support/reliability.ts"
-import { settleLong } from "../support/review2.ts"
-import { callIdsOf, chatty, sessionError, wrappedSession, yieldSettings } from "../support/review3.ts"
+import { callIdsOf, chatty, sessionError, wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
+import { settleLong, yieldSettings } from "../support/schedules.ts"
 
 const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {

@@ -13,9 +13,9 @@ import type { AsyncToolset, ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { captureLogs, makeFiberCounter, namedCallIds, reported, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong as promptly, settleLong } from "../support/review2.ts"
-import { sessionError, wrappedSession, yieldSettings } from "../support/review3.ts"
+import { sessionError, wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
+import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
 
 const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {

@@ -19,7 +19,7 @@ import {
   reported,
   whileClockRuns
 } from "../support/reliability.ts"
-import { yieldSettings } from "../support/review2.ts"
+import { yieldSettings } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 /** Says "started", works a second, returns "done". */

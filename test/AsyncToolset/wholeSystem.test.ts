@@ -18,7 +18,7 @@
  * Seeded (mulberry32): a failure prints the seed and the script. The in-memory toolset gets
  * `SYSTEM_RUNS` runs per yield setting (default 20), the durable one `SYSTEM_DURABLE_RUNS` (default
  * 4; `SYSTEM_RUNS` sets both); `SYSTEM_SEED=n` starts elsewhere, `SYSTEM_ONLY=seed` runs one seed,
- * `SYSTEM_YIELDS=3,64` picks the yield settings, `SYSTEM_NO_HANG=1` leaves hangs out,
+ * `TEST_YIELDS=3,64` picks the yield settings, `SYSTEM_NO_HANG=1` leaves hangs out,
  * `SYSTEM_SKIP_KNOWN=1` tolerates a cancelled call's half pair left at close (the test at the end
  * of this file; to look for other defects), `SYSTEM_DEBUG=1` prints the logs, timeline and chat of
  * a run with a dangling call, `SYSTEM_STATS=1` what the runs tried.
@@ -30,17 +30,16 @@ import type { AsyncToolset } from "effect-async-toolset"
 import type { ChatContext } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { captureLogs, chatProblems, makeFiberCounter, modelCall, namedCallIds, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong as promptly, settleLong } from "../support/review2.ts"
-import { wrappedSession, yieldSettings as halfPairYieldSettings } from "../support/review3.ts"
+import { wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
 import type { Kind } from "../support/toolsets.ts"
+import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
 
 const runs = Number(process.env["SYSTEM_RUNS"] ?? 20)
 /** Runs per yield setting on the durable toolset. */
 const durableRuns = Number(process.env["SYSTEM_DURABLE_RUNS"] ?? process.env["SYSTEM_RUNS"] ?? 4)
 const baseSeed = Number(process.env["SYSTEM_SEED"] ?? 7000)
 const only = process.env["SYSTEM_ONLY"] === undefined ? undefined : Number(process.env["SYSTEM_ONLY"])
-const yieldSettings = (process.env["SYSTEM_YIELDS"] ?? "3,4,16,64,2048").split(",").map(Number)
 
 // --- the script ------------------------------------------------------------------------------------
 
@@ -548,7 +547,7 @@ const halfPairJob = FunctionTool.make("job", { description: "Reports twice, then
  * that nothing reports.
  */
 forEachKind("a cancelled call's half pair, when its toolset closes before the coordinator completes it", (kind) => {
-  for (const maxOps of halfPairYieldSettings) {
+  for (const maxOps of yieldSettings) {
     it.effect(`c1_update_1 half inserted, c1 cancelled, toolset closed while busy: no dangling call in the chat, or an error names it (MaxOpsBeforeYield ${maxOps})`, () => {
       const logs = captureLogs()
       const fibers = makeFiberCounter()

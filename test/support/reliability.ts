@@ -6,7 +6,7 @@
 import { Cause, Context, Effect, Fiber, Layer, Logger, Metric, References } from "effect"
 import type { Duration } from "effect"
 import { advance, settle } from "./toolsets.ts"
-import { AgentSession, ChatContext } from "effect-async-toolset"
+import { AgentSession, AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 
 // --- a session that fails on demand ---------------------------------------------------------------
@@ -228,3 +228,31 @@ export const namedCallIds = (instructions: string): ReadonlyArray<string> =>
 /** A model call; `args` is JSON text or a value to encode. */
 export const modelCall = (callId: string, name: string, args: string | object = {}) =>
   ChatContext.functionCall({ callId, name, arguments: typeof args === "string" ? args : JSON.stringify(args) })
+
+// --- a session port wrapped by hand ------------------------------------------------------------
+
+type Port = AgentSession.AgentSession["Service"]
+
+/** Wraps the in-memory session's port: `wrap` gets the real port and returns the one the toolsets see. */
+export const wrappedSession = (wrap: (session: Port) => Partial<Port>, options: TestSession.Options = {}) =>
+  Layer.effectContext(Effect.map(TestSession.make(options), ({ controls, session }) => {
+    const port = AgentSession.AgentSession.of({ ...session, ...wrap(session) })
+    return Context.make(AgentSession.AgentSession, port).pipe(Context.add(TestSession.TestSession, controls))
+  }))
+
+/** A reply request's failure, as a session reports it. */
+export const sessionError = (message: string) => new AgentSession.SessionError({ operation: "generateReply", message })
+
+/** The call ids of the function calls and outputs among `items`, in order. */
+export const callIdsOf = (items: ReadonlyArray<ChatContext.ChatItem>): ReadonlyArray<string> =>
+  items.flatMap((i) => i._tag === "FunctionCall" || i._tag === "FunctionCallOutput" ? [i.callId] : [])
+
+/** A tool that updates at once and after 1 second, then runs 10 seconds more. */
+export const chatty = FunctionTool.make("chatty", { description: "Updates twice, then ends", onDuplicateCall: "allow" }, () =>
+  Effect.gen(function*() {
+    yield* AsyncRunContext.update("started")
+    yield* Effect.sleep("1 second")
+    yield* AsyncRunContext.update("half way")
+    yield* Effect.sleep("10 seconds")
+    return "done"
+  }))

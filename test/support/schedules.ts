@@ -1,16 +1,21 @@
 /**
- * Helpers for the Review2 tests (the hot-path changes of 57c1ac9, b84cc45, 59a8349).
+ * Schedules for the race and property tests: the scheduler yield budgets they run under, and ways
+ * to let every other fiber run without moving the clock.
  *
- * Yield settings: Effect 4.1's run loop itself livelocks at `MaxOpsBeforeYield` 1 and 2 (even
- * `Effect.runPromise(Effect.sync(...))` never finishes: the fiber yields before its first op,
- * forever), so 3 is the lowest setting that can be tested.
+ * `References.MaxOpsBeforeYield` is how many run-loop steps a fiber takes before it yields to the
+ * scheduler: 1 yields before every step, 2048 is Effect's default. A race that hides at one budget
+ * shows at another, so each race test runs under every budget of `yieldSettings`. Set
+ * `TEST_YIELDS` (comma-separated) to run other budgets.
  */
 import { Effect, Fiber } from "effect"
 import { settle } from "./toolsets.ts"
 
-export const yieldSettings = [3, 4, 16, 2048] as const
+/** The yield budgets every race and property test runs under. */
+export const yieldSettings: ReadonlyArray<number> = (process.env["TEST_YIELDS"] ?? "1,2,3,5,16,64,2048")
+  .split(",")
+  .map((s) => Number(s.trim()))
 
-/** Lets every other fiber run until it waits; the clock does not move. More turns than `settle` (low yield settings need them). */
+/** Lets every other fiber run until it waits; the clock does not move. More turns than `settle` (low yield budgets need them). */
 export const settleLong: Effect.Effect<void> = Effect.gen(function*() {
   for (let i = 0; i < 300; i++) yield* Effect.yieldNow
   yield* settle
