@@ -42,7 +42,7 @@ import * as net from "node:net"
 import * as os from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { Context, Deferred, Effect, Exit, Layer, Redacted, References, Schema, Stream } from "effect"
+import { Context, Deferred, Effect, Exit, Layer, Logger, Redacted, References, Schema, Stream } from "effect"
 import type { Scope } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
@@ -747,11 +747,16 @@ const main = Effect.gen(function*() {
   return results.some((r) => r.failures.length > 0) ? 1 : 0
 })
 
-// The toolsets' info logs (e.g. a reply still owed when a sample's session closes) are left out;
-// BENCH_DURABLE_LOG=Info (or Debug) shows them.
+// Logs go to stderr (stdout is the report). The toolsets' info logs (e.g. a reply still owed when a
+// sample's session closes) are left out; BENCH_DURABLE_LOG=Info (or Debug) shows them.
 const logLevel = (process.env["BENCH_DURABLE_LOG"] ?? "Warn") as "Warn"
 
-Effect.runPromise(Effect.provideService(main, References.MinimumLogLevel, logLevel)).then((code) => process.exit(code), (error: unknown) => {
+const program = main.pipe(
+  Effect.provideService(References.MinimumLogLevel, logLevel),
+  Effect.provideService(Logger.LogToStderr, true)
+)
+
+Effect.runPromise(program).then((code) => process.exit(code), (error: unknown) => {
   console.error(error)
   process.exit(1)
 })
