@@ -242,8 +242,15 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
       }
     }
     const now = deps.clock.currentTimeMillisUnsafe()
-    for (const item of owed) Engine.owe(state, item.callId, item.items, item.inChat ? item.at : now)
-    for (const item of unanswered(deps, toolset.definition)) Engine.owe(state, item.callId, item.items, item.at)
+    const owing = new Set<string>()
+    for (const item of owed) {
+      owing.add(item.callId)
+      Engine.owe(state, item.callId, item.items, item.inChat ? item.at : now)
+    }
+    // (An output owed already, being also the last thing said, is owed once.)
+    for (const item of unanswered(deps, toolset.definition)) {
+      if (!owing.has(item.callId)) Engine.owe(state, item.callId, item.items, item.at)
+    }
     const caller = yield* Effect.context<never>()
     for (const row of live) adopt(state, deps, row, caller)
   })

@@ -21,6 +21,15 @@
  *   holding             (a runner) the call is between its steps, polling the airline, on this runner
  *   replace-waiting     (REPLACE=1) a second booking replaced the first, which is still stopping (its
  *                       polling cannot be cut short): the second is recorded, waiting for its turn
+ *   before-first-update the call is recorded and its tool runs; its caller waits for the first output
+ *   update-stored       `_update_1` is recorded; the agent's chat is about to get it
+ *   reply-taken         the session took the reply request up (the reply is not stored yet)
+ *   after-make          the toolset was made (after a restart: what it picked up is under way)
+ *   cancel-requested    (CANCEL_NOWAIT=1) the cancel was asked for; the store has not recorded it
+ *   resume-restore      (MODE=resume) the restarted toolset puts a restored call back into the chat
+ *   resume-any-insert   (MODE=resume) any insertion into the chat after the restart
+ *   resume-reply        (MODE=resume) a reply request after the restart
+ * Several points may be given, comma-separated (a process stops at the first it reaches).
  *
  * Everything that must happen once is appended to MARKS (a file shared by the processes):
  * `activity-start`, `activity-done`, `charge <key>`, `reply <call ids>`, `poll <pid>`. At the end the
@@ -37,6 +46,8 @@ import { ScriptedModel } from "effect-async-toolset/testing"
 const env = (name: string): string | undefined => process.env[name]
 const mode = env("MODE") ?? "start"
 const crashAt = env("CRASH_AT")
+// several crash points may be given, comma-separated
+const crashAts = new Set((crashAt ?? "").split(",").filter((x) => x !== ""))
 const marks = env("MARKS")!
 
 const mark = (line: string) => appendFileSync(marks, `${line}\n`)
@@ -60,7 +71,7 @@ const firstToCrash = (): boolean => {
 
 /** Stops here if this is the crash point: says so, then freezes the whole process until it is killed. */
 const crashPoint = (point: string): void => {
-  if (crashAt !== point || !firstToCrash()) return
+  if (!crashAts.has(point) || !firstToCrash()) return
   writeSync(1, `CRASH ${point}\n`)
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 120_000)
   process.exit(3) // never reached when the test kills it
@@ -83,6 +94,7 @@ const bookFlight = FunctionTool.make("book_flight", {
   success: Schema.Struct({ confirmation: Schema.String })
 }, ({ to }) =>
   Effect.gen(function*() {
+    crashPoint("before-first-update")
     yield* AsyncRunContext.update(`Searching flights to ${to}`)
     crashPoint("after-first-update")
     // polling the airline: may run again after a restart
@@ -144,6 +156,10 @@ const withCrashPoints = (inner: AgentSession.AgentSession["Service"]) =>
     insert: (items) =>
       Effect.suspend(() => {
         if (items.some((item) => item._tag === "FunctionCallOutput" && item.callId.endsWith("_final"))) crashPoint("final-stored")
+        if (items.some((item) => item._tag === "FunctionCallOutput" && item.callId.endsWith("_update_1"))) crashPoint("update-stored")
+        // the toolset made after a restart puts owed items (or a restored call) back into the chat
+        if (mode === "resume" && items.some((item) => item._tag === "FunctionCallOutput" && item.id.endsWith(":first"))) crashPoint("resume-restore")
+        if (mode === "resume") crashPoint("resume-any-insert")
         return inner.insert(items)
       }),
     generateReply: (request) =>
@@ -151,7 +167,8 @@ const withCrashPoints = (inner: AgentSession.AgentSession["Service"]) =>
         const named = /new results: ([^.]+)\./.exec(request.instructions)?.[1] ?? ""
         if (named.includes("_final")) crashPoint("final-inserted")
         mark(`reply ${named}`)
-        return inner.generateReply(request)
+        if (mode === "resume") crashPoint("resume-reply")
+        return Effect.andThen(inner.generateReply(request), Effect.sync(() => crashPoint("reply-taken")))
       })
   })
 
@@ -161,10 +178,16 @@ const agentProgram = Effect.gen(function*() {
   const session = withCrashPoints(yield* AgentSession.AgentSession)
   const toolset = yield* DurableToolset.make(travel).pipe(Effect.provideService(AgentSession.AgentSession, session))
   yield* agent.addToolset(toolset)
+  crashPoint("after-make")
   if (mode === "start") {
     yield* agent.send("Book me a flight to Tokyo")
     if (env("CANCEL") === "1") {
       const [task] = yield* toolset.runningTasks
+      if (env("CANCEL_NOWAIT") === "1") {
+        // the cancel is asked for; the store has not recorded it yet
+        yield* Effect.forkChild(toolset.cancel(task!.callId), { startImmediately: true })
+        crashPoint("cancel-requested")
+      }
       yield* toolset.cancel(task!.callId)
       crashPoint("after-cancel")
     }

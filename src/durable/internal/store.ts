@@ -261,7 +261,9 @@ const take = (box: Mailbox): Effect.Effect<CallEvent> =>
   Effect.callback<CallEvent>((resume) => {
     const ready = box.events.shift()
     if (ready !== undefined) return resume(Effect.succeed(ready))
-    box.wake = () => resume(Effect.succeed(box.events.shift()!))
+    // The event is taken when the fiber runs again, not when it is told: a fiber interrupted
+    // meanwhile leaves it in the box for the next reader.
+    box.wake = () => resume(Effect.suspend(() => take(box)))
     return Effect.sync(() => {
       box.wake = undefined
     })
@@ -442,11 +444,9 @@ const restore = (
   return Effect.gen(function*() {
     yield* retrying(restoreCall(deps.store.sql, deps.chat.sessionId, deps.toolsetId, c.base!, call, output))
     deps.chat.adopt([call.id, output.id])
-    const inserted = yield* Effect.exit(toolset.session.insert(items))
-    if (Exit.isFailure(inserted)) {
-      return yield* Effect.logError(`could not put ${call.callId} back into the agent's chat; it is in the store (the next start has it)`, inserted.cause)
-    }
-    CallRun.owe(toolset, call.callId, items, deps.clock.currentTimeMillisUnsafe())
+    // Into the agent's chat as a call's later item is (interruptibly; a failed insertion is the
+    // reply coordinator's to retry), owed a reply.
+    yield* CallRun.deliverPair(toolset, c, call.callId, items, true)
   })
 }
 
@@ -544,7 +544,7 @@ const stopRecorded = (
     if (timedOut && !held) {
       // The execution ended first: its result is the answer, not a timeout.
       yield* catchUp(deps, toolset, c, record, box)
-      const end = yield* untilEndedOrClosed(toolset, box)
+      const end = yield* untilEndedOrClosed(deps, toolset, c, record, box)
       if (end !== undefined) yield* tellEnd(deps, toolset, c, record, { ...end, found: "running" }, true)
       return
     }
@@ -558,7 +558,7 @@ const stopRecorded = (
     }
     // The execution stops (after what it cannot leave halfway): the call is listed until it has.
     // (A call stopped while it waited for its turn never ran: its record says it ended.)
-    if (c.begun) yield* untilEndedOrClosed(toolset, box)
+    if (c.begun) yield* untilEndedOrClosed(deps, toolset, c, record, box)
   })
 }
 
@@ -572,10 +572,13 @@ const withId = (output: FunctionCallOutput, id: string): FunctionCallOutput =>
  * made again for the session follows it). Uninterruptible callers wait here: close wakes it.
  */
 const untilEndedOrClosed = (
+  deps: Deps,
   toolset: Toolset,
+  c: Call,
+  record: Record,
   box: Mailbox
-): Effect.Effect<Extract<CallEvent, { readonly _tag: "Ended" }> | undefined> =>
-  Effect.callback((resume) => {
+): Effect.Effect<Extract<CallEvent, { readonly _tag: "Ended" }> | undefined> => {
+  const told = Effect.callback<Extract<CallEvent, { readonly _tag: "Ended" }> | undefined>((resume) => {
     const registry = toolset.registry
     const closed = Lifecycle.waiter(registry, () => registry.closed, () => resume(Effect.succeed(undefined)))
     if (closed === undefined) return resume(Effect.succeed(undefined))
@@ -594,3 +597,15 @@ const untilEndedOrClosed = (
       Lifecycle.forgetWaiter(registry, closed)
     })
   })
+  // What the execution recorded is read again every `pollInterval` (it runs in another process,
+  // or its end was told before this wait began): an end recorded is never waited for in vain.
+  const loop: Effect.Effect<Extract<CallEvent, { readonly _tag: "Ended" }> | undefined> = Effect.flatMap(
+    Effect.timeoutOption(told, deps.store.pollInterval),
+    (end) => {
+      if (end._tag === "Some") return Effect.succeed(end.value)
+      record.version = -1
+      return Effect.andThen(Effect.ignore(catchUp(deps, toolset, c, record, box)), loop)
+    }
+  )
+  return loop
+}

@@ -550,10 +550,15 @@ export const restamp = (sql: SqlClient, sessionId: string, itemIds: ReadonlyArra
  * Calls of a toolset whose output the model got (or was to get) but whose call is not in the
  * stored chat: the process that asked for them ended before the agent stored the pair.
  */
+/**
+ * Calls whose model call is not in the stored chat though they answered it (the process stopped
+ * before the agent stored the turn). A call its caller abandoned (B9) is withdrawn: never put back.
+ */
 export const callsMissingFromChat = (sql: SqlClient, sessionId: string, toolsetId: string) =>
   Effect.map(
     sql`SELECT * FROM async_toolset_call c WHERE c.session_id = ${sessionId} AND c.toolset_id = ${toolsetId}
       AND c.first_output IS NOT NULL
+      AND c.stop_cause IS DISTINCT FROM 'abandoned'
       AND NOT EXISTS (SELECT 1 FROM async_toolset_item i WHERE i.session_id = c.session_id AND i.item_id = c.call_item_id)
       ORDER BY c.started_at, c.base`,
     (rows) => rows.map(callRow)

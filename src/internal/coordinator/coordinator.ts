@@ -332,25 +332,20 @@ export const callEnded = (coordinator: Coordinator, startedAt: number): void => 
  * The call ids a session's chat holds or will hold, as far as its toolsets know: the bases of
  * their calls' synthetic ids, the synthetic ids they made, and the ids of the model's calls they
  * were given. They outlive the session's coordinators (a toolset made again at an agent hand-off
- * must not write a pair written before). At most `maxRememberedIds` are kept (the newest).
+ * must not write a pair written before), and live as long as the session: as many as the chat
+ * holds, and smaller than its items.
  */
-const ids = new WeakMap<Session, Map<string, true>>()
-const maxRememberedIds = 20_000
+const ids = new WeakMap<Session, Set<string>>()
 
-const idsOf = (session: Session): Map<string, true> => {
+const idsOf = (session: Session): Set<string> => {
   let used = ids.get(session)
-  if (used === undefined) ids.set(session, used = new Map())
+  if (used === undefined) ids.set(session, used = new Set())
   return used
-}
-
-const remember = (used: Map<string, true>, id: string): void => {
-  used.set(id, true)
-  if (used.size > maxRememberedIds) used.delete(used.keys().next().value!)
 }
 
 /** A model's call id seen by a toolset of the session: no synthetic id may take it (B7). */
 export const noteCallId = (session: Session, callId: string): void => {
-  remember(idsOf(session), callId)
+  idsOf(session).add(callId)
 }
 
 /**
@@ -359,28 +354,25 @@ export const noteCallId = (session: Session, callId: string): void => {
  * with the first free `k`.
  */
 export const claimBase = (session: Session, callId: string): string => {
-  const used = idsOf(session)
   const bases = basesOf(session)
   let base = callId
   for (let k = 2; bases.has(base); k++) base = `${callId}_run${k}`
-  bases.set(base, true)
-  if (bases.size > maxRememberedIds) bases.delete(bases.keys().next().value!)
-  remember(used, base)
+  bases.add(base)
+  idsOf(session).add(base)
   return base
 }
 
-const bases = new WeakMap<Session, Map<string, true>>()
-const basesOf = (session: Session): Map<string, true> => {
+const bases = new WeakMap<Session, Set<string>>()
+const basesOf = (session: Session): Set<string> => {
   let found = bases.get(session)
-  if (found === undefined) bases.set(session, found = new Map())
+  if (found === undefined) bases.set(session, found = new Set())
   return found
 }
 
 /** A base taken in the session (a store's call, recorded before): no new call may take it. */
 export const noteBase = (session: Session, base: string): void => {
-  const found = basesOf(session)
-  found.set(base, true)
-  remember(idsOf(session), base)
+  basesOf(session).add(base)
+  idsOf(session).add(base)
 }
 
 /**
@@ -393,7 +385,7 @@ export const claimSynthetic = (session: Session, base: string, suffix: string): 
   const wanted = base + suffix
   let id = wanted
   for (let k = 2; used.has(id); k++) id = `${wanted}_${k}`
-  remember(used, id)
+  used.add(id)
   return id
 }
 

@@ -35,7 +35,7 @@ import {
   unbatch
 } from "./batch.ts"
 import type { Coordinator, Item, Owner } from "./coordinator.ts"
-import { awaitWork, interruptQuietly, isClosed } from "./coordinator.ts"
+import { awaitWork, interruptQuietly, isClosed, settle } from "./coordinator.ts"
 import { byOwner, callIdsOf, decide, ownersOf } from "./decide.ts"
 import { letGoCancelled, retryInsertions } from "./insertions.ts"
 
@@ -59,8 +59,9 @@ export const run = (coordinator: Coordinator): Effect.Effect<never> => {
  * fibers woken together and a call's update and result made in one run); then, while calls of the
  * session admitted within `gatherWindow` of a queued item's call are still running (calls the
  * model made in one answer), the coordinator waits for them: as long as each ends within
- * `gatherWindow` of the last one. An instant on the real clock is blurred by timer granularity
- * and scheduling: five calls of one length started in one answer end a few milliseconds apart.
+ * `siblingWait` of the last one. An instant on the real clock is blurred by timer granularity
+ * and scheduling: five calls of one length started in one answer end a few milliseconds apart
+ * (tens of milliseconds when some are durable).
  * Calls started apart, or a lone call, are not waited for.
  *
  * On a test clock (effect's `TestClock`) an instant is exact, and its sleeps are woken one after
@@ -98,6 +99,12 @@ const lastOfAll = (coordinator: Coordinator): boolean => {
 export const gatherWindow = Duration.millis(25)
 const windowMillis = Duration.toMillis(gatherWindow)
 
+/**
+ * How long the coordinator waits for the next of those calls to end (their ends are further apart
+ * than their starts: a durable call records itself before its tool runs).
+ */
+export const siblingWait = Duration.millis(200)
+
 /** Waits while running calls started together with a queued item's call go on (each within the window). */
 const awaitSiblings = (coordinator: Coordinator): Effect.Effect<void> => {
   const step: Effect.Effect<void> = Effect.suspend(() => {
@@ -109,7 +116,7 @@ const awaitSiblings = (coordinator: Coordinator): Effect.Effect<void> => {
       })
     })
     return Effect.flatMap(
-      Effect.raceFirst(ended, Effect.as(Effect.sleep(gatherWindow), false)),
+      Effect.raceFirst(ended, Effect.as(Effect.sleep(siblingWait), false)),
       (again) => again ? step : Effect.void
     )
   })
@@ -166,6 +173,8 @@ interface Round {
   request: { readonly items: ReadonlyArray<Item>; readonly instructions: string } | undefined
   /** Each toolset's retry schedule, as far as it went in this round (made at the first failure). */
   retries: Map<Owner, Retry> | undefined
+  /** When each toolset whose request failed may be asked for again (its own schedule's delay). */
+  notBefore: Map<Owner, number> | undefined
   /** What to do once the round is over (skipped items recorded by their store), if anything. */
   after: Array<Effect.Effect<void>> | undefined
 }
@@ -180,6 +189,7 @@ const newRound = (): Round => ({
   reread: false,
   request: undefined,
   retries: undefined,
+  notBefore: undefined,
   after: undefined
 })
 
@@ -251,13 +261,13 @@ const ask = (coordinator: Coordinator, r: Round): Effect.Effect<void, PortFault>
   r.suspended = true
   return Effect.flatMap(
     Effect.onInterrupt(awaitStep(coordinator, r, step), () => Effect.sync(() => interruptQuietly(step))),
-    (ended) => ended === undefined ? Effect.void : stepEnded(coordinator, r, ended)
+    (ended) => ended === undefined ? askHeld(coordinator, r) : stepEnded(coordinator, r, ended)
   )
 }
 
 /** The step ended: asked (or nothing to ask), to be prepared again, or failed (retried). */
 const stepEnded = (coordinator: Coordinator, r: Round, exit: Exit.Exit<Step, PortFault>): Effect.Effect<void, PortFault> => {
-  if (Exit.isSuccess(exit)) return exit.value === "again" ? prepare(coordinator, r) : Effect.void
+  if (Exit.isSuccess(exit)) return exit.value === "again" ? prepare(coordinator, r) : askHeld(coordinator, r)
   if (isClosed(coordinator)) return Effect.interrupt
   if (exit.cause.reasons.some(Cause.isDieReason)) return Effect.failCause(exit.cause)
   return retry(coordinator, r, exit.cause)
@@ -313,7 +323,7 @@ const decideAndAsk = (
     r.reread = true
     return Effect.succeed("again")
   }
-  const ready = coordinator.batch.filter(answerable)
+  const ready = r.notBefore === undefined ? coordinator.batch.filter(answerable) : dueItems(coordinator, r)
   if (ready.length === 0) return Effect.succeed("done")
   const decision = decide(ready, chat, late.length === 0 ? noLate : new Set(late))
   if (decision.skip.length > 0) skip(coordinator, r, decision.skip)
@@ -329,6 +339,9 @@ const decideAndAsk = (
     r.request = undefined
     // (A toolset whose time ran out while the request was under way was told it was given up.)
     delivered(coordinator, decision.ask, instructions)
+    // Items held for their toolset's own retry are asked for later in this round: what was
+    // answered now leaves the batch.
+    if (r.notBefore !== undefined) settleAnswered(coordinator, decision.ask)
     return Effect.succeed("done")
   }
   const waitEnded = r.waitEnded
@@ -345,6 +358,16 @@ const decideAndAsk = (
 }
 
 const noLate: ReadonlySet<Item> = new Set()
+
+/** These items of the batch were answered: they leave it, no longer pending. */
+const settleAnswered = (coordinator: Coordinator, items: ReadonlyArray<Item>): void => {
+  for (const item of items) {
+    const index = coordinator.batch.indexOf(item)
+    if (index < 0) continue
+    coordinator.batch.splice(index, 1)
+    settle(item)
+  }
+}
 
 const hooked = (item: Item): boolean => item.owner.hooks !== undefined
 
@@ -374,7 +397,10 @@ const awaitStep = (
     const ended = step.pollUnsafe()
     if (ended !== undefined) return Effect.succeed(ended)
     if (r.waiting) return Effect.andThen(Effect.raceFirst(stepOrWaitEnd(r, step), nothingLeft(coordinator)), loop)
-    const owners = openOwners(coordinator)
+    // (Toolsets whose items wait for their own retry are not part of this attempt.)
+    const owners = r.notBefore === undefined
+      ? openOwners(coordinator)
+      : openOwners(coordinator).filter((owner) => (r.notBefore?.get(owner) ?? 0) <= r.boundFrom)
     if (owners.length === 0) {
       interruptQuietly(step)
       return Effect.succeed(undefined)
@@ -430,9 +456,11 @@ const retry = (coordinator: Coordinator, r: Round, cause: Cause.Cause<PortFault>
   Effect.gen(function*() {
     const now = coordinator.clock.currentTimeMillisUnsafe()
     const port = portCause(cause)
-    let delay: number | undefined
     const exhausted: Array<Owner> = []
-    for (const owner of openOwners(coordinator)) {
+    const notBefore: Map<Owner, number> = r.notBefore ??= new Map()
+    // The toolsets the failed attempt was for step their own schedules; a toolset whose items
+    // were held for their own retry is not charged for another's attempt.
+    for (const owner of attemptedOwners(coordinator, r, now)) {
       const retries: Map<Owner, Retry> = r.retries ??= new Map()
       let step = retries.get(owner)
       if (step === undefined) {
@@ -441,24 +469,59 @@ const retry = (coordinator: Coordinator, r: Round, cause: Cause.Cause<PortFault>
       }
       const next = yield* Effect.exit(step(now, port))
       if (Exit.isFailure(next)) exhausted.push(owner)
-      else delay = Math.min(delay ?? Number.POSITIVE_INFINITY, Duration.toMillis(next.value[1]))
+      else notBefore.set(owner, now + Duration.toMillis(next.value[1]))
     }
     if (exhausted.length > 0) {
       const reason = r.request === undefined ? "the session failed while it was prepared" : "the session failed it"
       yield* giveUp(coordinator, coordinator.batch.filter((item) => exhausted.includes(item.owner)), port, `${reason}, and its retries ran out`)
     }
-    if (delay === undefined) return
-    const left = coordinator.batch.filter((item) => !exhausted.includes(item.owner) && (answerable(item) || awaitsInsertion(item)))
+    const left = coordinator.batch.filter((item) => answerable(item) || awaitsInsertion(item))
+    if (left.length === 0) return
     // A failed request is routine (a model provider's error), retried by policy; a session that
     // fails before it is asked (its chat read, its wait for idle) is a broken adapter: say so.
     yield* (r.request === undefined
       ? (cause.reasons.some(Cause.isDieReason) || port.reasons.some(Cause.isDieReason) ? Effect.logError : Effect.logWarning)(`the session failed while the reply for ${callIdsOf(left)} was prepared; trying again`, port)
       : Effect.logDebug(`the reply request for ${callIdsOf(left)} failed; asking again`, port))
       .pipe(Effect.annotateLogs({ toolset: ownersOf(left) }))
-    yield* Effect.raceFirst(Effect.sleep(Duration.millis(delay)), nothingLeft(coordinator))
-    if (openOwners(coordinator).length === 0) return
-    r.reread = false
-    yield* prepare(coordinator, r)
+    yield* askHeld(coordinator, r)
+  })
+
+/** The toolsets a failed attempt was for: those asked (or, before the request, those due). */
+const attemptedOwners = (coordinator: Coordinator, r: Round, now: number): ReadonlyArray<Owner> => {
+  const asked = r.request?.items
+  if (asked !== undefined) return Array.from(new Set(asked.map((item) => item.owner))).filter((owner) => !owner.closed)
+  return openOwners(coordinator).filter((owner) => (r.notBefore?.get(owner) ?? 0) <= now)
+}
+
+/** The answerable items of toolsets due to be asked for (not waiting for their own retry). */
+const dueItems = (coordinator: Coordinator, r: Round): Array<Item> => {
+  const now = coordinator.clock.currentTimeMillisUnsafe()
+  return coordinator.batch.filter((item) => answerable(item) && (r.notBefore?.get(item.owner) ?? 0) <= now)
+}
+
+/**
+ * Items of the batch still wait for their toolset's retry: wait until the first of them is due
+ * (what arrives meanwhile joins), then prepare again; nothing left of an open toolset ends it.
+ */
+const askHeld = (coordinator: Coordinator, r: Round): Effect.Effect<void, PortFault> =>
+  Effect.suspend(() => {
+    if (r.notBefore === undefined) return Effect.void
+    let due: number | undefined
+    for (const item of coordinator.batch) {
+      if (!answerable(item) && !awaitsInsertion(item)) continue
+      const at = r.notBefore?.get(item.owner) ?? 0
+      due = due === undefined ? at : Math.min(due, at)
+    }
+    if (due === undefined) return Effect.void
+    const wait = due - coordinator.clock.currentTimeMillisUnsafe()
+    return Effect.andThen(
+      wait > 0 ? Effect.raceFirst(Effect.sleep(Duration.millis(wait)), nothingLeft(coordinator)) : Effect.void,
+      Effect.suspend(() => {
+        if (openOwners(coordinator).length === 0) return Effect.void
+        r.reread = false
+        return prepare(coordinator, r)
+      })
+    )
   })
 
 /** Completes when the batch is left with nothing of an open toolset (they all closed). */

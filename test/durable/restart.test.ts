@@ -1,0 +1,104 @@
+/**
+ * Durable calls across a restart (a new session layer on the same store).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber, Layer } from "effect"
+import * as WorkflowEngine from "effect/workflow/WorkflowEngine"
+import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
+import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
+import { TestSession } from "effect-async-toolset/testing"
+import { newSessionId, sessionLayer, storeLayer } from "../support/durable.ts"
+import { chatProblems } from "../support/reliability.ts"
+import { call } from "../support/replies.ts"
+
+const slowStart = FunctionTool.make("slow_start", { description: "Says something after a while" }, () =>
+  Effect.gen(function*() {
+    yield* Effect.sleep("300 millis")
+    yield* AsyncRunContext.update("started")
+    yield* Effect.sleep("300 millis")
+    return "done"
+  }))
+
+const def = DurableToolset.define({ id: "restart", tools: [slowStart] })
+
+describe("DurableToolset across a restart", () => {
+  it.live("B9: a call withdrawn because its caller was interrupted stays withdrawn after a restart (nothing of it in the chat, no reply)", () =>
+    Effect.gen(function*() {
+      const sessionId = newSessionId()
+      // process 1: the caller gives up before the first update; the call is withdrawn
+      yield* Effect.gen(function*() {
+        const chat = yield* DurableChat.DurableChat
+        const session = yield* TestSession.TestSession
+        const toolset = yield* DurableToolset.make(def)
+        const user = yield* ChatContext.message("user", "start it")
+        yield* session.insert([user])
+        yield* chat.save([user])
+        const c = yield* call("w1", "slow_start")
+        const fiber = yield* Effect.forkChild(toolset.execute(c), { startImmediately: true })
+        yield* Effect.sleep("100 millis")
+        yield* Fiber.interrupt(fiber)
+        yield* toolset.awaitIdle
+        assert.deepStrictEqual((yield* session.chat).items.filter((i) => i._tag !== "ChatMessage"), [], "nothing of w1 in the chat")
+      }).pipe(Effect.scoped, Effect.provide(sessionLayer(def, { sessionId })))
+      // process 2, same conversation
+      yield* Effect.gen(function*() {
+        const session = yield* TestSession.TestSession
+        const toolset = yield* DurableToolset.make(def)
+        yield* Effect.sleep("1 second")
+        yield* toolset.awaitIdle
+        const chat = yield* session.chat
+        const ids = chat.items.flatMap((i) => "callId" in i ? [i.callId] : [])
+        assert.deepStrictEqual(ids, [], `withdrawn call put back into the chat: ${JSON.stringify(chat.items.map((i) => i._tag === "FunctionCallOutput" ? i.output : i._tag))}`)
+        assert.deepStrictEqual((yield* session.replies).map((r) => r.instructions), [])
+        assert.deepStrictEqual(chatProblems(chat), [])
+      }).pipe(Effect.scoped, Effect.provide(sessionLayer(def, { sessionId })))
+    }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+})
+
+// --- a call recorded by a process that died before its first output ---------------------------------
+
+import { DurableStore } from "effect-async-toolset/durable"
+import { AgentSession } from "effect-async-toolset"
+import { Context } from "effect"
+import { claimCall } from "../../src/durable/internal/tables.ts"
+
+const blocking = FunctionTool.make("blocking", { description: "Answers after a while, without updates" }, () =>
+  Effect.as(Effect.sleep("200 millis"), "the answer"))
+const def2 = DurableToolset.define({ id: "restart2", tools: [blocking] })
+
+/** The test session, but every insertion never returns. */
+const hangingInserts = Layer.effectContext(Effect.map(TestSession.make({}), ({ controls, session }) =>
+  Context.make(AgentSession.AgentSession, AgentSession.AgentSession.of({ ...session, insert: () => Effect.never }))
+    .pipe(Context.add(TestSession.TestSession, controls))))
+
+describe("DurableToolset across a restart: the session port", () => {
+ for (const hang of [false, true]) {
+  it.live(`(insert hangs: ${hang}) E6/Session port: a call recorded before a crash (no first output), resumed by a toolset whose session's insert hangs: closing the toolset returns`, () =>
+    Effect.gen(function*() {
+      const sessionId = newSessionId()
+      const store = yield* DurableStore.DurableStore
+      const fc = yield* call("h1", "blocking")
+      // what a process that died right after recording the call left
+      yield* claimCall(store.sql, {
+        sessionId, base: "h1", toolsetId: "restart2", call: fc, dupKey: "blocking", cancellable: true, status: "running",
+        after: [], timeoutMs: undefined, deadline: undefined, startedAt: Date.now()
+      } as never).pipe(Effect.orDie)
+      const phase = { made: false, slept: false }
+      const fiber = yield* Effect.gen(function*() {
+        yield* DurableToolset.make(def2)
+        phase.made = true
+        yield* Effect.sleep("1500 millis") // the call ends; its answer is put back into the chat (the insertion hangs)
+        phase.slept = true
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(Layer.mergeAll(DurableToolset.layer(def2), DurableChat.layer({ sessionId }), hang ? hangingInserts : TestSession.layer).pipe(
+          Layer.provideMerge(WorkflowEngine.layerMemory)
+        )),
+        Effect.forkDetach
+      )
+      const closed = yield* Effect.timeoutOption(Fiber.await(fiber), "10 seconds")
+      assert.isTrue(phase.made && phase.slept, JSON.stringify(phase))
+      assert.isTrue(closed._tag === "Some", "the toolset's scope never closed (a hanging insertion holds the call's fiber uninterruptibly)")
+    }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+ }
+})
