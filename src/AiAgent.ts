@@ -39,23 +39,22 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Context, Deferred, Effect, Exit, Layer, PubSub, Queue, Stream } from "effect"
+import { Clock, Context, Effect, Layer, PubSub, Stream } from "effect"
 import type { Scope } from "effect"
-import { AiError, LanguageModel, Prompt } from "effect/ai"
-import type { Toolkit } from "effect/ai"
+import { LanguageModel } from "effect/ai"
+import type { AiError } from "effect/ai"
+import * as ActivityGate from "./agent/internal/activityGate.ts"
+import * as ChatLog from "./agent/internal/chatLog.ts"
+import * as ToolsetRegistry from "./agent/internal/toolsetRegistry.ts"
+import * as TurnRunner from "./agent/internal/turnRunner.ts"
 import type * as AgentEvent from "./AgentEvent.ts"
 import { AgentSession } from "./AgentSession.ts"
 import type { AsyncRunContext } from "./AsyncRunContext.ts"
-import { isPending, make as makeToolset } from "./AsyncToolset.ts"
+import { make as makeToolset } from "./AsyncToolset.ts"
 import type { AsyncToolset, Options as ToolsetOptions } from "./AsyncToolset.ts"
-import { ChatContext, ChatMessage, FunctionCall, FunctionCallOutput, functionCallOutput, message } from "./ChatContext.ts"
+import type { ChatContext, ChatItem } from "./ChatContext.ts"
 import type * as FunctionTool from "./FunctionTool.ts"
-import type { ChatItem } from "./ChatContext.ts"
-import { newId } from "./internal/id.ts"
-import { insertSorted } from "./internal/ordered.ts"
-import * as Prompts from "./Prompts.ts"
-import { argumentsText, toPrompt, toTool } from "./PromptConversion.ts"
-import type { AiTool } from "./PromptConversion.ts"
+import type * as Prompts from "./Prompts.ts"
 
 /**
  * @since 0.1.0
@@ -199,71 +198,6 @@ export class AiAgent extends Context.Service<AiAgent, {
   readonly session: AgentSession["Service"]
 }>()("effect-async-toolset/AiAgent") {}
 
-/** A turn waiting for its go. */
-interface Job {
-  readonly cause: "user" | "reply"
-  readonly instructions: string | undefined
-  readonly toolChoice: "auto" | "none"
-  /** Completed when the turn begins (the agent took the request up). */
-  readonly started: Deferred.Deferred<void>
-  readonly done: Deferred.Deferred<Turn, AiError.AiError>
-}
-
-/** The same item at another time. */
-const withCreatedAt = (item: ChatItem, createdAt: number): ChatItem => {
-  switch (item._tag) {
-    case "ChatMessage":
-      return new ChatMessage({ id: item.id, role: item.role, content: item.content, createdAt })
-    case "FunctionCall":
-      return new FunctionCall({
-        id: item.id,
-        callId: item.callId,
-        name: item.name,
-        arguments: item.arguments,
-        createdAt,
-        ...(item.extra === undefined ? {} : { extra: item.extra })
-      })
-    case "FunctionCallOutput":
-      return new FunctionCallOutput({
-        id: item.id,
-        callId: item.callId,
-        name: item.name,
-        output: item.output,
-        isError: item.isError,
-        createdAt,
-        ...(item.extra === undefined ? {} : { extra: item.extra })
-      })
-  }
-}
-
-/** A tool call in the model's answer. */
-interface AnswerCall {
-  readonly id: string
-  readonly name: string
-  readonly params: unknown
-  readonly providerExecuted: boolean
-}
-
-/** What the model answered in one request: its words (stored under `itemId`) and its calls. */
-interface Answer {
-  readonly itemId: string
-  readonly text: string
-  readonly calls: ReadonlyArray<AnswerCall>
-}
-
-/** An error part in a streamed answer, as the turn's failure. */
-const streamError = (error: unknown): AiError.AiError =>
-  AiError.isAiError(error) ? error : AiError.make({
-    module: "AiAgent",
-    method: "streamText",
-    reason: new AiError.UnknownError({
-      description: `the model's stream reported an error: ${error instanceof Error ? error.message : String(error)}`
-    })
-  })
-
-/** The tools the model sees, as a toolkit whose calls the agent dispatches itself. */
-type Tools = Toolkit.WithHandler<Record<string, AiTool>>
-
 /**
  * Builds an agent in the current scope; closing the scope stops its turns.
  *
@@ -274,444 +208,52 @@ export const make = Effect.fnUntraced(function*(
   options: Options = {}
 ): Effect.fn.Return<AiAgent["Service"], never, LanguageModel.LanguageModel | Scope.Scope> {
   const model = yield* LanguageModel.LanguageModel
-  const maxSteps = Math.max(1, Math.floor(options.maxSteps ?? 10))
-  const runningCall = options.runningCall ?? defaultRunningCall
   const clock = yield* Clock.clockWith(Effect.succeed)
   const now = () => clock.currentTimeMillisUnsafe()
-  const save = options.store === undefined
-    ? () => Effect.void
-    : (batch: ReadonlyArray<ChatItem>) => batch.length === 0 ? Effect.void : options.store!.save(batch)
-
   const pubsub = yield* PubSub.unbounded<Event>()
   yield* Effect.addFinalizer(() => PubSub.shutdown(pubsub))
   const emit = (event: Event) => {
     PubSub.publishUnsafe(pubsub, event)
   }
 
-  // --- the chat: one array kept in creation order; an insert costs O(k) for k items at the tail --
-  const items: Array<ChatItem> = []
-  let snapshot: ChatContext | undefined // the last ChatContext handed out, until the chat changes
-  const firstUpdates = new Set<string>() // call ids whose output in the chat is a first update
-  const callIds = new Set<string>() // the call ids of the chat's function calls
-  const added = (batch: ReadonlyArray<ChatItem>) => {
-    snapshot = undefined
-    for (const item of batch) {
-      if (item._tag === "FunctionCall") callIds.add(item.callId)
-      else if (item._tag === "FunctionCallOutput" && isPending(item)) firstUpdates.add(item.callId)
-    }
-    // Subscribers may run at once, inside `emit`: the whole batch is in the chat by then.
-    const at = now()
-    for (const item of batch) emit({ _tag: "ItemAdded", item, at })
-  }
-  /** Adds items by creation time: at the tail, nearly always. */
-  const add = (batch: ReadonlyArray<ChatItem>) => {
-    if (batch.length === 0) return
-    for (const item of batch) insertSorted(items, item)
-    added(batch)
-  }
-  /**
-   * Adds what the model produced right after the newest item it read (`anchor`), so that whatever
-   * reached the chat while it thought stands after its words: they did not cover it (the
-   * toolset's "did the agent already speak after these results?" check relies on that). Times are
-   * clamped to keep the chat in creation order. Costs O(k + d) for k items placed d items from the
-   * tail (d: what arrived meanwhile). Returns the items as placed.
-   */
-  const addAfter = (anchor: ChatItem | undefined, batch: ReadonlyArray<ChatItem>): ReadonlyArray<ChatItem> => {
-    const at = anchor === undefined ? -1 : items.lastIndexOf(anchor)
-    let i = anchor !== undefined && at < 0 ? items.length : at + 1
-    const placed = batch.map((item) => {
-      const createdAt = Math.min(
-        Math.max(item.createdAt, items[i - 1]?.createdAt ?? Number.NEGATIVE_INFINITY),
-        items[i]?.createdAt ?? Number.POSITIVE_INFINITY
-      )
-      const stamped = createdAt === item.createdAt ? item : withCreatedAt(item, createdAt)
-      items.splice(i++, 0, stamped)
-      return stamped
-    })
-    added(placed)
-    return placed
-  }
-  add(options.history?.items ?? [])
-  const chat = Effect.sync(() => snapshot ??= new ChatContext({ items: items.slice() }))
+  const log = ChatLog.make({ history: options.history?.items ?? [], store: options.store, now, emit })
+  const toolsets = ToolsetRegistry.make()
+  const gate = ActivityGate.make()
+  const runner = yield* TurnRunner.make({
+    log,
+    toolsets,
+    prompts: {
+      model,
+      instructions: options.instructions,
+      runningCall: options.runningCall ?? defaultRunningCall,
+      log,
+      toolsets
+    },
+    request: { model, stream: options.stream ?? true, now, emit },
+    maxSteps: Math.max(1, Math.floor(options.maxSteps ?? 10)),
+    now,
+    emit
+  }, gate)
 
-  // --- activity: inactive = no turn queued or running, the user not typing ----------------------
-  let pendingTurns = 0
-  let typing = false
-  let closed = false
-  const waiters = new Set<Deferred.Deferred<void>>()
-  const inactive = () => pendingTurns === 0 && !typing
-  // A waiter resumes at once, inside `Deferred.doneUnsafe`, and may queue a turn (a toolset's
-  // reply fiber does): so the set is emptied first, and each waiter checks again on waking (the
-  // port promises the session is inactive when `awaitInactive` completes).
-  const notify = () => {
-    if (!inactive() || waiters.size === 0) return
-    const ready = [...waiters]
-    waiters.clear()
-    for (const waiter of ready) Deferred.doneUnsafe(waiter, Exit.void)
-  }
-  const awaitInactive: Effect.Effect<void> = Effect.suspend(() => {
-    if (inactive()) return Effect.void
-    const waiter = Deferred.makeUnsafe<void>()
-    waiters.add(waiter)
-    return Deferred.await(waiter).pipe(
-      Effect.onInterrupt(() => Effect.sync(() => waiters.delete(waiter))),
-      Effect.andThen(awaitInactive)
-    )
-  })
-
-  // --- toolsets ----------------------------------------------------------------------------------
-  const toolsets = new Map<string, AsyncToolset>() // by id, in registration order
-  const owners = new Map<string, AsyncToolset>() // tool name -> the toolset that runs it
-  let toolkit: Tools | undefined // rebuilt when the toolsets change
-  const addToolset = (toolset: AsyncToolset) =>
-    Effect.acquireRelease(
-      Effect.suspend(() => {
-        if (toolsets.has(toolset.id)) {
-          return Effect.die(new Error(`AiAgent.addToolset: a toolset with id "${toolset.id}" is already added`))
-        }
-        const clash = toolset.tools.find((tool) => owners.has(tool.name))
-        if (clash !== undefined) {
-          return Effect.die(new Error(`AiAgent.addToolset: two toolsets have a tool named "${clash.name}"`))
-        }
-        toolsets.set(toolset.id, toolset)
-        for (const tool of toolset.tools) owners.set(tool.name, toolset)
-        toolkit = undefined
-        return Effect.void
-      }),
-      () =>
-        Effect.sync(() => {
-          if (toolsets.get(toolset.id) !== toolset) return
-          toolsets.delete(toolset.id)
-          for (const tool of toolset.tools) owners.delete(tool.name)
-          toolkit = undefined
-        })
-    )
-  const currentToolkit = (): Tools => {
-    if (toolkit !== undefined) return toolkit
-    const tools: Record<string, AiTool> = {}
-    for (const toolset of toolsets.values()) {
-      for (const tool of toolset.tools) Object.defineProperty(tools, tool.name, { value: toTool(tool), enumerable: true })
-    }
-    return toolkit = {
-      tools,
-      // never called: generateText runs with `disableToolCallResolution`
-      handle: () => Effect.die(new Error("AiAgent dispatches tool calls to its toolsets"))
-    }
-  }
-  const dispatch = (call: FunctionCall): Effect.Effect<FunctionCallOutput> => {
-    const toolset = owners.get(call.name)
-    if (toolset !== undefined) return toolset.execute(call)
-    return functionCallOutput({
-      callId: call.callId,
-      name: call.name,
-      output: `Unknown tool "${call.name}". The available tools are: ${[...owners.keys()].join(", ")}.`,
-      isError: true
-    })
-  }
-
-  // --- the prompt of one model request -----------------------------------------------------------
-  /**
-   * For each call still running whose output in the chat is its first update, a call/output pair
-   * `<callId>_running` saying so, so that the model does not start it again (LiveKit added these
-   * after models re-issued running calls, e.g. booked a flight twice). Keyed by the call id whose
-   * first update it follows. Left out: calls made in the current turn (their first update is the
-   * newest thing the model read), and a call whose note id the chat already holds (call ids stay
-   * unique in what the model reads). Prompt only, never stored.
-   */
-  const runningNotes = Effect.fnUntraced(function*(madeThisTurn: ReadonlySet<string>) {
-    const notes = new Map<string, readonly [FunctionCall, FunctionCallOutput]>()
-    const running = new Set<string>()
-    for (const toolset of toolsets.values()) {
-      for (const task of yield* toolset.runningTasks) {
-        running.add(task.callId)
-        const callId = `${task.callId}_running`
-        if (
-          task.status !== "running" || !firstUpdates.has(task.callId) || madeThisTurn.has(task.callId) ||
-          callIds.has(callId)
-        ) continue
-        notes.set(task.callId, [
-          new FunctionCall({ id: newId("fc"), callId, name: task.name, arguments: task.arguments, createdAt: 0 }),
-          new FunctionCallOutput({
-            id: newId("fco"),
-            callId,
-            name: task.name,
-            output: Prompts.render(runningCall, { functionName: task.name, callId: task.callId, arguments: task.arguments }),
-            isError: false,
-            createdAt: 0
-          })
-        ])
-      }
-    }
-    // Calls that ended need no note again: forget them, so the set stays as small as what runs.
-    for (const callId of firstUpdates) if (!running.has(callId)) firstUpdates.delete(callId)
-    return notes
-  })
-
-  /**
-   * The chat as the model reads it: each running call's note right after the call's first update,
-   * at the call's own place in the history. Never at the end: a request must end with what the
-   * user said last, or the model answers the note instead of the user (rule G1).
-   */
-  function* withNotes(notes: ReadonlyMap<string, readonly [FunctionCall, FunctionCallOutput]>): Iterable<ChatItem> {
-    for (const item of items) {
-      yield item
-      if (item._tag !== "FunctionCallOutput" || !isPending(item)) continue
-      const note = notes.get(item.callId)
-      if (note !== undefined) yield* note.map((part) => withCreatedAt(part, item.createdAt))
-    }
-  }
-
-  const buildPrompt = Effect.fnUntraced(function*(instructions: string | undefined, madeThisTurn: ReadonlySet<string>) {
-    const notes = yield* runningNotes(madeThisTurn)
-    // No copy of the history: the conversion reads the items, and the notes in their places, in
-    // one pass, and nothing can change the array meanwhile (it does not suspend). `read` is the
-    // newest item the model reads: what it says goes right after it.
-    const history = toPrompt(notes.size === 0 ? items : withNotes(notes)).content
-    const read = items.at(-1)
-    // The turn's instructions come last, where the model weighs them most; a provider that takes
-    // no system message inside the history gets them in the leading one.
-    const inHistory = model.supportsSystemMessagesInHistory === undefined ||
-      (yield* model.supportsSystemMessagesInHistory)
-    const last = inHistory ? instructions : undefined
-    const leading = [options.instructions, inHistory ? undefined : instructions].filter((s) => s !== undefined)
-    const prompt = Prompt.fromMessages([
-      ...(leading.length === 0 ? [] : [Prompt.makeMessage("system", { content: leading.join("\n\n") })]),
-      ...history,
-      ...(last === undefined ? [] : [Prompt.makeMessage("system", { content: last })])
-    ])
-    return { prompt, read } as const
-  })
-
-  // --- one model request ---------------------------------------------------------------------------
-  const stream = options.stream ?? true
-  /** The whole answer at once. */
-  const generateAnswer = (_turn: number, prompt: Prompt.Prompt, toolChoice: "auto" | "none") =>
-    Effect.map(
-      model.generateText({
-        prompt,
-        toolkit: currentToolkit(),
-        toolChoice,
-        disableToolCallResolution: true,
-        toolCallValidation: "deferred"
-      }),
-      (response): Answer => ({ itemId: newId("msg"), text: response.text, calls: response.toolCalls })
-    )
-  /**
-   * The answer as the model streams it: each non-empty text delta is published at once (a
-   * `TextDelta` of the message the answer's words will be stored as); the words and the calls
-   * are kept for the end. A failure mid-way (the stream fails, or sends an error part) fails the
-   * request: nothing of the answer is stored and none of its calls runs.
-   */
-  const streamAnswer = (turn: number, prompt: Prompt.Prompt, toolChoice: "auto" | "none") =>
-    Effect.suspend(() => {
-      const itemId = newId("msg")
-      let text = ""
-      const calls: Array<AnswerCall> = []
-      return model.streamText({
-        prompt,
-        toolkit: currentToolkit(),
-        toolChoice,
-        disableToolCallResolution: true,
-        toolCallValidation: "deferred"
-      }).pipe(
-        Stream.runForEach((part): Effect.Effect<void, AiError.AiError> => {
-          switch (part.type) {
-            case "text-delta":
-              if (part.delta !== "") {
-                text += part.delta
-                emit({ _tag: "TextDelta", turn, itemId, delta: part.delta, at: now() })
-              }
-              return Effect.void
-            case "tool-call":
-              calls.push(part)
-              return Effect.void
-            case "error":
-              return Effect.fail(streamError(part.error))
-            default:
-              return Effect.void
-          }
-        }),
-        Effect.map((): Answer => ({ itemId, text, calls }))
-      )
-    })
-
-  // --- turns: one worker takes them in order, so generations never overlap ----------------------
-  let turns = 0
-  const runTurn = (job: Job, turn: number): Effect.Effect<Turn, AiError.AiError> => {
-    const stored: Array<ChatItem> = []
-    const said: Array<string> = []
-    const madeThisTurn = new Set<string>()
-    let anchor: ChatItem | undefined // the newest item the model read in this step, then the last it added
-    const store = (batch: ReadonlyArray<ChatItem>) => {
-      const placed = addAfter(anchor, batch)
-      anchor = placed.at(-1) ?? anchor
-      stored.push(...placed)
-      return save(placed)
-    }
-    return Effect.gen(function*() {
-      emit({ _tag: "TurnStarted", turn, cause: job.cause, at: now() })
-      for (let step = 0; step < maxSteps; step++) {
-        const toolChoice = job.toolChoice === "none" || step === maxSteps - 1 ? "none" : "auto"
-        const askedAt = now()
-        const { prompt, read } = yield* buildPrompt(job.instructions, madeThisTurn)
-        anchor = read
-        const answer = yield* (stream ? streamAnswer : generateAnswer)(turn, prompt, toolChoice)
-        const text = answer.text
-        if (text.trim() !== "") {
-          yield* store([new ChatMessage({ id: answer.itemId, role: "assistant", content: text, createdAt: askedAt })])
-          said.push(text)
-        }
-        const calls = answer.calls.filter((call) => !call.providerExecuted)
-        if (calls.length === 0) break
-        if (toolChoice === "none") {
-          yield* Effect.logWarning("the model called tools in a turn that allows none; the calls were not run", {
-            tools: calls.map((call) => call.name)
-          })
-          break
-        }
-        // Provider call ids must stay unique in the chat: a model that repeats one (or sends none)
-        // gets its call stored under a fresh id, which its output answers.
-        const taken = new Set<string>()
-        const uniqueId = (id: string) => {
-          let unique = id === "" ? "call_1" : id
-          for (let k = 2; callIds.has(unique) || taken.has(unique); k++) unique = `${id === "" ? "call" : id}_${k}`
-          taken.add(unique)
-          return unique
-        }
-        yield* Effect.forEach(calls, (part) => {
-          const call = new FunctionCall({
-            id: newId("fc"),
-            callId: uniqueId(part.id),
-            name: part.name,
-            arguments: argumentsText(part.params),
-            createdAt: askedAt
-          })
-          madeThisTurn.add(call.callId)
-          return Effect.flatMap(dispatch(call), (output) => store([call, output]))
-        }, { concurrency: "unbounded", discard: true })
-      }
-      return { text: said.join("\n"), items: stored } satisfies Turn
-    }).pipe(
-      Effect.tapCause((cause) =>
-        Cause.hasInterruptsOnly(cause)
-          ? Effect.void
-          : Effect.logError("the turn failed; the conversation goes on", cause)
-      ),
-      Effect.onExit((exit) =>
-        Effect.sync(() => {
-          if (Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)) return
-          const text = said.join("\n")
-          const outcome = Exit.isFailure(exit) ? "failed" : text === "" ? "silent" : "answered"
-          emit({ _tag: "TurnEnded", turn, outcome, text, at: now() })
-        })
-      ),
-      Effect.withSpan("AiAgent.turn", { attributes: { "agent.turn": turn, "agent.turn.cause": job.cause } }),
-      Effect.annotateLogs({ turn })
-    )
-  }
-
-  // --- idle: inactive, and nothing running or owed in the toolsets -------------------------------
-  const toolsetsIdle = Effect.suspend(() =>
-    Effect.forEach(Array.from(toolsets.values()), (toolset) => toolset.awaitIdle, { discard: true })
-  )
-  // A toolset's call starts only in a turn, and its reply is a turn: so once the toolsets were idle
-  // and the agent inactive, with no turn started since the look began, nothing is left to say.
-  // Otherwise look again: a turn may have started calls, and a reply a turn.
-  const awaitIdle: Effect.Effect<void> = Effect.suspend(() => {
-    const started = turns
-    return toolsetsIdle.pipe(
-      Effect.andThen(awaitInactive),
-      Effect.andThen(toolsetsIdle),
-      Effect.andThen(Effect.suspend(() => turns === started && inactive() ? Effect.void : awaitIdle))
-    )
-  })
-
-  const jobs = yield* Queue.unbounded<Job>()
-  // Runs after the worker is interrupted (finalizers run last-added first): turns still queued
-  // are interrupted, so their callers do not wait forever.
-  yield* Effect.addFinalizer(() =>
-    Effect.flatMap(Queue.clear(jobs), (left) =>
-      Effect.sync(() => {
-        closed = true
-        pendingTurns -= left.length
-        for (const job of left) {
-          Deferred.doneUnsafe(job.started, Exit.interrupt())
-          Deferred.doneUnsafe(job.done, Exit.interrupt())
-        }
-        notify()
-      }))
-  )
-  const worker = Queue.take(jobs).pipe(
-    Effect.flatMap((job) =>
-      Effect.andThen(Effect.sync(() => Deferred.doneUnsafe(job.started, Exit.void)), runTurn(job, ++turns)).pipe(
-        // The caller resumes inside `doneUnsafe`: count the turn as over before that.
-        Effect.onExit((exit) =>
-          Effect.sync(() => {
-            pendingTurns--
-            Deferred.doneUnsafe(job.done, exit)
-            notify()
-          })
-        ),
-        Effect.exit
-      )
-    ),
-    Effect.forever
-  )
-  yield* Effect.forkScoped(worker, { startImmediately: true })
-
-  /** Queues a turn; `before` runs once it is queued, before waiting for the turn. */
-  /** Queues a turn; returns the queued job (its `started` and `done`). */
-  const queue = (job: Omit<Job, "done" | "started">): Job => {
-    const queued: Job = { ...job, started: Deferred.makeUnsafe(), done: Deferred.makeUnsafe() }
-    pendingTurns++
-    Queue.offerUnsafe(jobs, queued)
-    return queued
-  }
-  const enqueue = (job: Omit<Job, "done" | "started">, before: Effect.Effect<void> = Effect.void): Effect.Effect<Turn, AiError.AiError> =>
-    Effect.suspend(() => {
-      if (closed) return Effect.interrupt
-      const queued = queue(job)
-      return Effect.andThen(before, Deferred.await(queued.done))
-    })
-
+  const chat = Effect.sync(() => ChatLog.chatContext(log))
   const session = AgentSession.of({
     chatContext: chat,
-    items: Effect.sync((): ReadonlyArray<ChatItem> => items),
-    insert: (batch) => Effect.andThen(Effect.sync(() => add(batch)), save(batch)),
-    awaitInactive,
-    // Completes once the reply's turn begins: the agent took the request up (the port's
-    // contract). The turn may go on for minutes, speaking; a model error in it is the turn's
-    // (logged), and the toolset's items stay in the chat for the next reply.
-    generateReply: (request) =>
-      Effect.suspend(() => {
-        if (closed) return Effect.interrupt
-        return Deferred.await(queue({ cause: "reply", instructions: request.instructions, toolChoice: request.toolChoice }).started)
-      })
+    items: Effect.sync((): ReadonlyArray<ChatItem> => log.items),
+    insert: (batch) => Effect.andThen(Effect.sync(() => ChatLog.add(log, batch)), ChatLog.save(log, batch)),
+    awaitInactive: gate.awaitInactive,
+    generateReply: (request) => TurnRunner.requestReply(runner, request)
   })
 
   return AiAgent.of({
-    send: (text) =>
-      Effect.suspend(() => {
-        if (closed) return Effect.interrupt
-        return Effect.flatMap(message("user", text), (user) => {
-          // In the chat and queued in one step (a background reply cannot come between); saved after.
-          add([user])
-          return enqueue({ cause: "user", instructions: undefined, toolChoice: "auto" }, save([user]))
-        })
-      }),
-    generateReply: (reply = {}) =>
-      enqueue({ cause: "reply", instructions: reply.instructions, toolChoice: reply.toolChoice ?? "auto" }),
-    setUserTyping: (value) =>
-      Effect.sync(() => {
-        typing = value
-        notify()
-      }),
-    addToolset,
+    send: (text) => TurnRunner.send(runner, text),
+    generateReply: (reply = {}) => TurnRunner.generateReply(runner, reply),
+    setUserTyping: (typing) => Effect.sync(() => ActivityGate.setTyping(gate, typing)),
+    addToolset: (toolset) => ToolsetRegistry.add(toolsets, toolset),
     chat,
-    isInactive: Effect.sync(inactive),
-    awaitInactive,
-    awaitIdle,
-    toolsets: Effect.sync(() => Array.from(toolsets.values())),
+    isInactive: Effect.sync(() => ActivityGate.isInactive(gate)),
+    awaitInactive: gate.awaitInactive,
+    awaitIdle: TurnRunner.awaitIdle(runner),
+    toolsets: Effect.sync(() => ToolsetRegistry.list(toolsets)),
     events: Stream.fromPubSub(pubsub),
     session
   })
