@@ -3,10 +3,10 @@
  * effect/cluster's messages and the toolset's own tables, and the `WorkflowEngine` that runs the
  * calls.
  *
- * `layerEmbedded` needs no server: PGlite in a data folder, effect/cluster's `SingleRunner`, and a
- * lock file so that two processes never open the same folder. On PostgreSQL with several runner
- * processes, `effect-async-toolset/durable/postgres` gives the same services (or compose `layer`
- * with your own cluster layers).
+ * `layerEmbedded` needs no server: PGlite in a data folder, an effect/cluster runner of its own (as
+ * `SingleRunner`), and a lock file so that two processes never open the same folder. On PostgreSQL
+ * with several runner processes, `effect-async-toolset/durable/postgres` gives the same services
+ * (or compose `layer` with your own cluster layers).
  *
  * @since 0.1.0
  */
@@ -17,13 +17,18 @@ import { join } from "node:path"
 import { Context, Duration, Effect, Layer, Schema } from "effect"
 import type { Scope } from "effect"
 import * as ClusterWorkflowEngine from "effect/cluster/ClusterWorkflowEngine"
-import type * as ShardingConfig from "effect/cluster/ShardingConfig"
-import * as SingleRunner from "effect/cluster/SingleRunner"
+import * as RunnerHealth from "effect/cluster/RunnerHealth"
+import * as Runners from "effect/cluster/Runners"
+import * as RunnerStorage from "effect/cluster/RunnerStorage"
+import * as Sharding from "effect/cluster/Sharding"
+import * as ShardingConfig from "effect/cluster/ShardingConfig"
 import * as Digest from "effect/crypto/Digest"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
+import * as Cluster from "./internal/cluster.ts"
 import * as Hub from "./internal/hub.ts"
+import * as Template from "./internal/template.ts"
 import { migrate } from "./internal/tables.ts"
 import * as PgliteClient from "./PgliteClient.ts"
 
@@ -172,15 +177,34 @@ const isAlive = (owner: string): boolean => {
 export interface EmbeddedOptions extends Options {
   /** The data folder (made if missing): PGlite's database is in `<dataDir>/pglite`. */
   readonly dataDir: string
-  /** effect/cluster settings, over its defaults and environment. */
+  /**
+   * effect/cluster settings, over `embeddedShardingConfig` (environment variables such as
+   * `SHARDS_PER_GROUP` are read first and overridden by both).
+   */
   readonly shardingConfig?: Partial<ShardingConfig.ShardingConfig["Service"]> | undefined
 }
 
 /**
- * The embedded store: PGlite in a data folder, effect/cluster's `SingleRunner` on it, its
- * `WorkflowEngine`, and the toolset's tables. One process at a time opens a folder (a lock file);
- * opening a new folder takes several seconds (PGlite creates its database), reopening one about
- * one to two seconds.
+ * The embedded store's effect/cluster settings: one shard (one process reads every message, so
+ * more shards only make each read longer), and a running call given one second to stop at a
+ * normal close before it is interrupted (it runs again at the next start). A folder last opened
+ * with another `shardsPerGroup` has its stored messages moved to their shards when it opens.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const embeddedShardingConfig: Partial<ShardingConfig.ShardingConfig["Service"]> = {
+  shardsPerGroup: 1,
+  entityTerminationTimeout: "1 second"
+}
+
+/**
+ * The embedded store: PGlite in a data folder, an effect/cluster runner of its own on it (as
+ * `SingleRunner`, with replies stored in one statement each), its `WorkflowEngine`, and the
+ * toolset's tables. One process at a time opens a folder (a lock file). A new folder is a copy of
+ * a database this machine made once, in the temp folder, the first time (that first open takes
+ * several seconds: PGlite creates the database); opening a new or an existing folder then takes
+ * about a second.
  *
  * @example
  * ```ts
@@ -195,15 +219,22 @@ export interface EmbeddedOptions extends Options {
 export const layerEmbedded = (
   options: EmbeddedOptions
 ): Layer.Layer<DurableStore | WorkflowEngine | SqlClient | PgliteClient.PgliteClient, SqlError | StoreLocked> => {
-  const database = PgliteClient.layer({ dataDir: join(options.dataDir, "pglite") }).pipe(
-    Layer.provide(Layer.effectDiscard(lockDataDir(options.dataDir)))
+  const dataDir = join(options.dataDir, "pglite")
+  // the lock first; then a new folder is a copy of this machine's template database (see template.ts)
+  const database = PgliteClient.layer({ dataDir }).pipe(
+    Layer.provide(Layer.effectDiscard(Effect.andThen(lockDataDir(options.dataDir), Template.fromTemplate(dataDir, migrate))))
+  )
+  const cluster = Sharding.layer.pipe(
+    Layer.provideMerge(Runners.layerNoop),
+    Layer.provideMerge(Cluster.messageStorage({ _tag: "alone" })),
+    Layer.provide([RunnerStorage.layerMemory, RunnerHealth.layerNoop]),
+    Layer.provide(Layer.orDie(ShardingConfig.layerFromEnv({ ...embeddedShardingConfig, ...options.shardingConfig }))),
+    Layer.provide(Digest.layerWebCrypto),
+    Cluster.quietClose
   )
   return layer(options).pipe(
     Layer.provideMerge(ClusterWorkflowEngine.layer),
-    Layer.provideMerge(
-      SingleRunner.layer({ runnerStorage: "memory", shardingConfig: { entityTerminationTimeout: "1 second", ...options.shardingConfig } }).pipe(Layer.orDie)
-    ),
-    Layer.provide(Digest.layerWebCrypto),
+    Layer.provideMerge(cluster),
     Layer.provideMerge(database)
   )
 }

@@ -13,17 +13,31 @@
  *
  * @since 0.1.0
  */
-import { NodeClusterSocket } from "@effect/platform-node"
+import { NodeClusterSocket, NodeCrypto } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
 import { Layer } from "effect"
 import type { Redacted } from "effect"
 import * as ClusterWorkflowEngine from "effect/cluster/ClusterWorkflowEngine"
 import * as RunnerAddress from "effect/cluster/RunnerAddress"
-import type * as ShardingConfig from "effect/cluster/ShardingConfig"
+import * as ShardingConfig from "effect/cluster/ShardingConfig"
+import * as SqlRunnerStorage from "effect/cluster/SqlRunnerStorage"
 import * as Option from "effect/Option"
 import type { SqlClient } from "effect/sql/SqlClient"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import * as DurableStore from "../DurableStore.ts"
+import * as Cluster from "../internal/cluster.ts"
+
+export {
+  /**
+   * A runner would not start: the database's stored cluster messages were written with another
+   * `shardsPerGroup`, and other runners are running (see `defaultShardingConfig`). Also a client
+   * whose `shardsPerGroup` is not the one the runners last started with.
+   *
+   * @since 0.1.0
+   * @category errors
+   */
+  ShardsPerGroupChanged
+} from "../internal/cluster.ts"
 
 /**
  * @since 0.1.0
@@ -37,8 +51,37 @@ export interface Options extends DurableStore.Options {
    * Without it the process is a client: it starts and follows calls, and runs none.
    */
   readonly runner?: { readonly host: string; readonly port: number } | undefined
-  /** effect/cluster settings, over its defaults and environment (see `fastFailover`). */
+  /**
+   * effect/cluster settings, over `defaultShardingConfig` (environment variables such as
+   * `SHARDS_PER_GROUP` are read first and overridden by both; see also `fastFailover`). Every
+   * process of a cluster, runners and clients, needs the same `shardsPerGroup`.
+   */
   readonly shardingConfig?: Partial<ShardingConfig.ShardingConfig["Service"]> | undefined
+}
+
+/**
+ * The store's effect/cluster settings on PostgreSQL, under `Options.shardingConfig`:
+ *
+ * - `shardsPerGroup: 16` (effect/cluster's default is 300): a call's execution is placed on one of
+ *   16 shards, each held by one runner, so up to 16 runners share the work. Fewer shards make each
+ *   read of the stored messages, each runner's lock check and its shutdown cheaper (a runner
+ *   releases its shards one by one). Choose at least as many as the runners you will run, from
+ *   the start: a stored message names its shard, so after a change the messages are moved to
+ *   their new shards. A runner does that when it starts and no other runner is running (all at
+ *   once in one transaction, once); if another runner is running, it refuses to start
+ *   (`ShardsPerGroupChanged`): runners of two counts would each read the messages of their own,
+ *   and could run a call twice. So change it by stopping every runner, starting one with the new
+ *   count, then the others.
+ * - `entityTerminationTimeout: "1 second"`: at a normal close (or when its shard moves to another
+ *   runner) a running call is given a second to stop before it is interrupted; it runs again on
+ *   the runner that holds it next (effect/cluster's default waits 15 seconds).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaultShardingConfig: Partial<ShardingConfig.ShardingConfig["Service"]> = {
+  shardsPerGroup: 16,
+  entityTerminationTimeout: "1 second"
 }
 
 /**
@@ -78,12 +121,22 @@ export const fastFailover: Partial<ShardingConfig.ShardingConfig["Service"]> = {
 export const layer = (options: Options): Layer.Layer<DurableStore.DurableStore | WorkflowEngine | SqlClient, unknown> => {
   const { runner } = options
   const shardingConfig = {
+    ...defaultShardingConfig,
     ...options.shardingConfig,
     ...(runner === undefined ? {} : { runnerAddress: Option.some(RunnerAddress.make(runner.host, runner.port)) })
   }
-  const cluster = runner === undefined
-    ? NodeClusterSocket.layer({ clientOnly: true, storage: "sql", shardingConfig })
-    : NodeClusterSocket.layer({ storage: "sql", shardingConfig })
+  // effect/cluster's SQL storage, with replies saved in one statement and the stored messages kept
+  // on the shards of this `shardsPerGroup`
+  const storage = Layer.mergeAll(
+    Cluster.messageStorage(runner === undefined ? { _tag: "client" } : { _tag: "runner", address: `${runner.host}:${runner.port}` }),
+    Layer.orDie(SqlRunnerStorage.layer)
+  ).pipe(
+    Layer.provide(Layer.orDie(ShardingConfig.layerFromEnv(shardingConfig))),
+    Layer.provide(NodeCrypto.layerDigest)
+  )
+  const cluster = (runner === undefined
+    ? NodeClusterSocket.layer({ clientOnly: true, storage: "byo", shardingConfig })
+    : NodeClusterSocket.layer({ storage: "byo", shardingConfig })).pipe(Layer.provideMerge(storage), Cluster.quietClose)
   return DurableStore.layer(options).pipe(
     Layer.provideMerge(ClusterWorkflowEngine.layer),
     Layer.provideMerge(cluster),

@@ -1,0 +1,227 @@
+/**
+ * effect/cluster as the durable stores run it: its SQL message storage with replies saved in one
+ * statement, the stored messages moved to their shards when `shardsPerGroup` changed, and a close
+ * that prints no "No healthy runners available" warning.
+ *
+ * - The message storage is `SqlMessageStorage`'s (same tables, same rows) with one change, through
+ *   effect/cluster's public `MessageStorage.makeEncoded`: a reply is saved by one data-modifying
+ *   statement (`WITH u AS (UPDATE cluster_messages …) INSERT INTO cluster_replies …`) instead of a
+ *   transaction of two (`BEGIN`, `UPDATE`, `INSERT`, `COMMIT`): three statements fewer per stored
+ *   request. Pinned to effect 4.1's row layout; test/durable/messageStorage.test.ts compares the
+ *   rows with upstream's.
+ * - A stored message names its shard (`cluster_messages.shard_id`, `<group>:<n>`, where `n` is the
+ *   entity id's hash modulo `shardsPerGroup`, plus one). Runners only read the shards they hold, so
+ *   after `shardsPerGroup` changed, a message stored under the old count waits for a shard nobody
+ *   holds (or one its entity no longer maps to) and never runs. So the count a database was last
+ *   opened with is kept (`async_toolset_settings`), and when it differs, every stored message whose
+ *   shard is not its entity's under the new count is moved, once, in one transaction. Moving is
+ *   safe only when no runner of the old count is reading them: a runner that sees another live
+ *   runner (a heartbeat within `shardLockExpiration`) refuses to start (`ShardsPerGroupChanged`).
+ *
+ * @internal
+ */
+import { Duration, Effect, Layer, Logger, Schema } from "effect"
+import { PersistenceError } from "effect/cluster/ClusterError"
+import * as MessageStorage from "effect/cluster/MessageStorage"
+import { ShardingConfig } from "effect/cluster/ShardingConfig"
+import * as Sharding from "effect/cluster/Sharding"
+import * as Snowflake from "effect/cluster/Snowflake"
+import * as SqlMessageStorage from "effect/cluster/SqlMessageStorage"
+import type * as Digest from "effect/crypto/Digest"
+import { SqlClient } from "effect/sql/SqlClient"
+import type { SqlError } from "effect/sql/SqlError"
+
+// --- shards --------------------------------------------------------------------------------------
+
+/** effect/cluster's hash of an entity id (`effect/cluster/internal/hash.ts`, not exported): do not change. */
+const hashString = (text: string): number => {
+  let h = 5381
+  let i = text.length
+  while (i) h = (h * 33) ^ text.charCodeAt(--i)
+  return (h & 0xbfffffff) | ((h >>> 1) & 0x40000000)
+}
+
+/** The shard number of an entity id, as `Sharding.getShardId` computes it. */
+export const shardNumber = (entityId: string, shardsPerGroup: number): number =>
+  Math.abs(hashString(entityId) % shardsPerGroup) + 1
+
+/**
+ * The stored cluster messages were written with another `shardsPerGroup` than this runner's, and
+ * other runners are running: moving the messages now could run one twice.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ShardsPerGroupChanged extends Schema.TaggedError<ShardsPerGroupChanged>()("ShardsPerGroupChanged", {
+  shardsPerGroup: Schema.Number,
+  previous: Schema.optional(Schema.Number),
+  runners: Schema.Array(Schema.String)
+}) {
+  override get message(): string {
+    const previous = this.previous === undefined ? "another shardsPerGroup" : `shardsPerGroup ${this.previous}`
+    return this.runners.length === 0
+      ? `This database's cluster runners use ${previous}, this process ${this.shardsPerGroup}. ` +
+        `Give every process the same shardsPerGroup.`
+      : `The stored cluster messages were written with ${previous}; this runner has ${this.shardsPerGroup}, ` +
+        `and other runners are running (${this.runners.join(", ")}). Stop every runner, then start one with ` +
+        `shardsPerGroup ${this.shardsPerGroup} (it moves the stored messages to their new shards once), then the others.`
+  }
+}
+
+/** How a process may move stored messages to their shards. */
+export type Resharding =
+  /** The only process on the database (the embedded store: its lock file says so). */
+  | { readonly _tag: "alone" }
+  /** A runner of a cluster: moves them only when no other runner is live. */
+  | { readonly _tag: "runner"; readonly address: string }
+  /** A client: runs nothing, so never moves them; refuses to start on a database of another count. */
+  | { readonly _tag: "client" }
+
+const setting = "shards_per_group"
+
+/** "async_toolset_shards" as a number, for the advisory lock that makes starting runners take turns. */
+const reshardLock = 2_406_151_119
+
+/**
+ * Makes the stored messages' shards those of `shardsPerGroup`, once per change of it (see the
+ * module's notes). Runs after effect/cluster's tables exist and before its runner reads them.
+ */
+export const reshard = (
+  shardsPerGroup: number,
+  mode: Resharding,
+  runnerExpiry: Duration.Duration
+): Effect.Effect<void, SqlError | ShardsPerGroupChanged, SqlClient> =>
+  Effect.gen(function*() {
+    const sql = (yield* SqlClient).withoutTransforms()
+    const read = Effect.map(
+      sql<{ value: string }>`SELECT value FROM async_toolset_settings WHERE name = ${setting}`,
+      (rows) => rows.length === 0 ? undefined : Number(rows[0]!.value)
+    )
+    // the usual case, without a transaction: the count is the one the database was last opened with
+    const [present] = yield* sql<{ present: boolean }>`SELECT to_regclass('async_toolset_settings') IS NOT NULL AS present`
+    const last = present?.present ? yield* read : undefined
+    if (last === shardsPerGroup) return
+    if (mode._tag === "client") {
+      if (last !== undefined) return yield* new ShardsPerGroupChanged({ shardsPerGroup, previous: last, runners: [] })
+      return
+    }
+    yield* sql.withTransaction(Effect.gen(function*() {
+      yield* sql`SELECT pg_advisory_xact_lock(${reshardLock})`
+      yield* sql`CREATE TABLE IF NOT EXISTS async_toolset_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)`
+      const previous = yield* read
+      if (previous === shardsPerGroup) return // another runner moved them meanwhile
+      // each entity's messages share its shard: look at each (entity, shard) once
+      const pairs = yield* sql<{ entity_id: string; shard_id: string }>`SELECT DISTINCT entity_id, shard_id FROM cluster_messages`
+      const moves = new Map<string, number>()
+      for (const { entity_id, shard_id } of pairs) {
+        const n = shardNumber(entity_id, shardsPerGroup)
+        if (Number(shard_id.slice(shard_id.lastIndexOf(":") + 1)) !== n) moves.set(entity_id, n)
+      }
+      if (moves.size > 0 && mode._tag === "runner") {
+        const [present] = yield* sql<{ present: boolean }>`SELECT to_regclass('cluster_runners') IS NOT NULL AS present`
+        const live = present?.present
+          ? yield* sql<{ address: string }>`SELECT address FROM cluster_runners
+              WHERE address <> ${mode.address} AND healthy
+                AND last_heartbeat > NOW() - make_interval(secs => ${Duration.toSeconds(runnerExpiry)})`
+          : []
+        if (live.length > 0) {
+          return yield* new ShardsPerGroupChanged({
+            shardsPerGroup,
+            ...(previous === undefined ? {} : { previous }),
+            runners: live.map((r) => r.address)
+          })
+        }
+      }
+      const entries = [...moves]
+      for (let i = 0; i < entries.length; i += 2000) {
+        const batch = JSON.stringify(entries.slice(i, i + 2000).map(([entity_id, n]) => ({ entity_id, n })))
+        yield* sql`UPDATE cluster_messages m
+          SET shard_id = regexp_replace(m.shard_id, ':[0-9]+$', ':' || v.n)
+          FROM json_to_recordset(${batch}::json) AS v(entity_id TEXT, n INTEGER)
+          WHERE m.entity_id = v.entity_id AND m.shard_id <> regexp_replace(m.shard_id, ':[0-9]+$', ':' || v.n)`
+      }
+      yield* sql`INSERT INTO async_toolset_settings (name, value) VALUES (${setting}, ${String(shardsPerGroup)})
+        ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`
+    }))
+  })
+
+// --- message storage -----------------------------------------------------------------------------
+
+/**
+ * `SqlMessageStorage`'s driver (it creates its tables) with every reply saved in one statement:
+ * the request's row updated as upstream does (`processed` and `last_reply_id` for a final reply,
+ * `last_reply_id` for a chunk) and the reply's row inserted (a chunk's `kind` is NULL, as upstream's),
+ * atomically, without a transaction.
+ */
+export const makeEncoded: Effect.Effect<MessageStorage.Encoded, never, SqlClient | Digest.Digest> = Effect.gen(function*() {
+  const encoded = yield* SqlMessageStorage.makeEncoded()
+  const sql = (yield* SqlClient).withoutTransforms()
+  const saveReply: MessageStorage.Encoded["saveReply"] = (reply) =>
+    Effect.suspend(() =>
+      reply._tag === "WithExit"
+        ? sql`WITH u AS (
+            UPDATE cluster_messages SET processed = TRUE, last_reply_id = ${reply.id} WHERE request_id = ${reply.requestId}
+          )
+          INSERT INTO cluster_replies (id, kind, request_id, payload, sequence)
+          VALUES (${reply.id}, 0, ${reply.requestId}, ${JSON.stringify(reply.exit)}, NULL)`
+        : sql`WITH u AS (
+            UPDATE cluster_messages SET last_reply_id = ${reply.id} WHERE id = ${reply.requestId}
+          )
+          INSERT INTO cluster_replies (id, kind, request_id, payload, sequence)
+          VALUES (${reply.id}, NULL, ${reply.requestId}, ${JSON.stringify(reply.values)}, ${reply.sequence})`
+    ).pipe(Effect.asVoid, PersistenceError.refail, Effect.withTracerEnabled(false))
+  return { ...encoded, saveReply }
+})
+
+/**
+ * The message storage of the durable stores, its stored messages on the shards of the
+ * configuration's `shardsPerGroup` (moved there once if they were not: see `reshard`).
+ */
+export function messageStorage(
+  mode: { readonly _tag: "alone" }
+): Layer.Layer<MessageStorage.MessageStorage, SqlError, SqlClient | ShardingConfig | Digest.Digest>
+export function messageStorage(
+  mode: Resharding
+): Layer.Layer<MessageStorage.MessageStorage, SqlError | ShardsPerGroupChanged, SqlClient | ShardingConfig | Digest.Digest>
+export function messageStorage(
+  mode: Resharding
+): Layer.Layer<MessageStorage.MessageStorage, SqlError | ShardsPerGroupChanged, SqlClient | ShardingConfig | Digest.Digest> {
+  return Layer.effect(
+    MessageStorage.MessageStorage,
+    Effect.gen(function*() {
+      const driver = yield* makeEncoded
+      const config = yield* ShardingConfig
+      const moved = reshard(config.shardsPerGroup, mode, Duration.fromInputUnsafe(config.shardLockExpiration))
+      // alone on its database, a process never refuses
+      yield* mode._tag === "alone" ? Effect.catchTag(moved, "ShardsPerGroupChanged", Effect.die) : moved
+      return yield* MessageStorage.makeEncoded(driver)
+    })
+  ).pipe(Layer.provide(Snowflake.layerGenerator))
+}
+
+// --- a quiet close -------------------------------------------------------------------------------
+
+/**
+ * The cluster layers with their logs going to the loggers of where they are built, except the
+ * "No healthy runners available" warning once the runner shuts down: effect/cluster's runner
+ * unregisters itself first (at the close of its layer, or as soon as an entity closes, with
+ * `preemptiveShutdown`), then waits for its entities to stop, and meanwhile its assignment loop
+ * finds no healthy runner and says so every `refreshAssignmentsInterval`. While the runner runs,
+ * the warning is kept.
+ */
+export const quietClose = <A, E, R>(cluster: Layer.Layer<A | Sharding.Sharding, E, R>): Layer.Layer<A | Sharding.Sharding, E, R> =>
+  Layer.unwrap(Effect.gen(function*() {
+    const loggers = yield* Logger.CurrentLoggers
+    let sharding: Sharding.Sharding["Service"] | undefined
+    const logger = Logger.make<unknown, void>((options) => {
+      if (sharding !== undefined && isNoHealthyRunners(options.message) && Effect.runSync(sharding.isShutdown)) return
+      for (const inner of loggers) inner.log(options)
+    })
+    const capture = Layer.effectDiscard(Effect.gen(function*() {
+      sharding = yield* Sharding.Sharding
+    }))
+    return capture.pipe(Layer.provideMerge(cluster), Layer.provide(Logger.layer([logger])))
+  }))
+
+const isNoHealthyRunners = (message: unknown): boolean =>
+  (Array.isArray(message) ? message[0] : message) === "No healthy runners available"

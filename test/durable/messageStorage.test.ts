@@ -1,0 +1,90 @@
+/**
+ * The durable stores' message storage (effect/cluster's SQL storage with a reply saved in one
+ * statement) writes the same rows as upstream's `SqlMessageStorage`: a request with its final
+ * (WithExit) reply, and one with a chunk reply, on PGlite and on PostgreSQL.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { PgClient } from "@effect/sql-pg"
+import { Effect, Layer, Redacted } from "effect"
+import type * as MessageStorage from "effect/cluster/MessageStorage"
+import * as SqlMessageStorage from "effect/cluster/SqlMessageStorage"
+import * as Digest from "effect/crypto/Digest"
+import { SqlClient } from "effect/sql/SqlClient"
+import { PgliteClient } from "effect-async-toolset/durable"
+import * as Cluster from "../../src/durable/internal/cluster.ts"
+import { freshDataDir } from "../support/pglite.ts"
+import { freshDatabase, testPgUrl } from "./pgDatabase.ts"
+
+const request = (requestId: string, entityId: string) => ({
+  _tag: "Request" as const,
+  requestId,
+  address: { shardId: { group: "default", id: 7 }, entityType: "Workflow/test", entityId },
+  tag: "run",
+  payload: { to: "Tokyo", n: 1 },
+  headers: { "x-test": "1" }
+})
+
+/** Stores two requests and their replies (a final one, a chunk) with `storage`; the rows they left. */
+const writeAndRead = (storage: MessageStorage.Encoded) =>
+  Effect.gen(function*() {
+    const sql = (yield* SqlClient).withoutTransforms()
+    yield* storage.saveEnvelope({ envelope: request("1001", "e1"), primaryKey: "e1/run/", deliverAt: null })
+    yield* storage.saveReply({
+      _tag: "WithExit",
+      id: "2001",
+      requestId: "1001",
+      exit: { _tag: "Success", value: { confirmation: "FL-847293" } } as never
+    })
+    yield* storage.saveEnvelope({ envelope: request("1002", "e2"), primaryKey: "e2/run/", deliverAt: null })
+    yield* storage.saveReply({ _tag: "Chunk", id: "2002", requestId: "1002", sequence: 0, values: [{ step: 1 }] })
+    return {
+      messages: yield* sql`SELECT * FROM cluster_messages ORDER BY id`,
+      replies: yield* sql`SELECT * FROM cluster_replies ORDER BY id`
+    }
+  }).pipe(Effect.provide(Digest.layerWebCrypto))
+
+/** The rows each storage leaves, each on a new database of `store`. */
+const compare = <A>(store: () => Layer.Layer<A | SqlClient, unknown>) =>
+  Effect.gen(function*() {
+    const rows = []
+    for (const make of [SqlMessageStorage.makeEncoded(), Cluster.makeEncoded]) {
+      rows.push(yield* Effect.flatMap(make, writeAndRead).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(store())))
+    }
+    const [upstream, lean] = rows
+    assert.strictEqual(upstream!.messages.length, 2)
+    assert.strictEqual(upstream!.replies.length, 2)
+    assert.deepStrictEqual(lean, upstream)
+  })
+
+describe("the durable stores' message storage", () => {
+  it.live("writes upstream's rows for a final reply and a chunk reply (PGlite), in one statement each", () =>
+    Effect.gen(function*() {
+      yield* compare(() =>
+        Layer.unwrap(Effect.map(Effect.promise(() => freshDataDir()), (dataDir) => PgliteClient.layer({ dataDir })))
+      )
+      // one statement per reply
+      const dataDir = yield* Effect.promise(() => freshDataDir())
+      yield* Effect.gen(function*() {
+        const client = yield* PgliteClient.PgliteClient
+        const storage = yield* Cluster.makeEncoded
+        yield* storage.saveEnvelope({ envelope: request("1003", "e3"), primaryKey: "e3/run/", deliverAt: null })
+        const sent: Array<string> = []
+        const query = client.pglite.query.bind(client.pglite)
+        const exec = client.pglite.exec.bind(client.pglite)
+        Object.assign(client.pglite, {
+          query: (text: string, ...rest: Array<any>) => (sent.push(text), query(text, ...rest)),
+          exec: (text: string, ...rest: Array<any>) => (sent.push(text), exec(text, ...rest))
+        })
+        yield* storage.saveReply({ _tag: "WithExit", id: "2003", requestId: "1003", exit: { _tag: "Success", value: 1 } as never })
+        yield* storage.saveReply({ _tag: "Chunk", id: "2004", requestId: "1003", sequence: 0, values: [1] })
+        assert.strictEqual(sent.length, 2, sent.join("\n"))
+      }).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(PgliteClient.layer({ dataDir })))
+    }), 60_000)
+
+  it.live.skipIf(testPgUrl === undefined)("writes upstream's rows for a final reply and a chunk reply (PostgreSQL)", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const urls = [yield* freshDatabase("eat_storage"), yield* freshDatabase("eat_storage")]
+      let next = 0
+      yield* compare(() => PgClient.layer({ url: Redacted.make(urls[next++]!) }))
+    })), 60_000)
+})
