@@ -28,6 +28,7 @@ import type { SqlError } from "effect/sql/SqlError"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import * as Cluster from "./internal/cluster.ts"
 import * as Hub from "./internal/hub.ts"
+import * as Retention from "./internal/retention.ts"
 import * as Template from "./internal/template.ts"
 import { migrate } from "./internal/tables.ts"
 import * as PgliteClient from "./PgliteClient.ts"
@@ -58,6 +59,20 @@ export interface Options {
    * second). Changes made in the same process are seen at once.
    */
   readonly pollInterval?: Duration.Input | undefined
+  /**
+   * Pruning what finished calls leave in the store (default: everything is kept). A finished
+   * call's execution keeps effect/cluster's stored messages and replies (about 4 to 5 KB, most of
+   * what a call leaves); retention deletes them for calls that ended more than `maxAge` ago, and
+   * for all but the `maxCount` most recently ended, at the store's open and then every `interval`
+   * (default 10 minutes). A call is pruned one minute after its end at the earliest. What stays:
+   * the session's chat (the conversation, with the calls' outputs, updates and results) and the
+   * call's row (about 1 KB: its id stays taken).
+   */
+  readonly retention?: {
+    readonly maxAge?: Duration.Input | undefined
+    readonly maxCount?: number | undefined
+    readonly interval?: Duration.Input | undefined
+  } | undefined
 }
 
 /**
@@ -70,6 +85,7 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   const sql = yield* SqlClient
   yield* migrate(sql)
   const pollInterval = Duration.fromInputUnsafe(options.pollInterval ?? "1 second")
+  if (options.retention !== undefined) yield* Retention.run(sql, options.retention)
   return DurableStore.of({ sql, pollInterval, hub: Hub.make() })
 })
 

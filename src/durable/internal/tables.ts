@@ -88,7 +88,9 @@ const migration = [
     PRIMARY KEY (session_id, item_id)
   )`,
   `CREATE INDEX IF NOT EXISTS async_toolset_item_of_call ON async_toolset_item (session_id, base, step)`,
-  `CREATE INDEX IF NOT EXISTS async_toolset_item_owed ON async_toolset_item (session_id, toolset_id) WHERE owed`
+  `CREATE INDEX IF NOT EXISTS async_toolset_item_owed ON async_toolset_item (session_id, toolset_id) WHERE owed`,
+  // retention: the call's execution's stored messages (effect/cluster's) were deleted
+  `ALTER TABLE async_toolset_call ADD COLUMN IF NOT EXISTS cleared BOOLEAN NOT NULL DEFAULT FALSE`
 ]
 
 /**
@@ -580,16 +582,27 @@ export const restoreCall = (
       (${sessionId}, ${output.id}, ${output.createdAt}, ${encodeItem(output)}, ${toolsetId}, ${base}, 0, ${call.callId}, NULL, TRUE)
     ON CONFLICT (session_id, item_id) DO NOTHING`)
 
-/** Finished calls of a session ended before `before`, and their items, are deleted (retention). */
-export const prune = (sql: SqlClient, before: number): Effect.Effect<number, SqlError> =>
+/**
+ * Finished calls whose execution's stored messages are still kept, with their toolset (retention):
+ * those ended before `endedBefore`, and (with `keep`) those beyond the `keep` most recently ended.
+ * At most `limit`, oldest first.
+ */
+export const finishedToClear = (
+  sql: SqlClient,
+  options: { readonly endedBefore: number; readonly keep: number | undefined; readonly settledBefore: number; readonly limit: number }
+): Effect.Effect<ReadonlyArray<{ readonly sessionId: string; readonly base: string; readonly toolsetId: string }>, SqlError> =>
   Effect.map(
-    sql`WITH gone AS (
-        DELETE FROM async_toolset_call WHERE status IN ('done', 'error', 'cancelled', 'timed-out') AND ended_at < ${before}
-        RETURNING session_id, base
-      ), items AS (
-        DELETE FROM async_toolset_item i USING gone
-        WHERE i.session_id = gone.session_id AND i.base = gone.base AND NOT i.owed AND i.step <> 0
-      )
-      SELECT count(*) AS n FROM gone`,
-    (rows) => Number(rows[0]?.n ?? 0)
+    sql<{ session_id: string; base: string; toolset_id: string }>`SELECT session_id, base, toolset_id FROM (
+        SELECT session_id, base, toolset_id, cleared, ended_at,
+          row_number() OVER (ORDER BY ended_at DESC, session_id, base) AS newest
+        FROM async_toolset_call WHERE status IN ('done', 'error', 'cancelled', 'timed-out')
+      ) f
+      WHERE NOT cleared AND ended_at < ${options.settledBefore}
+        AND (ended_at < ${options.endedBefore} OR newest > ${options.keep ?? 2_147_483_647})
+      ORDER BY ended_at LIMIT ${options.limit}`,
+    (rows) => rows.map((r) => ({ sessionId: r.session_id, base: r.base, toolsetId: r.toolset_id }))
   )
+
+/** The call's execution's stored messages were deleted (retention). */
+export const markCleared = (sql: SqlClient, sessionId: string, base: string): Effect.Effect<void, SqlError> =>
+  Effect.asVoid(sql`UPDATE async_toolset_call SET cleared = TRUE WHERE session_id = ${sessionId} AND base = ${base}`)

@@ -1,0 +1,88 @@
+/**
+ * Retention: what a finished call leaves in the store is pruned, by age or by count.
+ *
+ * A finished call leaves three things: its rows in the session's chat (the call, its outputs, its
+ * updates and result: the conversation itself, never pruned here), its row in
+ * `async_toolset_call` (about 1 KB: it keeps the call's id taken, so a later call reusing the
+ * model's id gets a base of its own), and its execution's stored messages and replies in
+ * effect/cluster's tables (the run, its activities: most of the bytes). Retention deletes the last
+ * through effect/cluster's `MessageStorage.clearAddress`, and marks the call row `cleared`.
+ *
+ * A call is cleared only once it ended at least `settle` ago (one minute): its execution writes
+ * its own last reply just after the call's row says it ended.
+ *
+ * @internal
+ */
+import { Duration, Effect, Option } from "effect"
+import * as EntityAddress from "effect/cluster/EntityAddress"
+import * as EntityId from "effect/cluster/EntityId"
+import * as EntityType from "effect/cluster/EntityType"
+import * as MessageStorage from "effect/cluster/MessageStorage"
+import * as Sharding from "effect/cluster/Sharding"
+import * as ShardId from "effect/cluster/ShardId"
+import type { SqlClient } from "effect/sql/SqlClient"
+import { makeWorkflow } from "./body.ts"
+import { finishedToClear, markCleared } from "./tables.ts"
+
+/** The retention settings (see `DurableStore.Options.retention`). */
+export interface Retention {
+  readonly maxAge?: Duration.Input | undefined
+  readonly maxCount?: number | undefined
+  readonly interval?: Duration.Input | undefined
+}
+
+/** How long after its end a call's execution may still be writing. */
+export const settle = Duration.minutes(1)
+
+/** Calls cleared per statement. */
+const batch = 100
+
+/**
+ * One pass: clears every finished call due under `retention` at `now`; how many it cleared. Needs
+ * effect/cluster's `MessageStorage` (the stores' layers have it); without it, clears nothing.
+ */
+export const prune = (sql: SqlClient, retention: Retention, now: number): Effect.Effect<number, unknown> =>
+  Effect.gen(function*() {
+    const storage = yield* Effect.serviceOption(MessageStorage.MessageStorage)
+    if (Option.isNone(storage)) return 0
+    const sharding = yield* Effect.serviceOption(Sharding.Sharding)
+    const maxAge = retention.maxAge === undefined ? undefined : Duration.fromInputUnsafe(retention.maxAge)
+    const options = {
+      endedBefore: maxAge === undefined ? Number.NEGATIVE_INFINITY : now - Duration.toMillis(maxAge),
+      keep: retention.maxCount,
+      settledBefore: now - Duration.toMillis(settle),
+      limit: batch
+    }
+    let cleared = 0
+    while (true) {
+      const due = yield* finishedToClear(sql, options)
+      for (const call of due) {
+        const workflow = makeWorkflow(call.toolsetId)
+        const entityId = EntityId.make(yield* workflow.executionId({ sessionId: call.sessionId, base: call.base }))
+        const address = EntityAddress.make({
+          entityType: EntityType.make(`Workflow/${workflow._tag}`),
+          entityId,
+          // the SQL storage deletes by entity type and id; the shard is named for other storages
+          shardId: Option.isSome(sharding) ? sharding.value.getShardId(entityId, "default") : ShardId.make("default", 1)
+        })
+        yield* storage.value.clearAddress(address)
+        yield* markCleared(sql, call.sessionId, call.base)
+      }
+      cleared += due.length
+      if (due.length < batch) return cleared
+    }
+  })
+
+/**
+ * Prunes at start and then every `interval` (default 10 minutes) for the scope; a failed pass is
+ * logged and tried again at the next.
+ */
+export const run = (sql: SqlClient, retention: Retention) =>
+  Effect.gen(function*() {
+    const interval = Duration.fromInputUnsafe(retention.interval ?? "10 minutes")
+    const pass = Effect.clockWith((clock) => prune(sql, retention, clock.currentTimeMillisUnsafe())).pipe(
+      Effect.tap((n) => n > 0 ? Effect.logDebug(`Retention: cleared the stored messages of ${n} finished calls`) : Effect.void),
+      Effect.catchCause((cause) => Effect.logWarning("Retention: a pass failed; the next one tries again", cause))
+    )
+    yield* Effect.forkScoped(Effect.forever(Effect.andThen(pass, Effect.sleep(interval))))
+  })
