@@ -117,7 +117,10 @@ export const reshard = (
         const n = shardNumber(entity_id, shardsPerGroup)
         if (Number(shard_id.slice(shard_id.lastIndexOf(":") + 1)) !== n) moves.set(entity_id, n)
       }
-      if (moves.size > 0 && mode._tag === "runner") {
+      // Another count was in use (recorded, or shown by messages off their shards): runners of it
+      // may be running, even with nothing to move; a runner of this count beside them could run a
+      // call twice.
+      if ((moves.size > 0 || previous !== undefined) && mode._tag === "runner") {
         const [present] = yield* sql<{ present: boolean }>`SELECT to_regclass('cluster_runners') IS NOT NULL AS present`
         const live = present?.present
           ? yield* sql<{ address: string }>`SELECT address FROM cluster_runners
