@@ -11,7 +11,7 @@
  * - A template lists its files and their sizes (`MANIFEST.json`, written before the rename); one
  *   whose files are not all there (a temp-folder cleaner removed old files) is made again.
  * - A copy goes to a temporary name beside the data folder, then is renamed: a process killed
- *   while copying leaves no half database behind.
+ *   while copying leaves no half database behind, and what it copied is removed at the next open.
  * - A template is never opened, only copied. Its tables are those of the version that made it:
  *   opening the store runs the migrations anyway (as on any folder made by an older version), so a
  *   template of older tables is brought up to date like one; `schema` in the name only keeps
@@ -25,7 +25,7 @@ import { randomUUID } from "node:crypto"
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
-import { dirname, join, relative } from "node:path"
+import { basename, dirname, join, relative } from "node:path"
 import { Effect } from "effect"
 import type { SqlClient } from "effect/sql/SqlClient"
 import * as Reactivity from "effect/reactivity/Reactivity"
@@ -149,8 +149,27 @@ export const copyTemplate = (template: string, dir: string): void => {
 }
 
 /**
+ * Removes the copies a process killed while copying left beside `dir` (`<dir>.copying-<uuid>`).
+ * Only while holding the data folder's lock: no other process copies into `dir` then.
+ */
+const removeHalfCopies = (dir: string): void => {
+  const prefix = `${basename(dir)}.copying-`
+  let names: Array<string>
+  try {
+    names = readdirSync(dirname(dir))
+  } catch {
+    return
+  }
+  for (const name of names) {
+    if (name.startsWith(prefix)) rmSync(join(dirname(dir), name), { recursive: true, force: true })
+  }
+}
+
+/**
  * If the PGlite folder `dir` is new, makes it from the template (made first if missing); says
  * whether it did. On any failure `dir` is left as it was, and PGlite makes the database itself.
+ * The caller holds the data folder's lock (half copies a killed process left beside `dir` are
+ * removed first).
  */
 export const fromTemplate = <E>(
   dir: string,
@@ -158,6 +177,7 @@ export const fromTemplate = <E>(
   root = defaultRoot()
 ): Effect.Effect<boolean> =>
   Effect.suspend(() => {
+    removeHalfCopies(dir)
     if (!isNew(dir)) return Effect.succeed(false)
     const version = pgliteVersion()
     if (version === undefined) return Effect.succeed(false)
