@@ -64,9 +64,10 @@ export interface Options {
    * call's execution keeps effect/cluster's stored messages and replies (about 4 to 5 KB, most of
    * what a call leaves); retention deletes them for calls that ended more than `maxAge` ago, and
    * for all but the `maxCount` most recently ended, at the store's open and then every `interval`
-   * (default 10 minutes). A call is pruned one minute after its end at the earliest. What stays:
-   * the session's chat (the conversation, with the calls' outputs, updates and results) and the
-   * call's row (about 1 KB: its id stays taken).
+   * (default 10 minutes, at least a second). A call is pruned one minute after its end at the
+   * earliest. What stays: the session's chat (the conversation, with the calls' outputs, updates
+   * and results) and the call's row (about 1 KB: its id stays taken). Settings that cannot be used
+   * (a `maxAge` that is not a duration, a negative `maxCount`) fail the open, naming the setting.
    */
   readonly retention?: {
     readonly maxAge?: Duration.Input | undefined

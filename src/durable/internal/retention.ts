@@ -79,10 +79,36 @@ export const prune = (sql: SqlClient, retention: Retention, now: number): Effect
  */
 export const run = (sql: SqlClient, retention: Retention) =>
   Effect.gen(function*() {
-    const interval = Duration.fromInputUnsafe(retention.interval ?? "10 minutes")
+    const interval = yield* check(retention)
     const pass = Effect.clockWith((clock) => prune(sql, retention, clock.currentTimeMillisUnsafe())).pipe(
       Effect.tap((n) => n > 0 ? Effect.logDebug(`Retention: cleared the stored messages of ${n} finished calls`) : Effect.void),
       Effect.catchCause((cause) => Effect.logWarning("Retention: a pass failed; the next one tries again", cause))
     )
     yield* Effect.forkScoped(Effect.forever(Effect.andThen(pass, Effect.sleep(interval))))
+  })
+
+/**
+ * The settings, checked before the first pass (a `maxAge` that is not a duration would fail every
+ * pass, an `interval` of 0 would run them back to back): a defect naming the setting; else the
+ * interval.
+ */
+const check = (retention: Retention): Effect.Effect<Duration.Duration> =>
+  Effect.suspend(() => {
+    const wrong = (setting: string, value: unknown, expected: string) =>
+      Effect.die(new Error(`DurableStore option retention.${setting} is ${JSON.stringify(value) ?? String(value)}: expected ${expected}.`))
+    if (retention.maxAge !== undefined) {
+      const maxAge = Duration.fromInput(retention.maxAge)
+      if (Option.isNone(maxAge) || Duration.isNegative(maxAge.value)) {
+        return wrong("maxAge", retention.maxAge, "a duration such as \"7 days\"")
+      }
+    }
+    const { maxCount } = retention
+    if (maxCount !== undefined && !(Number.isSafeInteger(maxCount) && maxCount >= 0)) {
+      return wrong("maxCount", maxCount, "a whole number of calls, 0 or more")
+    }
+    const interval = Duration.fromInput(retention.interval ?? "10 minutes")
+    if (Option.isNone(interval) || !Duration.isFinite(interval.value) || Duration.toMillis(interval.value) < 1000) {
+      return wrong("interval", retention.interval, "a duration of a second or more, such as \"10 minutes\"")
+    }
+    return Effect.succeed(interval.value)
   })
