@@ -128,6 +128,8 @@ export interface Coordinator {
   batch: Array<Item>
   /** Called when the batch of a round that retries is left with nothing of an open toolset. */
   nothingLeft: (() => void) | undefined
+  /** Called with each item handed over while a round waits for a toolset's retry (`round.ts`). */
+  arrived: ((item: Item) => void) | undefined
   /**
    * The session's running calls, counted by the clock millisecond they were admitted in: results
    * of calls started together are gathered into one reply (C4d, `round.ts`).
@@ -174,6 +176,7 @@ export const acquire = (
         queue: [],
         batch: [],
         nothingLeft: undefined,
+        arrived: undefined,
         running: new Map(),
         runningCount: 0,
         callEnded: undefined,
@@ -279,7 +282,7 @@ export const handOver = (coordinator: Coordinator, item: Item): void => {
   if (phase._tag === "Waiting") {
     coordinator.phase = gathering
     phase.wake()
-  }
+  } else coordinator.arrived?.(item)
 }
 
 /** The item will never be answered. */

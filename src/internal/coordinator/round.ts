@@ -501,7 +501,9 @@ const dueItems = (coordinator: Coordinator, r: Round): Array<Item> => {
 
 /**
  * Items of the batch still wait for their toolset's retry: wait until the first of them is due
- * (what arrives meanwhile joins), then prepare again; nothing left of an open toolset ends it.
+ * (what arrives meanwhile joins), then prepare again; nothing left of an open toolset ends it. An
+ * item of a toolset not waiting out a retry of its own arriving meanwhile is asked for at once (a
+ * toolset's delay holds nobody else's items).
  */
 const askHeld = (coordinator: Coordinator, r: Round): Effect.Effect<void, PortFault> =>
   Effect.suspend(() => {
@@ -515,7 +517,9 @@ const askHeld = (coordinator: Coordinator, r: Round): Effect.Effect<void, PortFa
     if (due === undefined) return Effect.void
     const wait = due - coordinator.clock.currentTimeMillisUnsafe()
     return Effect.andThen(
-      wait > 0 ? Effect.raceFirst(Effect.sleep(Duration.millis(wait)), nothingLeft(coordinator)) : Effect.void,
+      wait > 0
+        ? Effect.raceFirst(Effect.raceFirst(Effect.sleep(Duration.millis(wait)), nothingLeft(coordinator)), arrivedDue(coordinator, r))
+        : Effect.void,
       Effect.suspend(() => {
         if (openOwners(coordinator).length === 0) return Effect.void
         r.reread = false
@@ -533,3 +537,13 @@ const nothingLeft = (coordinator: Coordinator): Effect.Effect<void> =>
     })
   })
 
+/** Completes when an item of a toolset due to be asked for (not waiting out its retry) is handed over. */
+const arrivedDue = (coordinator: Coordinator, r: Round): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    coordinator.arrived = (item) => {
+      if ((r.notBefore?.get(item.owner) ?? 0) <= coordinator.clock.currentTimeMillisUnsafe()) resume(Effect.void)
+    }
+    return Effect.sync(() => {
+      coordinator.arrived = undefined
+    })
+  })
