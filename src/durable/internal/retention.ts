@@ -80,6 +80,16 @@ export const prune = (sql: SqlClient, retention: Retention, now: number): Effect
 export const run = (sql: SqlClient, retention: Retention) =>
   Effect.gen(function*() {
     const interval = yield* check(retention)
+    // effect/cluster's clearAddress finds an execution's stored messages by entity type and id; its
+    // own indexes serve neither (every call of a toolset shares one entity type): without this,
+    // each call cleared reads every stored message of its toolset.
+    // (Two processes opening at once may race to make it: the one that loses goes on without it.)
+    yield* Effect.gen(function*() {
+      const [present] = yield* sql<{ present: boolean }>`SELECT to_regclass('cluster_messages') IS NOT NULL AS present`
+      if (present?.present) {
+        yield* sql`CREATE INDEX IF NOT EXISTS async_toolset_cluster_messages_entity ON cluster_messages (entity_type, entity_id)`
+      }
+    }).pipe(Effect.catchCause((cause) => Effect.logDebug("Retention: the index of stored messages by entity was not made", cause)))
     const pass = Effect.clockWith((clock) => prune(sql, retention, clock.currentTimeMillisUnsafe())).pipe(
       Effect.tap((n) => n > 0 ? Effect.logDebug(`Retention: cleared the stored messages of ${n} finished calls`) : Effect.void),
       Effect.catchCause((cause) => Effect.logWarning("Retention: a pass failed; the next one tries again", cause))
