@@ -49,8 +49,16 @@ export const Payload = Schema.Struct({
 export const makeWorkflow = (toolsetId: string) =>
   Workflow.make(`effect-async-toolset/${toolsetId}`, {
     payload: Payload,
-    idempotencyKey: ({ base, sessionId }) => `${sessionId}/${base}`
+    idempotencyKey: ({ base, sessionId }) => executionKey(sessionId, base)
   })
+
+/**
+ * A call's key in effect/workflow: `<session>/<base>`, with `%` and `/` escaped in the session id,
+ * so that a session id and a call id never combine into another session's key ("s/1" and "x" vs
+ * "s" and "1/x"). Session ids without either character keep the key they had.
+ */
+export const executionKey = (sessionId: string, base: string): string =>
+  `${sessionId.replaceAll("%", "%25").replaceAll("/", "%2F")}/${base}`
 
 export type CallWorkflow = ReturnType<typeof makeWorkflow>
 
