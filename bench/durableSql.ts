@@ -15,7 +15,7 @@
  * transaction commits nothing durable and is not counted.
  */
 import * as net from "node:net"
-import type { PGliteInterface } from "@electric-sql/pglite"
+import type { PgliteClient } from "effect-async-toolset/durable"
 
 /** A statement's text with its literals, numbers and parameter lists folded (for the statement mix). */
 export const normalize = (sql: string): string =>
@@ -81,7 +81,7 @@ export const counter = new Counter()
 const wrapped = new WeakSet<object>()
 
 /** Counts the statements of a PGlite instance from now on. */
-export const countPglite = (pglite: PGliteInterface): void => {
+export const countPglite = (pglite: PgliteClient.Pglite): void => {
   if (wrapped.has(pglite)) return
   wrapped.add(pglite)
   const query = pglite.query.bind(pglite)

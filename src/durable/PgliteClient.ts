@@ -10,11 +10,13 @@
  * `driver` is `"pglite"` (effect/cluster's runner storage reads it: it takes its shard locks as
  * table rows there, since a single session has no advisory locks to share).
  *
- * `@electric-sql/pglite` is an optional peer dependency, loaded when a client is made.
+ * `@electric-sql/pglite` is an optional peer dependency, loaded when a client is made. These
+ * declarations do not name its types (`Pglite` and `PgliteOptions` are our own, the part we use):
+ * PGlite's declarations need `@types/emscripten`, which it does not install, so naming them would
+ * break a consumer's type check with `skipLibCheck: false`.
  *
  * @since 0.1.0
  */
-import type { PGliteInterface, PGliteOptions, Results } from "@electric-sql/pglite"
 import { mkdirSync } from "node:fs"
 import { Context, Effect, Layer, Semaphore, Stream } from "effect"
 import type { Scope } from "effect"
@@ -38,13 +40,58 @@ import {
 import * as Statement from "effect/sql/Statement"
 
 /**
+ * What the client uses of a PGlite instance: a `PGlite` of `@electric-sql/pglite` (its
+ * `PGliteInterface`) has all of it and passes as is.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Pglite {
+  readonly closed: boolean
+  query<T = Record<string, unknown>>(
+    sql: string,
+    params?: Array<unknown>,
+    options?: QueryOptions
+  ): Promise<{ readonly rows: Array<T> }>
+  /** Text of several statements without parameters, run whole; a result per statement. */
+  exec(sql: string, options?: QueryOptions): Promise<Array<{ readonly rows: Array<unknown> }>>
+  close(): Promise<void>
+}
+
+/**
+ * The options of `Pglite.query` the client sets.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface QueryOptions {
+  readonly rowMode?: "array" | "object" | undefined
+}
+
+/**
+ * Options passed to `new PGlite(...)` as they are (see PGlite's `PGliteOptions`); `dataDir` is
+ * set from `Options.dataDir`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PgliteOptions {
+  readonly username?: string
+  readonly database?: string
+  readonly debug?: 0 | 1 | 2 | 3 | 4 | 5
+  readonly relaxedDurability?: boolean
+  readonly initialMemory?: number
+  readonly [option: string]: unknown
+}
+
+/**
  * A `SqlClient` on PGlite, with the PGlite instance it runs on.
  *
  * @since 0.1.0
  * @category models
  */
 export interface PgliteClient extends SqlClient.SqlClient {
-  readonly pglite: PGliteInterface
+  readonly pglite: Pglite
 }
 
 /**
@@ -64,7 +111,7 @@ export interface Options {
    */
   readonly dataDir?: string | undefined
   /** Further PGlite options (`dataDir` above wins). */
-  readonly pglite?: Omit<PGliteOptions, "dataDir"> | undefined
+  readonly pglite?: PgliteOptions | undefined
 }
 
 // --- errors --------------------------------------------------------------------------------------
@@ -121,23 +168,23 @@ const describe = (cause: unknown, sql: string): string => {
 type Rows = ReadonlyArray<any>
 type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
-const run = (pg: PGliteInterface, operation: string, sql: string, params: ReadonlyArray<unknown>, array = false) =>
+const run = (pg: Pglite, operation: string, sql: string, params: ReadonlyArray<unknown>, array = false) =>
   Effect.tryPromise({
     try: () => pg.query<any>(sql, params as Array<unknown>, array ? { rowMode: "array" } : undefined),
     catch: (cause) => classifyError(cause, describe(cause, sql), operation)
   })
 
 /** Text of several statements (a migration) without parameters: PGlite's `exec` runs it whole. */
-const runScript = (pg: PGliteInterface, sql: string) =>
+const runScript = (pg: Pglite, sql: string) =>
   Effect.tryPromise({
     try: () => pg.exec(sql),
     catch: (cause) => classifyError(cause, describe(cause, sql), "executeUnprepared")
   })
 
-const rowsOf = (result: Results<any>): Rows => result.rows
+const rowsOf = (result: { readonly rows: Rows }): Rows => result.rows
 const transformed = (rows: Rows, transform: Transform): Rows => transform === undefined ? rows : transform(rows)
 
-const makeConnection = (pg: PGliteInterface): Connection => ({
+const makeConnection = (pg: Pglite): Connection => ({
   execute: (sql, params, transform) =>
     Effect.map(run(pg, "execute", sql, params), (r) => transformed(rowsOf(r), transform)),
   executeRaw: (sql, params) => run(pg, "executeRaw", sql, params),
@@ -187,7 +234,7 @@ const escape = Statement.defaultEscape("\"")
  * @since 0.1.0
  * @category constructors
  */
-export const fromPglite = (pglite: PGliteInterface): Effect.Effect<PgliteClient, never, Reactivity.Reactivity> =>
+export const fromPglite = (pglite: Pglite): Effect.Effect<PgliteClient, never, Reactivity.Reactivity> =>
   Effect.gen(function*() {
     const connection = makeConnection(pglite)
     const session = Semaphore.makeUnsafe(1)
@@ -215,7 +262,7 @@ export const make = (options: Options = {}): Effect.Effect<PgliteClient, SqlErro
     fromPglite
   )
 
-const open = (options: Options): Effect.Effect<PGliteInterface, SqlError> =>
+const open = (options: Options): Effect.Effect<Pglite, SqlError> =>
   Effect.tryPromise({
     try: async () => {
       const { PGlite } = await import("@electric-sql/pglite")
@@ -266,7 +313,7 @@ export const layer = (options: Options = {}): Layer.Layer<PgliteClient | SqlClie
  * @since 0.1.0
  * @category layers
  */
-export const layerFromPglite = (pglite: PGliteInterface): Layer.Layer<PgliteClient | SqlClient.SqlClient> =>
+export const layerFromPglite = (pglite: Pglite): Layer.Layer<PgliteClient | SqlClient.SqlClient> =>
   Layer.effectContext(
     Effect.map(fromPglite(pglite), (client) => Context.make(PgliteClient, client).pipe(Context.add(SqlClient.SqlClient, client)))
   ).pipe(Layer.provide(Reactivity.layer))

@@ -136,7 +136,7 @@ forEachKind("E6 a toolset closed before a partial insertion is retried", (kind) 
   for (const when of ["session busy", "chat read fails"] as const) {
     for (const maxOps of yieldSettings) {
       // A toolset that closes makes no more port calls: the half stays, and close says so at error
-      // level (RELIABILITY.md, known limits; the port's `insert` is asked to insert all or nothing).
+      // level (docs/reliability.md, known limits; the port's `insert` is asked to insert all or nothing).
       it.effect(`partial insertion of c1_update_1, then close before the retry (${when}): close reports the item as never reaching the chat (the half stays: a known limit) (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         const logs = captureLogs()

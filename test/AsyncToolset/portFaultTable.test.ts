@@ -3,7 +3,7 @@
  * into the chat fails or dies; reading the chat fails; a tool throws, dies, never ends, or ignores
  * interruption inside an uninterruptible region. For each: the toolset keeps serving other calls,
  * the fault is logged with its cause, and queued items are retried or reported, never dropped
- * silently. RELIABILITY.md lists what the toolset does for each. Every test runs on both
+ * silently. docs/reliability.md lists what the toolset does for each. Every test runs on both
  * toolsets; closing a durable toolset leaves its calls running in the workflow engine (F2), so
  * there close neither waits for them nor leaves no fiber behind.
  */

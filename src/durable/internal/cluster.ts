@@ -17,8 +17,6 @@
  *   shard is not its entity's under the new count is moved, once, in one transaction. Moving is
  *   safe only when no runner of the old count is reading them: a runner that sees another live
  *   runner (a heartbeat within `shardLockExpiration`) refuses to start (`ShardsPerGroupChanged`).
- *
- * @internal
  */
 import { Duration, Effect, Layer, Logger, Schema } from "effect"
 import { PersistenceError } from "effect/cluster/ClusterError"

@@ -18,8 +18,6 @@
  *   versions apart.
  * - Anything failing on the way (no PGlite version to name it by, a read-only temp folder, a
  *   template removed while being copied) falls back to PGlite making the database itself.
- *
- * @internal
  */
 import { randomUUID } from "node:crypto"
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from "node:fs"
