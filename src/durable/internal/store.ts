@@ -17,7 +17,7 @@
  *   in the background once that is recorded, and the toolset made again for the session tells
  *   what it says later (F2).
  */
-import { Cause, Deferred, Duration, Effect, Exit, Fiber } from "effect"
+import { Cause, Data, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule } from "effect"
 import type { Clock, Context } from "effect"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import type { ChatItem, FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
@@ -32,6 +32,7 @@ import type { CallWorkflow } from "./body.ts"
 import { crypto, WebCrypto } from "./digest.ts"
 import { firstOutputId, pairAt, retrying, syntheticCallId } from "./body.ts"
 import type { CallEvent, Mailbox } from "./hub.ts"
+import * as Runners from "./runners.ts"
 import { mailbox, post } from "./hub.ts"
 import type { CallRow, ItemRow, StopCause } from "./tables.ts"
 import {
@@ -163,6 +164,9 @@ const start = (
     const sessionId = deps.chat.sessionId
     const now = deps.clock.currentTimeMillisUnsafe()
     const timeoutMs = c.tool.timeout === undefined ? undefined : Duration.toMillis(c.tool.timeout)
+    // Live runners of the cluster that cannot run it (it would wait on one of them, then fail).
+    const refusal = deps.store.runners === undefined ? undefined : yield* deps.store.runners.refusal(deps.toolsetId)
+    if (refusal !== undefined) return yield* Effect.fail(new Refused({ refusal }))
     for (let k = 1;; k++) {
       // The store knows which bases the session's calls took (this process may not: a restart).
       c.base = k === 1 ? c.functionCall.callId : `${c.functionCall.callId}_run${k}`
@@ -191,9 +195,16 @@ const start = (
       return true
     }
   }).pipe(
-    Effect.retry({ times: 3 }),
+    // A store that failed for a moment (a connection dropped, the pool full) is tried again.
+    Effect.retry({ schedule: startRetry, times: 5, while: (error) => !(error instanceof Refused) }),
     Effect.catchCause((cause) => couldNotStart(deps, toolset, c, cause))
   )
+
+/** How a call's start is tried again (5 more times: over about 3 seconds). */
+const startRetry = Schedule.exponential("100 millis")
+
+/** Live runners of the cluster cannot run the call's toolset: it is not started. */
+class Refused extends Data.TaggedError("Refused")<{ readonly refusal: Runners.Refusal }> {}
 
 /** Starts a recorded call's execution (its id hashed at once: no round trip to a worker thread). */
 const startExecution = (deps: Deps, base: string) =>
@@ -213,18 +224,25 @@ const predecessorsOf = (toolset: Toolset, c: Call): ReadonlyArray<string> => {
 /** The store or the engine failed: the call did not start. The model hears so; the cause is logged. */
 const couldNotStart = (deps: Deps, toolset: Toolset, c: Call, cause: Cause.Cause<unknown>): Effect.Effect<boolean> => {
   const { callId, name } = c.functionCall
+  const refused = Cause.findErrorOption(cause).pipe(Option.filter((error) => error instanceof Refused))
   CallRun.settleFirst(
     toolset,
     c,
-    CallRun.output(toolset, callId, name, `${name} could not be started: its store failed. Tell the user it did not work, and that they may try again.`, true)
+    CallRun.output(
+      toolset,
+      callId,
+      name,
+      refused._tag === "Some"
+        ? `${name} could not be started: the service that runs it is not available right now. Tell the user it did not work, and that they may try again later.`
+        : `${name} could not be started: its store failed. Tell the user it did not work, and that they may try again.`,
+      true
+    )
   )
   c.outcome = "error"
-  return Effect.as(
-    Effect.logError("could not start a durable call", cause).pipe(
-      Effect.annotateLogs({ toolset: deps.toolsetId, callId })
-    ),
-    false
-  )
+  const logged = refused._tag === "Some"
+    ? Effect.logError(`could not start a durable call. ${Runners.describe((refused.value as Refused).refusal, deps.store.application)}`)
+    : Effect.logError("could not start a durable call", cause)
+  return Effect.as(logged.pipe(Effect.annotateLogs({ toolset: deps.toolsetId, callId })), false)
 }
 
 /** Follows the execution until it ends: what it records is applied as it comes. */
