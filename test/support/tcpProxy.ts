@@ -11,8 +11,13 @@ import type { Scope } from "effect"
 export interface TcpProxy {
   /** Where to connect: the proxy's port on 127.0.0.1. */
   readonly port: number
-  /** Closes every new connection from now on, until `accept`. The open ones go on. */
-  readonly refuse: () => void
+  /**
+   * Refuses every new connection from now on, until `accept`; the open ones go on. `close` closes
+   * it at once; `fatal` answers its startup as PostgreSQL does when it cannot take it (`FATAL
+   * 57P03 the database system is starting up`) and closes it; `hang` never answers it (a host
+   * that does not reply), until `accept` closes it.
+   */
+  readonly refuse: (how?: "close" | "fatal" | "hang") => void
   /** Lets new connections through again. */
   readonly accept: () => void
   /** Closes every open connection (both ends). */
@@ -28,14 +33,22 @@ export const make = (target: { readonly host: string; readonly port: number }): 
   Effect.acquireRelease(
     Effect.callback<{ readonly proxy: TcpProxy; readonly close: () => void }>((resume) => {
       const open = new Set<Socket>()
-      let refusing = false
+      let refusing: "close" | "fatal" | "hang" | undefined
       let refused = 0
       let max: number | undefined
+      const hanging = new Set<Socket>()
       const server = createServer((client) => {
-        if (refusing || (max !== undefined && open.size / 2 >= max)) {
+        const how = refusing ?? (max !== undefined && open.size / 2 >= max ? "close" : undefined)
+        if (how !== undefined) {
           refused++
-          client.destroy()
-          return
+          if (how === "close") return client.destroy()
+          if (how === "hang") {
+            hanging.add(client)
+            client.on("error", () => hanging.delete(client))
+            return
+          }
+          client.on("error", () => {})
+          return client.once("data", () => client.end(fatal))
         }
         const upstream = connect(target.port, target.host)
         open.add(client)
@@ -60,11 +73,13 @@ export const make = (target: { readonly host: string; readonly port: number }): 
         resume(Effect.succeed({
           proxy: {
             port,
-            refuse: () => {
-              refusing = true
+            refuse: (how = "close") => {
+              refusing = how
             },
             accept: () => {
-              refusing = false
+              refusing = undefined
+              for (const socket of hanging) socket.destroy()
+              hanging.clear()
             },
             dropAll,
             refused: () => refused,
@@ -73,6 +88,7 @@ export const make = (target: { readonly host: string; readonly port: number }): 
             }
           },
           close: () => {
+            for (const socket of hanging) socket.destroy()
             dropAll()
             server.close()
           }
@@ -81,6 +97,15 @@ export const make = (target: { readonly host: string; readonly port: number }): 
     }),
     ({ close }) => Effect.sync(close)
   ).pipe(Effect.map(({ proxy }) => proxy))
+
+/** A PostgreSQL ErrorResponse: FATAL 57P03, "the database system is starting up". */
+const fatal = (() => {
+  const fields = Buffer.from("SFATAL\0VFATAL\0C57P03\0Mthe database system is starting up\0\0", "utf8")
+  const head = Buffer.alloc(5)
+  head.write("E", 0)
+  head.writeInt32BE(fields.length + 4, 1)
+  return Buffer.concat([head, fields])
+})()
 
 /** `url` with its host and port replaced by the proxy's. */
 export const through = (url: string, proxy: TcpProxy): string => {
