@@ -87,6 +87,9 @@ export class InvalidApplication extends Schema.TaggedError<InvalidApplication>()
 
 const applicationPattern = /^[a-z][a-z0-9_]{0,39}$/
 
+/** "async_toolset_schema" as a number, for the advisory lock that makes starting processes take turns. */
+const schemaLock = 2_406_151_120
+
 /**
  * The store's effect/cluster settings on PostgreSQL, under `Options.shardingConfig`:
  *
@@ -188,7 +191,12 @@ export const layer = (options: Options): Layer.Layer<DurableStore.DurableStore |
   const database = application === undefined
     ? PgClient.layer({ url: options.url })
     : Layer.provideMerge(
-      Layer.effectDiscard(Effect.flatMap(SqlClient, (sql) => sql`CREATE SCHEMA IF NOT EXISTS ${sql(application)}`)),
+      // processes starting together take turns (concurrent CREATE SCHEMA IF NOT EXISTS can fail)
+      Layer.effectDiscard(Effect.flatMap(SqlClient, (sql) =>
+        sql.withTransaction(Effect.andThen(
+          sql`SELECT pg_advisory_xact_lock(${schemaLock})`,
+          sql`CREATE SCHEMA IF NOT EXISTS ${sql(application)}`
+        )))),
       PgClient.layer({ url: options.url, startupParameters: { search_path: application } })
     )
   return store.pipe(
