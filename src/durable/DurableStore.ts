@@ -29,6 +29,7 @@ import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import * as Cluster from "./internal/cluster.ts"
 import * as Hub from "./internal/hub.ts"
 import * as Retention from "./internal/retention.ts"
+import type * as RunnerToolsets from "./internal/runners.ts"
 import * as Template from "./internal/template.ts"
 import { migrate } from "./internal/tables.ts"
 import * as PgliteClient from "./PgliteClient.ts"
@@ -47,6 +48,13 @@ export class DurableStore extends Context.Service<DurableStore, {
   readonly pollInterval: Duration.Duration
   /** @internal How a call's execution and its follower in one process tell each other what they recorded. */
   readonly hub: Hub.Hub
+  /**
+   * @internal On a cluster of several runners (PostgreSQL): which toolsets its runners run, so that
+   * a call starts only where it can run.
+   */
+  readonly runners?: RunnerToolsets.Runners | undefined
+  /** @internal The application the store is of (`DurablePostgres`'s `application`), for what is logged. */
+  readonly application?: string | undefined
 }>()("effect-async-toolset/DurableStore") {}
 
 /**

@@ -47,6 +47,7 @@ import { DurableChat } from "./DurableChat.ts"
 import { DurableStore } from "./DurableStore.ts"
 import { body, DurableRun, makeWorkflow, pairIds } from "./internal/body.ts"
 import type { CallWorkflow, Definition } from "./internal/body.ts"
+import * as Runners from "./internal/runners.ts"
 import * as Store from "./internal/store.ts"
 import type { CallRow, ItemRow } from "./internal/tables.ts"
 import { callsMissingFromChat, decodeCall, decodeItem, decodeOutput, liveCalls, owedItems, restoreCall } from "./internal/tables.ts"
@@ -141,8 +142,20 @@ export const layer = <Tools extends ReadonlyArray<FunctionTool.Any>>(
     const store = yield* DurableStore
     // The tools' services, for their handlers (which run in the engine's fibers).
     const services = yield* Effect.context<Exclude<FunctionTool.Services<Tools[number]>, AsyncRunContext>>()
+    if (store.runners !== undefined) yield* serve(store, store.runners, toolset.id)
     return toolset.workflow.toLayer(body(toolset.definition, store, services))
   }))
+
+/**
+ * Notes that this runner runs the toolset's calls; says so if live runners of the cluster do not
+ * (its calls cannot start until they all do).
+ */
+const serve = (store: DurableStore["Service"], runners: Runners.Runners, toolsetId: string) =>
+  Effect.gen(function*() {
+    yield* runners.serve(toolsetId)
+    const refusal = yield* runners.refusal(toolsetId)
+    if (refusal !== undefined) yield* Effect.logWarning(Runners.describe(refusal, store.application))
+  }).pipe(Effect.orDie, Effect.annotateLogs({ toolset: toolsetId }))
 
 /** The longest call id a durable call takes (its record is keyed by it). */
 const maxCallIdLength = 200

@@ -47,7 +47,7 @@ const writeAndRead = (storage: MessageStorage.Encoded) =>
 const compare = <A>(store: () => Layer.Layer<A | SqlClient, unknown>) =>
   Effect.gen(function*() {
     const rows = []
-    for (const make of [SqlMessageStorage.makeEncoded(), Cluster.makeEncoded]) {
+    for (const make of [SqlMessageStorage.makeEncoded(), Cluster.makeEncoded()]) {
       rows.push(yield* Effect.flatMap(make, writeAndRead).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(store())))
     }
     const [upstream, lean] = rows
@@ -66,7 +66,7 @@ describe("the durable stores' message storage", () => {
       const dataDir = yield* Effect.promise(() => freshDataDir())
       yield* Effect.gen(function*() {
         const client = yield* PgliteClient.PgliteClient
-        const storage = yield* Cluster.makeEncoded
+        const storage = yield* Cluster.makeEncoded()
         yield* storage.saveEnvelope({ envelope: request("1003", "e3"), primaryKey: "e3/run/", deliverAt: null })
         const sent: Array<string> = []
         const query = client.pglite.query.bind(client.pglite)

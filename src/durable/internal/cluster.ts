@@ -17,6 +17,10 @@
  *   shard is not its entity's under the new count is moved, once, in one transaction. Moving is
  *   safe only when no runner of the old count is reading them: a runner that sees another live
  *   runner (a heartbeat within `shardLockExpiration`) refuses to start (`ShardsPerGroupChanged`).
+ * - Table prefix: effect/cluster's tables are `<prefix>_messages`, `<prefix>_replies`,
+ *   `<prefix>_runners`… (`cluster` unless `DurablePostgres`'s `application` names another); the
+ *   shard moves read and write the tables of that prefix. The kept count (`async_toolset_settings`)
+ *   is in the same schema as they are, so each application's count is its own.
  */
 import { Duration, Effect, Layer, Logger, Schema } from "effect"
 import { PersistenceError } from "effect/cluster/ClusterError"
@@ -87,10 +91,13 @@ const reshardLock = 2_406_151_119
 export const reshard = (
   shardsPerGroup: number,
   mode: Resharding,
-  runnerExpiry: Duration.Duration
+  runnerExpiry: Duration.Duration,
+  prefix = "cluster"
 ): Effect.Effect<void, SqlError | ShardsPerGroupChanged, SqlClient> =>
   Effect.gen(function*() {
     const sql = (yield* SqlClient).withoutTransforms()
+    const messages = sql(`${prefix}_messages`)
+    const runners = sql(`${prefix}_runners`)
     const read = Effect.map(
       sql<{ value: string }>`SELECT value FROM async_toolset_settings WHERE name = ${setting}`,
       (rows) => rows.length === 0 ? undefined : Number(rows[0]!.value)
@@ -109,7 +116,7 @@ export const reshard = (
       const previous = yield* read
       if (previous === shardsPerGroup) return // another runner moved them meanwhile
       // each entity's messages share its shard: look at each (entity, shard) once
-      const pairs = yield* sql<{ entity_id: string; shard_id: string }>`SELECT DISTINCT entity_id, shard_id FROM cluster_messages`
+      const pairs = yield* sql<{ entity_id: string; shard_id: string }>`SELECT DISTINCT entity_id, shard_id FROM ${messages}`
       const moves = new Map<string, number>()
       for (const { entity_id, shard_id } of pairs) {
         const n = shardNumber(entity_id, shardsPerGroup)
@@ -119,9 +126,9 @@ export const reshard = (
       // may be running, even with nothing to move; a runner of this count beside them could run a
       // call twice.
       if ((moves.size > 0 || previous !== undefined) && mode._tag === "runner") {
-        const [present] = yield* sql<{ present: boolean }>`SELECT to_regclass('cluster_runners') IS NOT NULL AS present`
+        const [present] = yield* sql<{ present: boolean }>`SELECT to_regclass(${`${prefix}_runners`}) IS NOT NULL AS present`
         const live = present?.present
-          ? yield* sql<{ address: string }>`SELECT address FROM cluster_runners
+          ? yield* sql<{ address: string }>`SELECT address FROM ${runners}
               WHERE address <> ${mode.address} AND healthy
                 AND last_heartbeat > NOW() - make_interval(secs => ${Duration.toSeconds(runnerExpiry)})`
           : []
@@ -136,7 +143,7 @@ export const reshard = (
       const entries = [...moves]
       for (let i = 0; i < entries.length; i += 2000) {
         const batch = JSON.stringify(entries.slice(i, i + 2000).map(([entity_id, n]) => ({ entity_id, n })))
-        yield* sql`UPDATE cluster_messages m
+        yield* sql`UPDATE ${messages} m
           SET shard_id = regexp_replace(m.shard_id, ':[0-9]+$', ':' || v.n)
           FROM json_to_recordset(${batch}::json) AS v(entity_id TEXT, n INTEGER)
           WHERE m.entity_id = v.entity_id AND m.shard_id <> regexp_replace(m.shard_id, ':[0-9]+$', ':' || v.n)`
@@ -154,21 +161,25 @@ export const reshard = (
  * `last_reply_id` for a chunk) and the reply's row inserted (a chunk's `kind` is NULL, as upstream's),
  * atomically, without a transaction.
  */
-export const makeEncoded: Effect.Effect<MessageStorage.Encoded, never, SqlClient | Digest.Digest> = Effect.gen(function*() {
-  const encoded = yield* SqlMessageStorage.makeEncoded()
+export const makeEncoded = Effect.fnUntraced(function*(
+  prefix: string = "cluster"
+): Effect.fn.Return<MessageStorage.Encoded, never, SqlClient | Digest.Digest> {
+  const encoded = yield* SqlMessageStorage.makeEncoded({ prefix })
   const sql = (yield* SqlClient).withoutTransforms()
+  const messages = sql(`${prefix}_messages`)
+  const replies = sql(`${prefix}_replies`)
   const saveReply: MessageStorage.Encoded["saveReply"] = (reply) =>
     Effect.suspend(() =>
       reply._tag === "WithExit"
         ? sql`WITH u AS (
-            UPDATE cluster_messages SET processed = TRUE, last_reply_id = ${reply.id} WHERE request_id = ${reply.requestId}
+            UPDATE ${messages} SET processed = TRUE, last_reply_id = ${reply.id} WHERE request_id = ${reply.requestId}
           )
-          INSERT INTO cluster_replies (id, kind, request_id, payload, sequence)
+          INSERT INTO ${replies} (id, kind, request_id, payload, sequence)
           VALUES (${reply.id}, 0, ${reply.requestId}, ${JSON.stringify(reply.exit)}, NULL)`
         : sql`WITH u AS (
-            UPDATE cluster_messages SET last_reply_id = ${reply.id} WHERE id = ${reply.requestId}
+            UPDATE ${messages} SET last_reply_id = ${reply.id} WHERE id = ${reply.requestId}
           )
-          INSERT INTO cluster_replies (id, kind, request_id, payload, sequence)
+          INSERT INTO ${replies} (id, kind, request_id, payload, sequence)
           VALUES (${reply.id}, NULL, ${reply.requestId}, ${JSON.stringify(reply.values)}, ${reply.sequence})`
     ).pipe(Effect.asVoid, PersistenceError.refail, Effect.withTracerEnabled(false))
   return { ...encoded, saveReply }
@@ -182,17 +193,19 @@ export function messageStorage(
   mode: { readonly _tag: "alone" }
 ): Layer.Layer<MessageStorage.MessageStorage, SqlError, SqlClient | ShardingConfig | Digest.Digest>
 export function messageStorage(
-  mode: Resharding
+  mode: Resharding,
+  prefix?: string
 ): Layer.Layer<MessageStorage.MessageStorage, SqlError | ShardsPerGroupChanged, SqlClient | ShardingConfig | Digest.Digest>
 export function messageStorage(
-  mode: Resharding
+  mode: Resharding,
+  prefix = "cluster"
 ): Layer.Layer<MessageStorage.MessageStorage, SqlError | ShardsPerGroupChanged, SqlClient | ShardingConfig | Digest.Digest> {
   return Layer.effect(
     MessageStorage.MessageStorage,
     Effect.gen(function*() {
-      const driver = yield* makeEncoded
+      const driver = yield* makeEncoded(prefix)
       const config = yield* ShardingConfig
-      const moved = reshard(config.shardsPerGroup, mode, Duration.fromInputUnsafe(config.shardLockExpiration))
+      const moved = reshard(config.shardsPerGroup, mode, Duration.fromInputUnsafe(config.shardLockExpiration), prefix)
       // alone on its database, a process never refuses
       yield* mode._tag === "alone" ? Effect.catchTag(moved, "ShardsPerGroupChanged", Effect.die) : moved
       return yield* MessageStorage.makeEncoded(driver)

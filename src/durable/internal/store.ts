@@ -17,8 +17,9 @@
  *   in the background once that is recorded, and the toolset made again for the session tells
  *   what it says later (F2).
  */
-import { Cause, Deferred, Duration, Effect, Exit, Fiber } from "effect"
+import { Cause, Data, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule } from "effect"
 import type { Clock, Context } from "effect"
+import { PersistenceError } from "effect/cluster/ClusterError"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import type { ChatItem, FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import * as Lifecycle from "../../internal/callLifecycle.ts"
@@ -32,6 +33,7 @@ import type { CallWorkflow } from "./body.ts"
 import { crypto, WebCrypto } from "./digest.ts"
 import { firstOutputId, pairAt, retrying, syntheticCallId } from "./body.ts"
 import type { CallEvent, Mailbox } from "./hub.ts"
+import * as Runners from "./runners.ts"
 import { mailbox, post } from "./hub.ts"
 import type { CallRow, ItemRow, StopCause } from "./tables.ts"
 import {
@@ -41,6 +43,7 @@ import {
   isLive,
   itemsOfCall,
   readCall,
+  recordEnd,
   recordPlaceholder,
   requestStop,
   restamp,
@@ -121,7 +124,7 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
       // Its execution may never have been started (the process that recorded the call ended
       // before it could): starting it again is a no-op for one that exists.
       yield* Effect.catchCause(
-        Effect.retry(startExecution(deps, c.base!), { times: 3 }),
+        Effect.retry(startExecution(deps, c.base!), { schedule: startRetry, times: 8 }),
         (cause) => Effect.logError(`${c.base} could not be resumed; it goes on when the toolset is made again`, cause)
       )
       yield* catchUp(deps, toolset, c, record, box)
@@ -158,11 +161,16 @@ const start = (
   record: Record,
   box: Mailbox,
   listening: (stop: () => void) => void
-): Effect.Effect<boolean> =>
-  Effect.gen(function*() {
+): Effect.Effect<boolean> => {
+  // The base recorded for the call, once it is: a start that fails after it ends it there too.
+  let claimed: string | undefined
+  return Effect.gen(function*() {
     const sessionId = deps.chat.sessionId
     const now = deps.clock.currentTimeMillisUnsafe()
     const timeoutMs = c.tool.timeout === undefined ? undefined : Duration.toMillis(c.tool.timeout)
+    // Live runners of the cluster that cannot run it (it would wait on one of them, then fail).
+    const refusal = deps.store.runners === undefined ? undefined : yield* deps.store.runners.refusal(deps.toolsetId)
+    if (refusal !== undefined) return yield* Effect.fail(new Refused({ refusal }))
     for (let k = 1;; k++) {
       // The store knows which bases the session's calls took (this process may not: a restart).
       c.base = k === 1 ? c.functionCall.callId : `${c.functionCall.callId}_run${k}`
@@ -181,6 +189,7 @@ const start = (
         startedAt: c.startedAt
       })
       if (existing !== undefined && existing.callItemId !== c.functionCall.id) continue
+      claimed = c.base
       Coordinator.noteBase(toolset.session, c.base)
       yield* startExecution(deps, c.base)
       record.recorded = true
@@ -191,13 +200,26 @@ const start = (
       return true
     }
   }).pipe(
-    Effect.retry({ times: 3 }),
-    Effect.catchCause((cause) => couldNotStart(deps, toolset, c, cause))
+    // A store that failed for a moment (a connection dropped, the pool full) is tried again.
+    Effect.retry({ schedule: startRetry, times: 8, while: (error) => !(error instanceof Refused) }),
+    Effect.catchCause((cause) => couldNotStart(deps, toolset, c, claimed, cause))
   )
+}
 
-/** Starts a recorded call's execution (its id hashed at once: no round trip to a worker thread). */
+/** How a call's start is tried again (8 more times: over about 9 seconds). */
+const startRetry = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")])
+
+/** Live runners of the cluster cannot run the call's toolset: it is not started. */
+class Refused extends Data.TaggedError("Refused")<{ readonly refusal: Runners.Refusal }> {}
+
+/**
+ * Starts a recorded call's execution (its id hashed at once: no round trip to a worker thread).
+ * effect/cluster's storage failing (a `PersistenceError`, which its engine turns into a defect) is
+ * a failure here, so that it is tried again.
+ */
 const startExecution = (deps: Deps, base: string) =>
   deps.workflow.execute({ sessionId: deps.chat.sessionId, base }, { discard: true }).pipe(
+    Effect.catchDefect((defect) => defect instanceof PersistenceError ? Effect.fail(defect) : Effect.die(defect)),
     Effect.provideContext(deps.engine),
     Effect.provideService(WebCrypto, crypto)
   )
@@ -211,20 +233,45 @@ const predecessorsOf = (toolset: Toolset, c: Call): ReadonlyArray<string> => {
 }
 
 /** The store or the engine failed: the call did not start. The model hears so; the cause is logged. */
-const couldNotStart = (deps: Deps, toolset: Toolset, c: Call, cause: Cause.Cause<unknown>): Effect.Effect<boolean> => {
+const couldNotStart = (
+  deps: Deps,
+  toolset: Toolset,
+  c: Call,
+  claimed: string | undefined,
+  cause: Cause.Cause<unknown>
+): Effect.Effect<boolean> => {
   const { callId, name } = c.functionCall
-  CallRun.settleFirst(
+  const refused = Cause.findErrorOption(cause).pipe(Option.filter((error) => error instanceof Refused))
+  const output = CallRun.output(
     toolset,
-    c,
-    CallRun.output(toolset, callId, name, `${name} could not be started: its store failed. Tell the user it did not work, and that they may try again.`, true)
+    callId,
+    name,
+    refused._tag === "Some"
+      ? `${name} could not be started: the service that runs it is not available right now. Tell the user it did not work, and that they may try again later.`
+      : `${name} could not be started: its store failed. Tell the user it did not work, and that they may try again.`,
+    true
   )
+  CallRun.settleFirst(toolset, c, output)
   c.outcome = "error"
-  return Effect.as(
-    Effect.logError("could not start a durable call", cause).pipe(
-      Effect.annotateLogs({ toolset: deps.toolsetId, callId })
-    ),
-    false
+  const logged = refused._tag === "Some"
+    ? Effect.logError(`could not start a durable call. ${Runners.describe((refused.value as Refused).refusal, deps.store.application)}`)
+    : Effect.logError("could not start a durable call", cause)
+  // Recorded, its execution never started: its record says it ended as the model was told (else
+  // it would stay running for good, and be taken up again at every start of the session).
+  const ended = claimed === undefined ? Effect.void : recordEnd(deps.store.sql, {
+    sessionId: deps.chat.sessionId,
+    base: claimed,
+    toolsetId: deps.toolsetId,
+    status: "error",
+    output: withId(output, firstOutputId(claimed)),
+    final: undefined,
+    message: undefined,
+    now: deps.clock.currentTimeMillisUnsafe()
+  }).pipe(
+    Effect.retry({ schedule: startRetry, times: 8 }),
+    Effect.catchCause((failure) => Effect.logError("could not record that a durable call did not start", failure))
   )
+  return Effect.as(Effect.andThen(logged, ended).pipe(Effect.annotateLogs({ toolset: deps.toolsetId, callId })), false)
 }
 
 /** Follows the execution until it ends: what it records is applied as it comes. */

@@ -15,17 +15,18 @@
  */
 import { NodeClusterSocket, NodeCrypto } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
-import { Layer } from "effect"
+import { Duration, Effect, Layer, Schema } from "effect"
 import type { Redacted } from "effect"
 import * as ClusterWorkflowEngine from "effect/cluster/ClusterWorkflowEngine"
 import * as RunnerAddress from "effect/cluster/RunnerAddress"
 import * as ShardingConfig from "effect/cluster/ShardingConfig"
 import * as SqlRunnerStorage from "effect/cluster/SqlRunnerStorage"
 import * as Option from "effect/Option"
-import type { SqlClient } from "effect/sql/SqlClient"
+import { SqlClient } from "effect/sql/SqlClient"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import * as DurableStore from "../DurableStore.ts"
 import * as Cluster from "../internal/cluster.ts"
+import * as Runners from "../internal/runners.ts"
 
 export {
   /**
@@ -57,7 +58,37 @@ export interface Options extends DurableStore.Options {
    * process of a cluster, runners and clients, needs the same `shardsPerGroup`.
    */
   readonly shardingConfig?: Partial<ShardingConfig.ShardingConfig["Service"]> | undefined
+  /**
+   * The application this process is of, when several share the database (say a travel agent's
+   * runners and a billing agent's): each application has a cluster of its own, and its own
+   * sessions, calls and chats. Its tables are in the PostgreSQL schema of that name (made if
+   * missing; the connection's `search_path`), and its effect/cluster tables and shard locks are
+   * named after it (`cluster_<application>_*`). Every process of an application, runners and
+   * clients, gives the same one. `[a-z][a-z0-9_]*`, at most 40. Without it the tables are those of
+   * the connection's `search_path` (usually `public`), for one application per database.
+   */
+  readonly application?: string | undefined
 }
+
+/**
+ * `application` is not a name the store can use.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidApplication extends Schema.TaggedError<InvalidApplication>()("InvalidApplication", {
+  application: Schema.String
+}) {
+  override get message(): string {
+    return `DurablePostgres.layer: application ${JSON.stringify(this.application)} must be lowercase letters, ` +
+      `digits and underscores, starting with a letter, at most 40 characters (it names a PostgreSQL schema).`
+  }
+}
+
+const applicationPattern = /^[a-z][a-z0-9_]{0,39}$/
+
+/** "async_toolset_schema" as a number, for the advisory lock that makes starting processes take turns. */
+const schemaLock = 2_406_151_120
 
 /**
  * The store's effect/cluster settings on PostgreSQL, under `Options.shardingConfig`:
@@ -119,7 +150,14 @@ export const fastFailover: Partial<ShardingConfig.ShardingConfig["Service"]> = {
  * @category layers
  */
 export const layer = (options: Options): Layer.Layer<DurableStore.DurableStore | WorkflowEngine | SqlClient, unknown> => {
-  const { runner } = options
+  const { application, runner } = options
+  if (application !== undefined && !applicationPattern.test(application)) {
+    return Layer.unwrap(Effect.fail(new InvalidApplication({ application })))
+  }
+  // effect/cluster's table prefix: it also names its shard locks (advisory locks are the
+  // database's, not the schema's), so each application's are its own
+  const prefix = application === undefined ? "cluster" : `cluster_${application}`
+  const address = runner === undefined ? undefined : `${runner.host}:${runner.port}`
   const shardingConfig = {
     ...defaultShardingConfig,
     ...options.shardingConfig,
@@ -128,8 +166,8 @@ export const layer = (options: Options): Layer.Layer<DurableStore.DurableStore |
   // effect/cluster's SQL storage, with replies saved in one statement and the stored messages kept
   // on the shards of this `shardsPerGroup`
   const storage = Layer.mergeAll(
-    Cluster.messageStorage(runner === undefined ? { _tag: "client" } : { _tag: "runner", address: `${runner.host}:${runner.port}` }),
-    Layer.orDie(SqlRunnerStorage.layer)
+    Cluster.messageStorage(address === undefined ? { _tag: "client" } : { _tag: "runner", address }, prefix),
+    Layer.orDie(SqlRunnerStorage.layerWith({ prefix }))
   ).pipe(
     Layer.provide(Layer.orDie(ShardingConfig.layerFromEnv(shardingConfig))),
     Layer.provide(NodeCrypto.layerDigest)
@@ -137,9 +175,33 @@ export const layer = (options: Options): Layer.Layer<DurableStore.DurableStore |
   const cluster = (runner === undefined
     ? NodeClusterSocket.layer({ clientOnly: true, storage: "byo", shardingConfig })
     : NodeClusterSocket.layer({ storage: "byo", shardingConfig })).pipe(Layer.provideMerge(storage), Cluster.quietClose)
-  return DurableStore.layer(options).pipe(
+  const store = Layer.effect(
+    DurableStore.DurableStore,
+    Effect.gen(function*() {
+      const made = yield* DurableStore.make(options)
+      const runners = yield* Runners.make({
+        sql: made.sql,
+        prefix,
+        address,
+        runnerExpiry: Duration.fromInputUnsafe(shardingConfig.shardLockExpiration ?? ShardingConfig.defaults.shardLockExpiration)
+      })
+      return DurableStore.DurableStore.of({ ...made, runners, application })
+    })
+  )
+  const database = application === undefined
+    ? PgClient.layer({ url: options.url })
+    : Layer.provideMerge(
+      // processes starting together take turns (concurrent CREATE SCHEMA IF NOT EXISTS can fail)
+      Layer.effectDiscard(Effect.flatMap(SqlClient, (sql) =>
+        sql.withTransaction(Effect.andThen(
+          sql`SELECT pg_advisory_xact_lock(${schemaLock})`,
+          sql`CREATE SCHEMA IF NOT EXISTS ${sql(application)}`
+        )))),
+      PgClient.layer({ url: options.url, startupParameters: { search_path: application } })
+    )
+  return store.pipe(
     Layer.provideMerge(ClusterWorkflowEngine.layer),
     Layer.provideMerge(cluster),
-    Layer.provideMerge(PgClient.layer({ url: options.url }))
+    Layer.provideMerge(database)
   )
 }
