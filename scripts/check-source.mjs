@@ -3,10 +3,10 @@
 //   folders (src/agent, src/openai-compat, src/durable, src/testing), and the agent imports neither
 //   the durable toolset nor the provider;
 // - every rule code a comment or test name in src/ or test/ cites (A1, C4b, E9, ...) is defined in
-//   docs/rules.md;
+//   docs/rules.md, and every test file it names exists;
 // - no comment cites a commit hash (they mean nothing to a reader of the tree).
 // Run: node scripts/check-source.mjs (CI runs it).
-import { readdirSync, readFileSync } from "node:fs"
+import { existsSync, readdirSync, readFileSync } from "node:fs"
 import { join, relative } from "node:path"
 
 const root = new URL("..", import.meta.url).pathname
@@ -57,6 +57,11 @@ for (const file of [...walk("src"), ...walk("test")]) {
       }
     }
   })
+}
+
+// every test file docs/rules.md names ("Tested in: ...") exists
+for (const m of rules.matchAll(/test\/[A-Za-z0-9_./-]+\.(?:ts|json)/g)) {
+  if (!existsSync(join(root, m[0]))) problems.push(`docs/rules.md names ${m[0]}, which does not exist`)
 }
 
 // 3. commit hashes in comments
