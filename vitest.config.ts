@@ -1,5 +1,6 @@
+import { readdirSync, readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
-import { defineConfig } from "vitest/config"
+import { configDefaults, defineConfig } from "vitest/config"
 
 // Node 20 lacks Map.groupBy (ES2024); vitest 5's reporter calls it when printing a failing test
 // and crashes with "Map.groupBy is not a function". This keeps failures readable on Node 20.
@@ -18,7 +19,25 @@ if (typeof M.groupBy !== "function") {
   }
 }
 
-export default defineConfig({
+/**
+ * Two tiers of tests.
+ * - `npm test` (the quick tier): every `*.test.ts` but the explorations, each race test under a
+ *   few yield budgets (test/support/schedules.ts).
+ * - `npm run test:explore` (`vitest run --mode explore`; CI runs it after `npm test`): the long
+ *   explorations, files named `*.explore.test.ts` (crash tests that kill processes, runners on
+ *   PostgreSQL), and again the tests whose reach depends on the tier (they import `yieldSettings`,
+ *   `exploring` or `byTier` from test/support/schedules.ts), now under every yield budget and with
+ *   more seeds. `TEST_TIER=explore` tells them which tier runs.
+ */
+const tierDependent = (): Array<string> => {
+  const dir = fileURLToPath(new URL("./test/", import.meta.url))
+  return readdirSync(dir, { recursive: true, encoding: "utf8" })
+    .filter((f) => f.endsWith(".test.ts") && !f.endsWith(".explore.test.ts"))
+    .filter((f) => /\b(yieldSettings|exploring|byTier)\b/.test(readFileSync(dir + f, "utf8")))
+    .map((f) => `test/${f}`)
+}
+
+export default defineConfig(({ mode }) => ({
   resolve: {
     // tests import the package by name, as users do; it resolves to src/
     alias: [
@@ -30,10 +49,12 @@ export default defineConfig({
     ]
   },
   test: {
-    include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"],
+    ...(mode === "explore"
+      ? { include: ["test/**/*.explore.test.ts", ...tierDependent()], env: { TEST_TIER: "explore" } }
+      : { include: ["test/**/*.test.ts", "readme-snippets/**/*.test.ts"], exclude: [...configDefaults.exclude, "**/*.explore.test.ts"] }),
     // The durable toolset's tests run a store (PGlite) in the test's process: on a loaded 2-core
     // machine one can take several seconds. A hang still fails, after this.
     testTimeout: 30_000,
     globalSetup: ["test/support/globalSetup.ts"]
   }
-})
+}))

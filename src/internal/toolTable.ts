@@ -7,6 +7,7 @@
  * Plain synchronous functions: reading a call allocates nothing an effect would.
  */
 import { Duration, Effect, Result, Schema } from "effect"
+import type { RunningTask } from "../AsyncToolset.ts"
 import type { FunctionCall } from "../ChatContext.ts"
 import * as FunctionTool from "../FunctionTool.ts"
 import * as Prompts from "../Prompts.ts"
@@ -143,20 +144,11 @@ export const read = (
 export const inUse = (call: FunctionCall): string =>
   `${call.name} was not run: a call with id ${clip(call.callId)} is already running.`
 
-/** A running call as `get_running_tasks` lists it. */
-export interface RunningEntry {
-  readonly callId: string
-  readonly name: string
-  readonly arguments: string
-  readonly status: "running" | "cancelling"
-  readonly cancellable: boolean
-}
-
 /** What the management tools do on a toolset. */
 export interface Management {
   /** The toolset's id, as the tools' descriptions name it. */
   readonly id: string
-  readonly running: () => ReadonlyArray<RunningEntry>
+  readonly running: () => ReadonlyArray<RunningTask>
   readonly cancel: (callId: string) => Effect.Effect<"cancelled" | "not-found" | "not-cancellable">
   /** The tool name of a call, while it is known. */
   readonly nameOf: (callId: string) => string | undefined

@@ -4,4 +4,4 @@
  *
  * @since 0.1.0
  */
-export * as OpenAiCompat from "../OpenAiCompat.ts"
+export * as OpenAiCompat from "./OpenAiCompat.ts"

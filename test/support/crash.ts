@@ -1,5 +1,5 @@
 /**
- * Starting and killing the crash tests' child process (test/crash/child.ts), and reading what it
+ * Starting and killing the crash tests' child process (test/durable/crashChild.ts), and reading what it
  * left: the marks file (what ran, across processes) and the report of the process that finished.
  */
 import { assert, it } from "@effect/vitest"
@@ -23,7 +23,7 @@ export interface Child {
 
 /** Starts the child with `env` (on top of this process's environment). */
 export const start = (env: Record<string, string>): Child => {
-  const child = spawn(process.execPath, ["--import", "tsx", "--conditions=effect-async-toolset-source", "test/crash/child.ts"], {
+  const child = spawn(process.execPath, ["--import", "tsx", "--conditions=effect-async-toolset-source", "test/durable/crashChild.ts"], {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"]

@@ -4,16 +4,36 @@
  *
  * `References.MaxOpsBeforeYield` is how many run-loop steps a fiber takes before it yields to the
  * scheduler: 1 yields before every step, 2048 is Effect's default. A race that hides at one budget
- * shows at another, so each race test runs under every budget of `yieldSettings`. Set
- * `TEST_YIELDS` (comma-separated) to run other budgets.
+ * shows at another, so each race test runs under every budget of `yieldSettings`.
+ *
+ * Two tiers run the same tests: `npm test` (quick) runs each race test under three budgets (1, a
+ * middle one and 2048); `npm run test:explore` (`exploring`) runs them under the full list, and the
+ * seeded property tests with more seeds. Set `TEST_YIELDS` (comma-separated) to run other budgets.
  */
 import { Effect, Fiber } from "effect"
 import { settle } from "./toolsets.ts"
 
-/** The yield budgets every race and property test runs under. */
-export const yieldSettings: ReadonlyArray<number> = (process.env["TEST_YIELDS"] ?? "1,2,3,5,16,64,2048")
-  .split(",")
-  .map((s) => Number(s.trim()))
+/**
+ * Whether this is the explore tier (`npm run test:explore`, which sets `TEST_TIER=explore`): long
+ * explorations (every yield budget, many seeds) run there; `npm test` runs a quick sample of them.
+ */
+export const exploring: boolean = process.env["TEST_TIER"] === "explore"
+
+/** Every yield budget the explore tier runs. */
+export const allYieldSettings: ReadonlyArray<number> = [1, 2, 3, 5, 16, 64, 2048]
+
+/** The budgets of the quick tier: the extremes and one in the middle. */
+export const quickYieldSettings: ReadonlyArray<number> = [1, 16, 2048]
+
+/** The yield budgets every race and property test runs under (`TEST_YIELDS` picks others). */
+export const yieldSettings: ReadonlyArray<number> = process.env["TEST_YIELDS"] !== undefined
+  ? process.env["TEST_YIELDS"].split(",").map((s) => Number(s.trim()))
+  : exploring
+  ? allYieldSettings
+  : quickYieldSettings
+
+/** The explore tier's count where it is set, else the quick tier's (for seeded runs). */
+export const byTier = (quick: number, explore: number): number => exploring ? explore : quick
 
 /** Lets every other fiber run until it waits; the clock does not move. More turns than `settle` (low yield budgets need them). */
 export const settleLong: Effect.Effect<void> = Effect.gen(function*() {

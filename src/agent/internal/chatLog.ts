@@ -8,7 +8,7 @@
  * (subscribers may run inside the publish).
  */
 import { Effect } from "effect"
-import type * as AiAgent from "../../AiAgent.ts"
+import type * as AiAgent from "../AiAgent.ts"
 import { isPending } from "../../AsyncToolset.ts"
 import { ChatContext, ChatMessage, FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import type { ChatItem } from "../../ChatContext.ts"

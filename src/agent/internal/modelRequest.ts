@@ -6,7 +6,7 @@
 import { Effect, Stream } from "effect"
 import { AiError } from "effect/ai"
 import type { LanguageModel, Prompt } from "effect/ai"
-import type * as AiAgent from "../../AiAgent.ts"
+import type * as AiAgent from "../AiAgent.ts"
 import { newId } from "../../internal/id.ts"
 import type { Tools } from "./toolsetRegistry.ts"
 

@@ -13,7 +13,7 @@ import { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import type { ChatItem } from "../../ChatContext.ts"
 import { newId } from "../../internal/id.ts"
 import * as Prompts from "../../Prompts.ts"
-import { toPrompt } from "../../PromptConversion.ts"
+import { toPrompt } from "../PromptConversion.ts"
 import * as ChatLog from "./chatLog.ts"
 import type { ToolsetRegistry } from "./toolsetRegistry.ts"
 

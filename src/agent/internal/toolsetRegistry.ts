@@ -8,8 +8,8 @@ import type { Toolkit } from "effect/ai"
 import type { AsyncToolset } from "../../AsyncToolset.ts"
 import { functionCallOutput } from "../../ChatContext.ts"
 import type { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
-import { toTool } from "../../PromptConversion.ts"
-import type { AiTool } from "../../PromptConversion.ts"
+import { toTool } from "../PromptConversion.ts"
+import type { AiTool } from "../PromptConversion.ts"
 
 /** The tools the model sees, as a toolkit whose calls the agent dispatches itself. */
 export type Tools = Toolkit.WithHandler<Record<string, AiTool>>

@@ -6,11 +6,11 @@
  */
 import { Cause, Effect, Exit } from "effect"
 import type { AiError } from "effect/ai"
-import type * as AiAgent from "../../AiAgent.ts"
+import type * as AiAgent from "../AiAgent.ts"
 import { ChatMessage, FunctionCall } from "../../ChatContext.ts"
 import type { ChatItem } from "../../ChatContext.ts"
 import { newId } from "../../internal/id.ts"
-import { argumentsText } from "../../PromptConversion.ts"
+import { argumentsText } from "../PromptConversion.ts"
 import * as ChatLog from "./chatLog.ts"
 import * as ModelRequest from "./modelRequest.ts"
 import * as PromptBuilder from "./promptBuilder.ts"

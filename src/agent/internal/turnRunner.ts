@@ -19,7 +19,7 @@
 import { Deferred, Effect, Exit, Queue } from "effect"
 import type { Scope } from "effect"
 import type { AiError } from "effect/ai"
-import type * as AiAgent from "../../AiAgent.ts"
+import type * as AiAgent from "../AiAgent.ts"
 import { message } from "../../ChatContext.ts"
 import * as ActivityGate from "./activityGate.ts"
 import * as ChatLog from "./chatLog.ts"

@@ -14,7 +14,7 @@
  * Cancellation and the timeout are data: a call asked to stop has its row say `stopping` (seen here
  * at once in this process, else at the next look), and a call's deadline is in its row.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Option, Result, Schedule, Schema, Semaphore } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Latch, Option, Result, Schedule, Schema, Semaphore } from "effect"
 import * as Workflow from "effect/workflow/Workflow"
 import type { WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
 import { AsyncRunContext } from "../../AsyncRunContext.ts"
@@ -194,28 +194,17 @@ const arm = (
   bases: ReadonlyArray<string>,
   matters: (event: CallEvent) => boolean
 ): Armed => {
-  let told = false
-  let wake: (() => void) | undefined
+  // Open once an event that matters was told since the last wait (Effect's `Latch`).
+  const told = Latch.makeUnsafe(false)
   const listener = (event: CallEvent) => {
-    if (!matters(event)) return
-    told = true
-    const w = wake
-    wake = undefined
-    w?.()
+    if (matters(event)) told.openUnsafe()
   }
   const stops = bases.map((base) => store.hub.listen(sessionId, base, listener))
-  const wait = Effect.timeoutOption(
-    Effect.callback<void>((resume) => {
-      if (told) return resume(Effect.void)
-      wake = () => resume(Effect.void)
-      return Effect.sync(() => {
-        wake = undefined
-      })
-    }),
-    store.pollInterval
-  ).pipe(Effect.andThen(Effect.sync(() => {
-    told = false
-  })))
+  const wait = Effect.timeoutOption(told.await, store.pollInterval).pipe(
+    Effect.andThen(Effect.sync(() => {
+      told.closeUnsafe()
+    }))
+  )
   return { wait, close: () => stops.forEach((stop) => stop()) }
 }
 

@@ -9,6 +9,6 @@
  * and the test kills it from outside. These tests take real time: about 10 to 20 seconds each.
  */
 import { describe } from "@effect/vitest"
-import { crashTests } from "./support/crash.ts"
+import { crashTests } from "../support/crash.ts"
 
 describe("DurableToolset crash tests (embedded store, SIGKILL)", () => crashTests({ _tag: "pglite" }))

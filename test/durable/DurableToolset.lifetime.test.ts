@@ -9,8 +9,8 @@ import { Deferred, Effect, Fiber, Schema } from "effect"
 import { AsyncRunContext, AsyncToolset, FunctionTool, Prompts } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
-import { eventually, sessionLayer, storeLayer } from "./support/durable.ts"
-import { call, callIdsInChat, pairOf } from "./support/replies.ts"
+import { eventually, sessionLayer, storeLayer } from "../support/durable.ts"
+import { call, callIdsInChat, pairOf } from "../support/replies.ts"
 
 const confirm = AsyncToolset.confirmParameter
 

@@ -11,8 +11,8 @@ import { assert, describe, it } from "@effect/vitest"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { assertToldOnce, crashTests, finish, kill, marks, start, waitFor } from "./support/crash.ts"
-import type { Child } from "./support/crash.ts"
+import { assertToldOnce, crashTests, finish, kill, marks, start, waitFor } from "../../support/crash.ts"
+import type { Child } from "../../support/crash.ts"
 
 const url = process.env.TEST_PG_URL
 

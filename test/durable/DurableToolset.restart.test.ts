@@ -9,8 +9,8 @@ import { dirname } from "node:path"
 import { AsyncRunContext, ChatContext, FunctionTool, Prompts } from "effect-async-toolset"
 import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
-import { freshDataDir } from "./support/pglite.ts"
-import { call, pairOf } from "./support/replies.ts"
+import { freshDataDir } from "../support/pglite.ts"
+import { call, pairOf } from "../support/replies.ts"
 
 const slow = FunctionTool.make("slow_report", { description: "A report that takes too long", timeout: "2 seconds" }, () =>
   Effect.andThen(AsyncRunContext.update("collecting the data"), Effect.never))

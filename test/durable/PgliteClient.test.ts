@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { PgliteClient } from "effect-async-toolset/durable"
-import { freshDataDir } from "./support/pglite.ts"
+import { freshDataDir } from "../support/pglite.ts"
 
 const clientLayer = Layer.unwrap(Effect.promise(() => freshDataDir()).pipe(Effect.map((dataDir) => PgliteClient.layer({ dataDir }))))
 

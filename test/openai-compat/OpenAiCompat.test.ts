@@ -11,7 +11,7 @@ import { FetchHttpClient } from "effect/http"
 import { createServer } from "node:net"
 import { TestClock } from "effect/testing"
 import { OpenAiCompat } from "effect-async-toolset/openai-compat"
-import * as OpenAiServer from "./support/openAiServer.ts"
+import * as OpenAiServer from "../support/openAiServer.ts"
 
 /** Retries without waiting, so the retry tests stay fast (the default waits from 500 ms). */
 const quickRetry = Schedule.recurs(3)

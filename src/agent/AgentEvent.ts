@@ -28,7 +28,7 @@
  * @since 0.1.0
  */
 import { Schema } from "effect"
-import { ChatItem } from "./ChatContext.ts"
+import { ChatItem } from "../ChatContext.ts"
 
 /**
  * A turn was taken up (it may have waited behind others).

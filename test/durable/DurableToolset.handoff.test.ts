@@ -9,8 +9,9 @@ import { Deferred, Effect, Schema } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
 import { DurableToolset } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
-import { eventually, sessionLayer, storeLayer } from "./support/durable.ts"
-import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "./support/replies.ts"
+import { eventually, sessionLayer, storeLayer } from "../support/durable.ts"
+import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "../support/replies.ts"
+import { captureLogs } from "../support/reliability.ts"
 
 class SoldOut extends Schema.TaggedError<SoldOut>()("SoldOut", { flight: Schema.String }) {}
 
@@ -68,6 +69,7 @@ layer(storeLayer, { timeout: "120 seconds", excludeTestServices: true })("Durabl
         failing("defect", Effect.die(new Error("secret database password")))
       ]
     })
+    const logs = captureLogs()
     return Effect.gen(function*() {
       const t = yield* DurableToolset.make(toolset)
       const typed = yield* t.execute(yield* call("c1", "typed"))
@@ -78,7 +80,9 @@ layer(storeLayer, { timeout: "120 seconds", excludeTestServices: true })("Durabl
       assert.include(defect.output, "internal error")
       assert.notInclude(defect.output, "secret")
       assert.isTrue(typed.isError && toolError.isError && defect.isError)
-    }).pipe(Effect.provide(sessionLayer(toolset)))
+      // the defect's full cause is logged (captured here, not printed)
+      assert.strictEqual(logs.find(["Error"], "secret database password").length, 1)
+    }).pipe(Effect.provide(sessionLayer(toolset)), Effect.provide(logs.layer))
   })
 
   it.effect("A1 a call id the store cannot key (NUL, over 200 characters) gets a clear error output; odd ones run", () =>

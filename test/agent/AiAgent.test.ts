@@ -8,7 +8,7 @@ import { AiError, LanguageModel, Tool } from "effect/ai"
 import { TestClock, TestConsole } from "effect/testing"
 import { AgentEvent, AgentSession, AiAgent, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { ScriptedModel } from "effect-async-toolset/testing"
-import { agentLayer, bookFlight, getWeather, promptLines, transcript } from "./support/agent.ts"
+import { agentLayer, bookFlight, getWeather, promptLines, transcript } from "../support/agent.ts"
 
 /** The travel toolset, registered with the agent. */
 const travel = Effect.gen(function*() {

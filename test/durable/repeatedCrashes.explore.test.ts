@@ -1,5 +1,5 @@
 /**
- * More crash points of the crash tests' child (test/crash/child.ts), on the embedded store, some
+ * More crash points of the crash tests' child (test/durable/crashChild.ts), on the embedded store, some
  * killed twice in a row. Each test starts the
  * child, kills it at a crash point, possibly again during the next start, then lets a last process
  * finish and checks: nothing told twice, nothing lost, every call ended, the chat well formed.

@@ -10,9 +10,9 @@ import { dirname } from "node:path"
 import { AiAgent, AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
 import { ScriptedModel } from "effect-async-toolset/testing"
-import { transcript } from "./support/agent.ts"
-import { newSessionId, storeLayer } from "./support/durable.ts"
-import { freshDataDir } from "./support/pglite.ts"
+import { transcript } from "../support/agent.ts"
+import { newSessionId, storeLayer } from "../support/durable.ts"
+import { freshDataDir } from "../support/pglite.ts"
 
 /** Answers a user at once; words only. */
 const chatty = ScriptedModel.layer(({ lastUserText }) => `You said: ${lastUserText}`)

@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import { join } from "node:path"
 import { DurableStore } from "effect-async-toolset/durable"
-import { storeLayer } from "./support/durable.ts"
+import { storeLayer } from "../support/durable.ts"
 
 const newFolder = () => mkdtempSync(join(tmpdir(), "eat-store-"))
 

@@ -5,7 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Schema, Stream } from "effect"
 import { AgentEvent, AiAgent, AsyncToolset, ChatContext } from "effect-async-toolset"
-import { agentLayer, getWeather } from "./support/agent.ts"
+import { agentLayer, getWeather } from "../support/agent.ts"
 
 const roundTrip = (event: AgentEvent.AgentEvent) =>
   Schema.decodeUnknownSync(AgentEvent.JsonString)(Schema.encodeSync(AgentEvent.JsonString)(event))

@@ -314,7 +314,8 @@ export const completionParts = (body: unknown, newId: NewId): Result.Result<Arra
 
 // --- a streamed completion --------------------------------------------------------------------
 
-interface CallState {
+/** A tool call of a streamed answer, as its deltas build it up. */
+interface StreamedToolCall {
   id: string
   name: string
   arguments: string
@@ -328,11 +329,11 @@ export interface StreamState {
   textOpen: boolean
   reasoningOpen: boolean
   /** Tool calls in the order they began. */
-  readonly calls: Array<CallState>
+  readonly calls: Array<StreamedToolCall>
   /** Tool calls by the `index` their deltas carry. */
-  readonly byIndex: Map<number, CallState>
+  readonly byIndex: Map<number, StreamedToolCall>
   /** The call the latest tool-call delta went to. */
-  lastCall: CallState | undefined
+  lastCall: StreamedToolCall | undefined
   finishReason: string | undefined
   usage: Usage | undefined
   /** `data: [DONE]` arrived. */
@@ -426,14 +427,14 @@ type ToolCallDelta = NonNullable<NonNullable<NonNullable<Chunk["choices"]>[numbe
  * Alibaba's later deltas), or number every call 0: so a different id at a known index is a new
  * call, and without an index a delta starts a call when it has a new id, or a name and no id.
  */
-const callOf = (state: StreamState, delta: ToolCallDelta): CallState => {
+const callOf = (state: StreamState, delta: ToolCallDelta): StreamedToolCall => {
   const id = given(delta.id)
   const name = given(delta.function?.name)
   const known = delta.index == null ? state.lastCall : state.byIndex.get(delta.index)
   const startsAnother = known === undefined ||
     (id !== undefined ? known.id !== "" && id !== known.id : delta.index == null && name !== undefined)
   if (!startsAnother) return known
-  const call: CallState = { id: "", name: "", arguments: "", started: false }
+  const call: StreamedToolCall = { id: "", name: "", arguments: "", started: false }
   state.calls.push(call)
   if (delta.index != null) state.byIndex.set(delta.index, call)
   return call

@@ -1,20 +1,17 @@
 /**
  * The terminal demo (examples/travel-agent.ts): how it shows what happens. The screen is driven
  * with events directly; the scripted runs are the demo itself, in a child process, as
- * `npm start -- --script <file>` runs it.
+ * `npm start -- --script <file>` runs it. The durable demo (two processes) is in demo.explore.test.ts.
  */
-import { execFile } from "node:child_process"
 import { EventEmitter } from "node:events"
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { dirname, join } from "node:path"
-import { fileURLToPath } from "node:url"
+import { writeFileSync } from "node:fs"
+import { join } from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import type { ToolsetEvent } from "effect-async-toolset"
-import { Screen } from "../examples/travel/terminal.ts"
-import * as OpenAiServer from "./support/openAiServer.ts"
-import { freshDataDir } from "./support/pglite.ts"
+import { Screen } from "../../examples/travel/terminal.ts"
+import { dir, runDemo, runScript } from "../support/demo.ts"
+import * as OpenAiServer from "../support/openAiServer.ts"
 
 /** Enough of a terminal for the screen: its width, what is written to it, `resize` events. */
 class FakeTerminal extends EventEmitter {
@@ -172,27 +169,6 @@ describe("demo: the screen", () => {
   })
 })
 
-const root = fileURLToPath(new URL("..", import.meta.url))
-const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
-
-/** Runs `examples/travel-agent.ts` with these arguments as `npm start` does; its exit code and output. */
-const runDemo = (args: ReadonlyArray<string>, env: Readonly<Record<string, string | undefined>> = {}) =>
-  new Promise<{ readonly code: number | null; readonly stdout: string; readonly stderr: string }>((resolve) => {
-    execFile(
-      process.execPath,
-      ["--conditions=effect-async-toolset-source", "--import", "tsx", "examples/travel-agent.ts", ...args],
-      { cwd: root, env: { ...process.env, NO_COLOR: "1", ...env } },
-      (error, stdout, stderr) => resolve({ code: error === null ? 0 : (error.code as number | null), stdout, stderr })
-    )
-  })
-
-/** Runs `examples/travel-agent.ts --script <file>` as `npm start` does; its exit code and output. */
-const runScript = (name: string, script: string, ...args: Array<string>) => {
-  const file = join(dir, name)
-  writeFileSync(file, script)
-  return runDemo(["--script", file, ...args])
-}
-
 describe("demo: a scripted run", () => {
   it("shows a failed turn in one line, goes on, and exits with code 1", async () => {
     const { code, stdout } = await runScript("fail.txt", "Hello!\nSimulate a model error, please.\nThanks!\n")
@@ -275,23 +251,4 @@ describe("demo: --model", () => {
     assert.strictEqual(unknown.code, 1)
     assert.include(unknown.stderr, `--model gpt-9: unknown model; the models are "scripted" (the default) and "openai-compat"`)
   }, 60_000)
-})
-
-describe("demo: --durable", () => {
-  it("quit in the middle of a booking, start again: the agent tells its result, once", async () => {
-    const data = dirname(await freshDataDir())
-    const scripts = join(root, "examples")
-    const first = await runScript("durable-1.txt", readFileSync(join(scripts, "travel-durable-1.txt"), "utf8"), "--durable", "--data", data)
-    assert.strictEqual(first.code, 0, first.stdout)
-    assert.include(first.stdout, "On it! Searching flights to Tokyo")
-    assert.include(first.stdout, "go on: start the demo again")
-    assert.notInclude(first.stdout, "is booked")
-    assert.notInclude(first.stdout, "told now", "a new conversation has nothing to tell from before")
-    const second = await runScript("durable-2.txt", readFileSync(join(scripts, "travel-durable-2.txt"), "utf8"), "--durable", "--data", data)
-    assert.strictEqual(second.code, 0, second.stdout)
-    assert.include(second.stdout, "resuming the conversation")
-    assert.strictEqual(second.stdout.split("what the bookings did meanwhile is told now").length - 1, 1, "said once, as it is told")
-    assert.strictEqual(second.stdout.split("Your confirmation number is FL-").length - 1, 1, second.stdout)
-    assert.notInclude(second.stdout, "[error]")
-  }, 120_000)
 })

@@ -15,10 +15,10 @@
 import { Clock, Effect } from "effect"
 import type { Schema } from "effect"
 import { Prompt, Tool } from "effect/ai"
-import { ChatContext, ChatMessage, FunctionCall, FunctionCallOutput } from "./ChatContext.ts"
-import type { ChatItem } from "./ChatContext.ts"
-import type * as FunctionTool from "./FunctionTool.ts"
-import { newId } from "./internal/id.ts"
+import { ChatContext, ChatMessage, FunctionCall, FunctionCallOutput } from "../ChatContext.ts"
+import type { ChatItem } from "../ChatContext.ts"
+import type * as FunctionTool from "../FunctionTool.ts"
+import { newId } from "../internal/id.ts"
 
 /**
  * The provider-options key under which a part (or a system message) carries the chat item it was
