@@ -92,7 +92,7 @@ type Faults = typeof Faults.Type
 
 const timeout = Duration.seconds(4)
 
-/** What the runs tried, summed (printed with `RELIABILITY_STATS=1`, for RELIABILITY.md). */
+/** What the runs tried, summed (printed with `RELIABILITY_STATS=1`, for docs/reliability.md). */
 const stats = {
   runs: 0,
   calls: 0,
