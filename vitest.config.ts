@@ -44,6 +44,7 @@ export default defineConfig(({ mode }) => ({
       { find: /^effect-async-toolset\/testing$/, replacement: fileURLToPath(new URL("./src/testing/index.ts", import.meta.url)) },
       { find: /^effect-async-toolset\/durable\/postgres$/, replacement: fileURLToPath(new URL("./src/durable/postgres/index.ts", import.meta.url)) },
       { find: /^effect-async-toolset\/durable$/, replacement: fileURLToPath(new URL("./src/durable/index.ts", import.meta.url)) },
+      { find: /^effect-async-toolset\/mcp$/, replacement: fileURLToPath(new URL("./src/mcp/index.ts", import.meta.url)) },
       { find: /^effect-async-toolset\/openai-compat$/, replacement: fileURLToPath(new URL("./src/openai-compat/index.ts", import.meta.url)) },
       { find: /^effect-async-toolset$/, replacement: fileURLToPath(new URL("./src/index.ts", import.meta.url)) }
     ]
