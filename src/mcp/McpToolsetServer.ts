@@ -16,16 +16,27 @@
  * request of another session finds nothing, as for an id that never existed. On a durable toolset
  * with a fixed `secret` a task survives a restart of the server under the same id (see `secret`).
  *
+ * Why not effect/ai's `McpServer`: in effect 4.1.5 it has no Tasks (no `tasks` capability, no
+ * `execution.taskSupport`, the `task` param of `tools/call` dropped, `tasks/*` unknown; pinned by
+ * test/mcp/effect-mcp-server-has-no-tasks.test.ts), and what a protocol adapter with Tasks would be
+ * built from (`McpProtocol.make`, its core and lifecycle) is in `effect/ai/internal/*`, which effect
+ * does not export. The JSON-RPC this server needs (four methods besides `initialize`, `ping` and
+ * the tools) is small; it is in `McpWire`.
+ *
  * @since 0.1.0
  */
 import { randomBytes } from "node:crypto"
 import { Cause, Clock, Context, Deferred, Duration, Effect, Fiber, FiberMap, Layer, Queue, Redacted, Schedule, Scope, Stream } from "effect"
+import type { PlatformError } from "effect/PlatformError"
+import * as Stdio from "effect/Stdio"
+import type { HttpRouter } from "effect/http"
 import { AgentSession } from "../AgentSession.ts"
 import type * as AsyncToolset from "../AsyncToolset.ts"
 import { ChatContext, functionCall } from "../ChatContext.ts"
 import type { ChatItem, FunctionCallOutput } from "../ChatContext.ts"
 import * as FunctionTool from "../FunctionTool.ts"
 import type { ToolsetEvent } from "../ToolsetEvent.ts"
+import * as Http from "./internal/http.ts"
 import * as Runs from "./internal/runs.ts"
 import type { Run } from "./internal/runs.ts"
 import * as McpWire from "./McpWire.ts"
@@ -60,6 +71,12 @@ export interface Options<E, R> {
   readonly ttl?: Duration.Input | undefined
   /** The longest `ttl` granted (default 24 hours); a longer request gets this. */
   readonly maxTtl?: Duration.Input | undefined
+  /**
+   * At close, how long task calls still waiting for their first output are given to have it
+   * (default 5 seconds): a durable toolset keeps a call that has one for a restarted server, and
+   * withdraws a call interrupted before it.
+   */
+  readonly closeTimeout?: Duration.Input | undefined
   /** The polling interval suggested to clients (default 1 second). */
   readonly pollInterval?: Duration.Input | undefined
   /** Tasks a session may have running at once (default 100); one more is refused with `-32000`. */
@@ -144,6 +161,8 @@ interface State {
   readonly maxTtl: number
   readonly maxTasks: number
   readonly scope: Scope.Scope
+  /** Task calls waiting for their first output. */
+  readonly starting: Set<Fiber.Fiber<unknown>>
   readonly runs: Map<string, Run>
   /** How task calls with no run here ended (before a restart, or before anyone asked). */
   readonly recovered: Map<string, Runs.Ending>
@@ -183,6 +202,7 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>): E
     runs: new Map(),
     recovered: new Map(),
     forgotten: new Set(),
+    starting: new Set(),
     channels: new Map()
   }
   for (const item of options.history ?? []) remember(state, item, item.createdAt)
@@ -190,7 +210,15 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>): E
   const toolset = yield* (options.toolset as Effect.Effect<AsyncToolset.AsyncToolset, E, R>).pipe(
     Effect.provideService(AgentSession, session)
   ) as Effect.Effect<AsyncToolset.AsyncToolset, E, Exclude<R, AgentSession> | Scope.Scope>
-  const full: State = { ...state, toolset }
+  // Task calls start in a scope of their own, closed before the toolset: at close, the calls still
+  // waiting for their first output are given `closeTimeout` to have it (interrupted before it, a
+  // durable toolset withdraws the call; after it, the call goes on and a restarted server finds it).
+  const calls = yield* Scope.fork(scope)
+  const closeTimeout = Duration.fromInputUnsafe(options.closeTimeout ?? "5 seconds")
+  yield* Effect.addFinalizer(() =>
+    state.starting.size === 0 ? Effect.void : Effect.ignore(Effect.timeout(Fiber.awaitAll([...state.starting]), closeTimeout))
+  )
+  const full: State = { ...state, toolset, scope: calls }
   // Subscribed before any call starts (the subscription is made as the fiber starts).
   yield* toolset.events.pipe(
     Stream.runForEach((event) => Effect.sync(() => onEvent(full, event))),
@@ -500,10 +528,14 @@ const createTask = (
     state.runs.set(callId, run)
     const created = Runs.wireTask(run, state.pollInterval)
     const call = yield* functionCall({ callId, name: tool.name, arguments: text })
-    yield* state.toolset.execute(call).pipe(
+    const fiber = yield* state.toolset.execute(call).pipe(
       Effect.flatMap((first) => Effect.sync(() => firstOutput(state, run, first))),
       Effect.forkIn(state.scope, { startImmediately: true })
     )
+    if (run.first === undefined) {
+      state.starting.add(fiber)
+      fiber.addObserver(() => state.starting.delete(fiber))
+    }
     const first = run.first
     run.announced = true
     return {
@@ -696,8 +728,10 @@ const endSession = (state: State, owner: string): Effect.Effect<void> =>
  * each answer and notification is written with `write` (one line, without its newline). Requests
  * are answered concurrently (a `tasks/result` that waits holds nothing up); a
  * `notifications/cancelled` interrupts its request. Ends when `input` ends, abandoning the requests
- * still open. `owner` names the session for its tasks (default: a random one, so that nothing of
- * this session is found by another).
+ * still open. `owner` names the session for its tasks: by default a random one, so that nothing of
+ * this session is found by another, and its tasks still running when `input` ends are cancelled
+ * (nobody could reach them again); with a given `owner` they go on, for a later session of the
+ * same owner (e.g. a client that restarts a stdio server of a durable toolset).
  *
  * @since 0.1.0
  * @category transports
@@ -752,9 +786,52 @@ export const serveLines = Effect.fnUntraced(function*<E>(options: {
     )
     // The client closed its side: what is still open is abandoned; what was answered is written.
     yield* FiberMap.clear(open)
+    if (options.owner === undefined) yield* server.endSession(owner)
     yield* Queue.end(output)
     yield* Fiber.join(writer)
   }))
 })
 
 const keyOf = (id: McpWire.RequestId): string => `${typeof id}:${id}`
+
+/**
+ * Serves one session on standard input and output (the `Stdio` service, e.g. `NodeStdio.layer`
+ * from `@effect/platform-node`): newline-delimited JSON-RPC, as MCP's stdio transport. Ends when
+ * standard input ends. Nothing else may write to standard output (log to standard error).
+ *
+ * @since 0.1.0
+ * @category transports
+ */
+export const serveStdio = (options: {
+  /**
+   * The owner of the session's tasks (default `"stdio"`: a stdio server has one client, and a
+   * server restarted by it finds the tasks of a durable toolset again). Tasks still running when
+   * standard input ends go on.
+   */
+  readonly owner?: string | undefined
+} = {}): Effect.Effect<void, PlatformError, McpToolsetServer | Stdio.Stdio> =>
+  Effect.gen(function*() {
+    const stdio = yield* Stdio.Stdio
+    const stdout = stdio.stdout({ endOnDone: false })
+    yield* serveLines({
+      input: stdio.stdin.pipe(Stream.decodeText, Stream.splitLines),
+      write: (line) => Stream.run(Stream.succeed(`${line}\n`), stdout).pipe(Effect.ignore),
+      owner: options.owner ?? "stdio"
+    })
+  })
+
+/**
+ * Serves the server over Streamable HTTP at `path` of the `HttpRouter`: `POST` for messages
+ * (answers as SSE when the client accepts it, else JSON), `GET` for the session's own stream (task
+ * status notifications), `DELETE` to end a session (its running tasks are cancelled). Requests
+ * with an `Origin` header are refused unless it is in `allowedOrigins`. Bind the HTTP server to
+ * 127.0.0.1, or put authentication in front of it: anyone who can reach it can call the tools.
+ *
+ * @since 0.1.0
+ * @category transports
+ */
+export const layerHttp = (options: {
+  readonly path: HttpRouter.PathInput
+  readonly allowedOrigins?: ReadonlyArray<string> | undefined
+}): Layer.Layer<never, never, McpToolsetServer | HttpRouter.HttpRouter> =>
+  Layer.effectDiscard(Effect.flatMap(McpToolsetServer, (server) => Http.routes(server, options)))
