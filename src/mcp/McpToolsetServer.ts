@@ -493,8 +493,7 @@ const callTool = (
 
 /**
  * A task-augmented call: the task is made, the call started in the server's scope, and the task
- * answered at once (`working`). If the call has said something already (a tool that updates
- * before it waits), its first output is the `model-immediate-response`.
+ * answered at once (`working`).
  */
 const createTask = (
   context: Context,
@@ -536,12 +535,10 @@ const createTask = (
       state.starting.add(fiber)
       fiber.addObserver(() => state.starting.delete(fiber))
     }
-    const first = run.first
+    // No `model-immediate-response`: the first output's text is written for this package's own
+    // agent (it names the internal call id); the client reads the status message with tasks/get.
     run.announced = true
-    return {
-      task: created,
-      ...(first === undefined || first === "background" ? {} : { _meta: { [McpWire.MetaKey.modelImmediateResponse]: first.output } })
-    }
+    return { task: created }
   })
 
 const firstOutput = (state: Omit<State, "toolset">, run: Run, first: FunctionCallOutput): void => {

@@ -1,0 +1,165 @@
+/**
+ * A remote MCP server's tools as `FunctionTool`s, for a toolset (`AsyncToolset.make({ tools })`):
+ * one per tool of its `tools/list`, with its name, description and input schema (the model sees
+ * the server's schema; the arguments are checked against it before anything is sent).
+ *
+ * A tool the server runs as a task (`execution.taskSupport` `optional` or `required`, on a server
+ * with Tasks) is a background call: it starts the task, its first update is said at once, each
+ * new status message of the task is an update, and the task's result is the call's result (a
+ * `failed` or `cancelled` task an error). Cancelling the call (`cancel_task_<id>`) sends
+ * `tasks/cancel`. Any other tool is a call that returns the server's result. A lost connection, or
+ * a server that stops answering, is an error the model is told in plain words.
+ *
+ * @since 0.1.0
+ */
+import { Duration, Effect, JsonSchema, Queue, Result, Schema, SchemaRepresentation } from "effect"
+import * as AsyncRunContext from "../AsyncRunContext.ts"
+import * as FunctionTool from "../FunctionTool.ts"
+import { ToolError } from "../ToolError.ts"
+import type { Connection, McpConnectionError } from "./McpConnection.ts"
+import * as McpWire from "./McpWire.ts"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Put before each tool's name (e.g. `"weather_"`), to keep the names of several servers apart. */
+  readonly prefix?: string | undefined
+  /** Only these tools (by the server's names). */
+  readonly only?: ReadonlyArray<string> | undefined
+  /** The `ttl` asked for each task (default: the server's). */
+  readonly taskTtl?: Duration.Input | undefined
+  /** How often a task's status is read at least (default: the interval the server suggests, else 1 second). */
+  readonly pollInterval?: Duration.Input | undefined
+  /** Whether tools that support tasks are called as tasks (default true). */
+  readonly useTasks?: boolean | undefined
+}
+
+/**
+ * The server's tools, read once (all pages of `tools/list`).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (connection: Connection, options: Options = {}): Effect.Effect<ReadonlyArray<FunctionTool.Any>, McpConnectionError> =>
+  Effect.gen(function*() {
+    const listed: Array<McpWire.Tool> = []
+    let cursor: string | undefined
+    for (let page = 0; page < 100; page++) {
+      const result = yield* connection.request("tools/list", cursor === undefined ? {} : { cursor })
+      const tools = Array.isArray(result.tools) ? result.tools : []
+      for (const tool of tools) {
+        const read = McpWire.readTool(tool)
+        if (read !== undefined) listed.push(read)
+      }
+      cursor = typeof result.nextCursor === "string" && result.nextCursor !== "" ? result.nextCursor : undefined
+      if (cursor === undefined) break
+    }
+    const out: Array<FunctionTool.Any> = []
+    for (const tool of listed) {
+      if (options.only !== undefined && !options.only.includes(tool.name)) continue
+      const name = `${options.prefix ?? ""}${tool.name}`.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 64)
+      const support = tool.execution?.taskSupport ?? "forbidden"
+      const asTask = connection.tasks && (options.useTasks ?? true) && support !== "forbidden"
+      if (support === "required" && !asTask) {
+        yield* Effect.logWarning(`MCP tool ${tool.name} of ${connection.serverInfo.name} must be called as a task, which is off here: left out`)
+        continue
+      }
+      out.push(remoteTool(connection, tool, name, asTask, options))
+    }
+    return out
+  })
+
+const remoteTool = (connection: Connection, tool: McpWire.Tool, name: string, asTask: boolean, options: Options): FunctionTool.Any => {
+  const server = connection.serverInfo.name
+  const lost = (error: McpConnectionError) =>
+    new ToolError({
+      message: error.reason === "Rpc"
+        ? `${server} refused ${tool.name}: ${error.message}`
+        : `${tool.name} on ${server} failed: ${error.message}. Whether it did anything is not known; check before trying again.`
+    })
+  const handler = (args: unknown) =>
+    (asTask ? runTask(connection, tool, args, options) : runPlain(connection, tool, args)).pipe(
+      Effect.catchTag("McpConnectionError", (error) => Effect.fail(lost(error)))
+    )
+  const base = FunctionTool.make(name as "remote", { description: tool.description ?? tool.title ?? tool.name }, handler as never)
+  const check = argumentsCheck(tool.inputSchema)
+  return {
+    ...base,
+    jsonSchema: tool.inputSchema as JsonSchema.JsonSchema,
+    strict: false,
+    decodeArgs: check,
+    canonicalArgs: (args: unknown) => JSON.stringify(args)
+  } as FunctionTool.Any
+}
+
+/**
+ * The check of a tool's arguments against its input schema (JSON Schema 2020-12, as Effect reads
+ * it; patterns not applied). A schema Effect cannot read checks only that the arguments are an
+ * object: the server checks them again.
+ */
+const argumentsCheck = (inputSchema: Record<string, unknown>): (input: unknown) => Result.Result<unknown, Schema.SchemaError> => {
+  try {
+    const schema = SchemaRepresentation.fromJsonSchemaDocument(JsonSchema.fromSchemaDraft2020_12(inputSchema as never), { patterns: "ignore" })
+    const decode = Schema.decodeUnknownResult(schema as Schema.Codec<unknown, unknown>)
+    return (input) => Result.map(decode(input, { errors: "all" }), () => input)
+  } catch {
+    const decode = Schema.decodeUnknownResult(Schema.Record(Schema.String, Schema.Unknown))
+    return (input) => Result.map(decode(input), () => input)
+  }
+}
+
+const textOf = (result: Record<string, unknown>): McpWire.CallToolResult =>
+  McpWire.readCallToolResult(result) ?? { content: [{ type: "text", text: JSON.stringify(result) }] }
+
+const outcome = (tool: McpWire.Tool, result: McpWire.CallToolResult) => {
+  const text = McpWire.resultText(result)
+  return result.isError === true ? Effect.fail(new ToolError({ message: text === "" ? `${tool.name} failed` : text })) : Effect.succeed(text)
+}
+
+const runPlain = (connection: Connection, tool: McpWire.Tool, args: unknown) =>
+  connection.request("tools/call", { name: tool.name, arguments: args }).pipe(
+    Effect.flatMap((result) => outcome(tool, textOf(result)))
+  )
+
+const runTask = (connection: Connection, tool: McpWire.Tool, args: unknown, options: Options) =>
+  Effect.gen(function*() {
+    const ttl = options.taskTtl === undefined ? {} : { ttl: Duration.toMillis(Duration.fromInputUnsafe(options.taskTtl)) }
+    const created = yield* connection.request("tools/call", { name: tool.name, arguments: args, task: ttl })
+    const task = McpWire.readTask(created.task)
+    // A server may answer a task-augmented call plainly: that is the result.
+    if (task === undefined) return yield* outcome(tool, textOf(created))
+    const taskId = task.taskId
+    return yield* Effect.gen(function*() {
+      // Status notifications wake the poll early; polling alone is enough.
+      const wake = yield* Queue.sliding<void>(1)
+      yield* connection.onTaskStatus((t) => {
+        if (t.taskId === taskId) Queue.offerUnsafe(wake, undefined)
+      })
+      const immediate = McpWire.isObject(created._meta) ? created._meta[McpWire.MetaKey.modelImmediateResponse] : undefined
+      yield* AsyncRunContext.update(task.statusMessage ?? (typeof immediate === "string" ? immediate : `${tool.name} has started on ${connection.serverInfo.name}.`))
+      let said = task.statusMessage
+      let current = task
+      while (!McpWire.isTerminal(current.status)) {
+        const every = Duration.toMillis(Duration.fromInputUnsafe(options.pollInterval ?? current.pollInterval ?? 1000))
+        yield* Effect.raceFirst(Effect.sleep(Math.min(Math.max(every, 50), 60_000)), Queue.take(wake))
+        const read = McpWire.readTask(yield* connection.request("tasks/get", { taskId }))
+        if (read === undefined) return yield* new ToolError({ message: `${connection.serverInfo.name} answered tasks/get with something that is not a task` })
+        current = read
+        if (current.statusMessage !== undefined && current.statusMessage !== said && !McpWire.isTerminal(current.status)) {
+          said = current.statusMessage
+          yield* AsyncRunContext.update(current.statusMessage)
+        }
+      }
+      if (current.status === "cancelled") {
+        return yield* new ToolError({ message: `${tool.name} was cancelled by ${connection.serverInfo.name}${current.statusMessage ? `: ${current.statusMessage}` : ""}` })
+      }
+      const result = textOf(yield* connection.request("tasks/result", { taskId }))
+      return yield* outcome(tool, current.status === "failed" ? { ...result, isError: true } : result)
+    }).pipe(
+      Effect.scoped,
+      // Our side stopped the call (cancel_task, the toolset's timeout or close): the server's task is cancelled too.
+      Effect.onInterrupt(() => connection.request("tasks/cancel", { taskId }, { timeout: "5 seconds" }).pipe(Effect.ignore))
+    )
+  })
