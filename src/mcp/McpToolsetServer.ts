@@ -821,7 +821,8 @@ export const serveStdio = (options: {
  * Serves the server over Streamable HTTP at `path` of the `HttpRouter`: `POST` for messages
  * (answers as SSE when the client accepts it, else JSON), `GET` for the session's own stream (task
  * status notifications), `DELETE` to end a session (its running tasks are cancelled). Requests
- * with an `Origin` header are refused unless it is in `allowedOrigins`. Bind the HTTP server to
+ * with an `Origin` header are refused unless it is this machine's (`localhost`, `127.0.0.1`,
+ * `[::1]`) or in `allowedOrigins`. Bind the HTTP server to
  * 127.0.0.1, or put authentication in front of it: anyone who can reach it can call the tools.
  *
  * @since 0.1.0

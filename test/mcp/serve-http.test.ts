@@ -109,7 +109,7 @@ describe("McpToolsetServer over Streamable HTTP", () => {
       }).pipe(Effect.scoped)
     ))
 
-  it.live("without Mcp-Session-Id: 400; an id this server did not issue: 404; a foreign Origin: 403; not JSON: 400 parse error", () =>
+  it.live("without Mcp-Session-Id: 400; an id this server did not issue: 404; a foreign Origin: 403 (this machine's and allowed ones accepted); not JSON: 400 parse error", () =>
     withServer(() =>
       Effect.gen(function*() {
         const url = yield* httpServer({ allowedOrigins: ["http://localhost:3000"] })
@@ -121,6 +121,9 @@ describe("McpToolsetServer over Streamable HTTP", () => {
         assert.strictEqual(forged.status, 404)
         assert.include(forged.body, "Session not found")
         const foreign = yield* post(url, initialize, { origin: "http://evil.example" })
+        assert.strictEqual(foreign.status, 403)
+        const local = yield* post(url, initialize, { origin: "http://127.0.0.1:5173" })
+        assert.strictEqual(local.status, 200)
         assert.strictEqual(foreign.status, 403)
         const allowed = yield* post(url, initialize, { origin: "http://localhost:3000" })
         assert.strictEqual(allowed.status, 200)

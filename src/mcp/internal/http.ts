@@ -9,8 +9,8 @@
  * - `GET`: the session's own SSE stream, for what belongs to no request (`notifications/tasks/status`).
  * - `DELETE`: ends the session: its running tasks are cancelled.
  *
- * A request with an `Origin` header is refused (`403`) unless that origin is allowed (DNS
- * rebinding). A client that disconnects abandons its request (a plain call is cancelled).
+ * A request with an `Origin` header is refused (`403`) unless that origin is on this machine
+ * (`localhost`, `127.0.0.1`, `[::1]`) or allowed (DNS rebinding). A client that disconnects abandons its request (a plain call is cancelled).
  */
 import { Effect, Fiber, Queue, Stream } from "effect"
 import type { Cause } from "effect"
@@ -20,7 +20,10 @@ import * as McpWire from "../McpWire.ts"
 
 export interface HttpOptions {
   readonly path: HttpRouter.PathInput
-  /** Origins (`scheme://host:port`) a browser may call from; requests without `Origin` are accepted. */
+  /**
+   * Origins (`scheme://host:port`) a browser may call from besides this machine's own; requests
+   * without `Origin` (not from a browser) are accepted.
+   */
   readonly allowedOrigins?: ReadonlyArray<string> | undefined
 }
 
@@ -40,7 +43,7 @@ export const routes = (server: McpToolsetServer.Server, options: HttpOptions) =>
 
     const originRefused = (request: HttpServerRequest.HttpServerRequest) => {
       const origin = request.headers["origin"]
-      return origin !== undefined && !allowed.has(origin)
+      return origin !== undefined && !allowed.has(origin) && !isLoopbackOrigin(origin)
     }
 
     /** The session a message names, or the answer refusing it. */
@@ -181,4 +184,16 @@ export const routes = (server: McpToolsetServer.Server, options: HttpOptions) =>
   })
 
 const ownerOf = (sid: string): string => `http:${sid}`
+
+const loopbackHosts = new Set(["localhost", "127.0.0.1", "[::1]"])
+
+/** A page served from this machine (`http://localhost:3000`, `http://127.0.0.1`, `http://[::1]:8080`). */
+const isLoopbackOrigin = (origin: string): boolean => {
+  try {
+    const url = new URL(origin)
+    return (url.protocol === "http:" || url.protocol === "https:") && loopbackHosts.has(url.hostname)
+  } catch {
+    return false
+  }
+}
 
