@@ -26,7 +26,8 @@ const entries = {
   "./testing": "effect-async-toolset/testing",
   "./openai-compat": "effect-async-toolset/openai-compat",
   "./durable": "effect-async-toolset/durable",
-  "./durable/postgres": "effect-async-toolset/durable/postgres"
+  "./durable/postgres": "effect-async-toolset/durable/postgres",
+  "./mcp": "effect-async-toolset/mcp"
 }
 
 // A few values of each entry point, typed, so that a declaration that resolved to `any` or failed
@@ -52,6 +53,11 @@ export const pglite: typeof PgliteClient.layer = PgliteClient.layer
 `,
   "./durable/postgres": `import { DurablePostgres } from "effect-async-toolset/durable/postgres"
 export const postgres: typeof DurablePostgres.layer = DurablePostgres.layer
+`,
+  "./mcp": `import { McpConnection, McpRemoteTools, McpToolsetServer } from "effect-async-toolset/mcp"
+export const server: typeof McpToolsetServer.layer = McpToolsetServer.layer
+export const http: typeof McpConnection.http = McpConnection.http
+export const remote: typeof McpRemoteTools.make = McpRemoteTools.make
 `
 }
 

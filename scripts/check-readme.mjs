@@ -17,7 +17,8 @@ const entryPoints = new Set([
   "effect-async-toolset/testing",
   "effect-async-toolset/openai-compat",
   "effect-async-toolset/durable",
-  "effect-async-toolset/durable/postgres"
+  "effect-async-toolset/durable/postgres",
+  "effect-async-toolset/mcp"
 ])
 
 const programs = []

@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { Duration, Effect, JsonSchema, Queue, Result, Schema, SchemaRepresentation } from "effect"
+import { Duration, Effect, JsonSchema, Queue, Result, Schema, SchemaAST, SchemaRepresentation } from "effect"
 import * as AsyncRunContext from "../AsyncRunContext.ts"
 import * as FunctionTool from "../FunctionTool.ts"
 import { ToolError } from "../ToolError.ts"
@@ -37,12 +37,20 @@ export interface Options {
 }
 
 /**
+ * A remote tool: its handler needs only what a toolset gives every call.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type RemoteTool = FunctionTool.FunctionTool<string, any, string, never, AsyncRunContext.AsyncRunContext>
+
+/**
  * The server's tools, read once (all pages of `tools/list`).
  *
  * @since 0.1.0
  * @category constructors
  */
-export const make = (connection: Connection, options: Options = {}): Effect.Effect<ReadonlyArray<FunctionTool.Any>, McpConnectionError> =>
+export const make = (connection: Connection, options: Options = {}): Effect.Effect<ReadonlyArray<RemoteTool>, McpConnectionError> =>
   Effect.gen(function*() {
     const listed: Array<McpWire.Tool> = []
     let cursor: string | undefined
@@ -56,7 +64,7 @@ export const make = (connection: Connection, options: Options = {}): Effect.Effe
       cursor = typeof result.nextCursor === "string" && result.nextCursor !== "" ? result.nextCursor : undefined
       if (cursor === undefined) break
     }
-    const out: Array<FunctionTool.Any> = []
+    const out: Array<RemoteTool> = []
     for (const tool of listed) {
       if (options.only !== undefined && !options.only.includes(tool.name)) continue
       const name = `${options.prefix ?? ""}${tool.name}`.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 64)
@@ -71,7 +79,7 @@ export const make = (connection: Connection, options: Options = {}): Effect.Effe
     return out
   })
 
-const remoteTool = (connection: Connection, tool: McpWire.Tool, name: string, asTask: boolean, options: Options): FunctionTool.Any => {
+const remoteTool = (connection: Connection, tool: McpWire.Tool, name: string, asTask: boolean, options: Options): RemoteTool => {
   const server = connection.serverInfo.name
   const lost = (error: McpConnectionError) =>
     new ToolError({
@@ -83,30 +91,47 @@ const remoteTool = (connection: Connection, tool: McpWire.Tool, name: string, as
     (asTask ? runTask(connection, tool, args, options) : runPlain(connection, tool, args)).pipe(
       Effect.catchTag("McpConnectionError", (error) => Effect.fail(lost(error)))
     )
-  const base = FunctionTool.make(name as "remote", { description: tool.description ?? tool.title ?? tool.name }, handler as never)
-  const check = argumentsCheck(tool.inputSchema)
+  const description = tool.description ?? tool.title ?? tool.name
+  const parameters = parametersOf(tool.inputSchema)
+  if (parameters !== undefined) {
+    try {
+      return FunctionTool.make(name as "remote", { description, parameters }, handler as never) as unknown as RemoteTool
+    } catch {
+      // falls through: the schema as the server wrote it
+    }
+  }
+  // A schema that is not a plain object of properties: the model sees it as the server wrote it, the
+  // arguments are checked only to be an object (the server checks them again), and the tool takes no
+  // confirmation flag (duplicates allowed: the flag would need the properties).
+  const base = FunctionTool.make(name as "remote", { description, onDuplicateCall: "allow" }, handler as never)
+  const decode = Schema.decodeUnknownResult(Schema.Record(Schema.String, Schema.Unknown))
   return {
     ...base,
     jsonSchema: tool.inputSchema as JsonSchema.JsonSchema,
     strict: false,
-    decodeArgs: check,
+    decodeArgs: (input: unknown) => Result.map(decode(input), () => input),
     canonicalArgs: (args: unknown) => JSON.stringify(args)
-  } as FunctionTool.Any
+  } as unknown as RemoteTool
 }
 
 /**
- * The check of a tool's arguments against its input schema (JSON Schema 2020-12, as Effect reads
- * it; patterns not applied). A schema Effect cannot read checks only that the arguments are an
- * object: the server checks them again.
+ * A tool's input schema (JSON Schema 2020-12) as the parameters of a function tool, when Effect
+ * reads it as an object of properties (patterns are not applied): the arguments are checked
+ * against it before anything is sent.
  */
-const argumentsCheck = (inputSchema: Record<string, unknown>): (input: unknown) => Result.Result<unknown, Schema.SchemaError> => {
+const parametersOf = (inputSchema: Record<string, unknown>): FunctionTool.Parameters | undefined => {
   try {
     const schema = SchemaRepresentation.fromJsonSchemaDocument(JsonSchema.fromSchemaDraft2020_12(inputSchema as never), { patterns: "ignore" })
-    const decode = Schema.decodeUnknownResult(schema as Schema.Codec<unknown, unknown>)
-    return (input) => Result.map(decode(input, { errors: "all" }), () => input)
+    const ast = schema.ast
+    if (!SchemaAST.isObjects(ast) || ast.indexSignatures.length > 0) return undefined
+    const fields: Record<string, Schema.Top> = {}
+    for (const property of ast.propertySignatures) {
+      if (typeof property.name !== "string") return undefined
+      fields[property.name] = Schema.make(property.type)
+    }
+    return Schema.Struct(fields) as unknown as FunctionTool.Parameters
   } catch {
-    const decode = Schema.decodeUnknownResult(Schema.Record(Schema.String, Schema.Unknown))
-    return (input) => Result.map(decode(input), () => input)
+    return undefined
   }
 }
 

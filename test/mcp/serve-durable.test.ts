@@ -10,7 +10,7 @@ import { AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { McpToolsetServer } from "effect-async-toolset/mcp"
 import { newSessionId, storeLayer } from "../support/durable.ts"
-import { sdkClient } from "../support/mcp.ts"
+import { httpServer, sdkClient, sdkHttpClient } from "../support/mcp.ts"
 
 const book = FunctionTool.make("book_hotel", {
   description: "Book a hotel",
@@ -67,6 +67,26 @@ describe("McpToolsetServer on a durable toolset", () => {
         const other = yield* sdkClient({ owner: "client-2" })
         const error = yield* Effect.promise(() => other.client.experimental.tasks.getTask(taskId).then(() => "answered", (e: Error) => e.message))
         assert.include(error, "Task not found")
+      }).pipe(Effect.scoped, Effect.provide(serverProcess(sessionId)))
+    }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+
+  it.live("over HTTP: a restarted server with the same secret takes up the session id it issued, and its task is found there", () =>
+    Effect.gen(function*() {
+      const sessionId = newSessionId()
+      const first = yield* Effect.gen(function*() {
+        const url = yield* httpServer()
+        const { client, transport } = yield* sdkHttpClient(url)
+        const created = yield* Effect.promise(() =>
+          client.request({ method: "tools/call", params: { name: "book_hotel", arguments: { city: "Oslo" }, task: {} } }, CreateTaskResultSchema)
+        )
+        return { taskId: created.task.taskId, session: transport.sessionId! }
+      }).pipe(Effect.scoped, Effect.provide(serverProcess(sessionId)))
+
+      yield* Effect.gen(function*() {
+        const url = yield* httpServer()
+        const { client } = yield* sdkHttpClient(url, { sessionId: first.session })
+        const result = yield* Effect.promise(() => client.experimental.tasks.getTaskResult(first.taskId, CallToolResultSchema))
+        assert.deepStrictEqual(result.content, [{ type: "text", text: "Booked HT-7 in Oslo" }])
       }).pipe(Effect.scoped, Effect.provide(serverProcess(sessionId)))
     }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
 })
