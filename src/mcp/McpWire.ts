@@ -1,7 +1,7 @@
 /**
  * What travels between an MCP client and server, as this package reads and writes it: JSON-RPC 2.0
  * messages, the protocol revisions it speaks, the error codes, and the tool and task shapes of the
- * 2025-11-25 revision (Tasks, SEP-1686). Both sides use it: `McpToolsetServer` and `McpClient`.
+ * 2025-11-25 revision (Tasks, SEP-1686). Both sides use it: `McpToolsetServer` and `McpConnection`.
  *
  * Messages are checked only as far as routing needs (an envelope, a method, an id); each method
  * checks its own params where it reads them, and answers a bad one with `-32602`.
