@@ -164,4 +164,31 @@ describe("McpToolsetServer: tasks", () => {
         assert.include(String(yield* Effect.promise(() => call)), "changed my mind")
       })
     ))
+
+  it.effect("an ended task is forgotten once its ttl has passed (since its creation and since its end): then it is not found", () =>
+    withServer(() =>
+      Effect.gen(function*() {
+        const { client } = yield* sdkClient()
+        const created = yield* Effect.promise(() =>
+          client.request({ method: "tools/call", params: { name: "book_flight", arguments: { to: "Bern" }, task: { ttl: 30_000 } } }, CreateTaskResultSchema)
+        )
+        yield* TestClock.adjust("2 minutes")
+        assert.strictEqual((yield* Effect.promise(() => client.experimental.tasks.getTask(created.task.taskId))).status, "completed")
+        yield* TestClock.adjust("2 minutes")
+        const error = yield* Effect.promise(() => client.experimental.tasks.getTask(created.task.taskId).then(() => "answered", (e: Error) => e.message))
+        assert.include(error, "Task not found")
+      })
+    ))
+
+  it.effect("a session may have maxTasksPerSession tasks running; one more is refused with -32000 in plain words", () =>
+    Effect.flatMap(makeProbe, (probe) =>
+      Effect.gen(function*() {
+        const { client } = yield* sdkClient()
+        yield* createTask(client, "watch", {})
+        const refused = yield* Effect.promise(() =>
+          client.request({ method: "tools/call", params: { name: "watch", arguments: {}, task: {} } }, CreateTaskResultSchema)
+            .then(() => "answered", (e: { code: number; message: string }) => `${e.code}: ${e.message}`)
+        )
+        assert.strictEqual(refused, "-32000: MCP error -32000: This session has 1 tasks running, the most it may: wait for one to end, or cancel one")
+      }).pipe(Effect.provide(serverLayer(probe, { maxTasksPerSession: 1 })))))
 })
