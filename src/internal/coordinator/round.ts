@@ -261,13 +261,16 @@ const ask = (coordinator: Coordinator, r: Round): Effect.Effect<void, PortFault>
   r.suspended = true
   return Effect.flatMap(
     Effect.onInterrupt(awaitStep(coordinator, r, step), () => Effect.sync(() => interruptQuietly(step))),
-    (ended) => ended === undefined ? askHeld(coordinator, r) : stepEnded(coordinator, r, ended)
+    (ended) => ended === undefined ? (r.notBefore === undefined ? Effect.void : askHeld(coordinator, r)) : stepEnded(coordinator, r, ended)
   )
 }
 
 /** The step ended: asked (or nothing to ask), to be prepared again, or failed (retried). */
 const stepEnded = (coordinator: Coordinator, r: Round, exit: Exit.Exit<Step, PortFault>): Effect.Effect<void, PortFault> => {
-  if (Exit.isSuccess(exit)) return exit.value === "again" ? prepare(coordinator, r) : askHeld(coordinator, r)
+  if (Exit.isSuccess(exit)) {
+    // (no run-loop step for a round without retries: the usual case)
+    return exit.value === "again" ? prepare(coordinator, r) : r.notBefore === undefined ? Effect.void : askHeld(coordinator, r)
+  }
   if (isClosed(coordinator)) return Effect.interrupt
   if (exit.cause.reasons.some(Cause.isDieReason)) return Effect.failCause(exit.cause)
   return retry(coordinator, r, exit.cause)
