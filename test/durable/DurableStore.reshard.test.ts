@@ -25,7 +25,11 @@ import { eventually } from "../support/durable.ts"
 import { freshDataDir } from "../support/pglite.ts"
 import { freePort, freshDatabase, testPgUrl } from "./pgDatabase.ts"
 
-/** Whether the tool waits forever (the store of the earlier version) or returns. */
+/**
+ * Whether the tool waits forever (the store of the earlier version) or returns. Set before a
+ * runner's layers are built: a stored running call resumes as soon as the toolset registers its
+ * workflow, which can be before the test's body runs.
+ */
 const state = { waits: true, finished: [] as Array<string> }
 
 const book = FunctionTool.make("book", { description: "Books", onDuplicateCall: "allow" }, () =>
@@ -56,34 +60,39 @@ const withToolset = <A, E>(store: Store, sessionId: string, body: (made: AsyncTo
 
 /** With the store of the earlier version: two calls start, and are still running when it closes. */
 const leaveRunningCalls = (store: Store, sessionId: string) =>
-  withToolset(store, sessionId, (made) =>
-    Effect.gen(function*() {
-      state.waits = true
-      for (const callId of ["c1", "c2"]) {
-        yield* made.execute(yield* ChatContext.functionCall({ callId, name: "book", arguments: "{}" }))
-      }
-      const sql = yield* SqlClient
-      return yield* sql<{ shard_id: string }>`SELECT shard_id FROM cluster_messages
-        WHERE NOT processed AND entity_type = 'Workflow/effect-async-toolset/reshard'`
-    }))
+  Effect.suspend(() => {
+    state.waits = true
+    return withToolset(store, sessionId, (made) =>
+      Effect.gen(function*() {
+        for (const callId of ["c1", "c2"]) {
+          yield* made.execute(yield* ChatContext.functionCall({ callId, name: "book", arguments: "{}" }))
+        }
+        const sql = yield* SqlClient
+        return yield* sql<{ shard_id: string }>`SELECT shard_id FROM cluster_messages
+          WHERE NOT processed AND entity_type = 'Workflow/effect-async-toolset/reshard'`
+      }))
+  })
 
-/** With the store of this version: both calls run to their end. */
+/** With the store of this version: both calls run to their end, with nothing done but waiting. */
 const finishCalls = (store: Store, sessionId: string) =>
-  withToolset(store, sessionId, () =>
-    Effect.gen(function*() {
-      state.waits = false
-      const sql = yield* SqlClient
-      yield* eventually(
-        Effect.map(
-          Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM async_toolset_call WHERE status = 'done'`),
-          (rows) => Number(rows[0]!.n) === 2
-        ),
-        "both calls are done",
-        30
-      )
-      return yield* sql<{ shard_id: string }>`SELECT DISTINCT shard_id FROM cluster_messages
-        WHERE entity_type = 'Workflow/effect-async-toolset/reshard'`
-    }))
+  Effect.suspend(() => {
+    // before the runner starts: the calls may resume while its layers are still being built
+    state.waits = false
+    return withToolset(store, sessionId, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient
+        yield* eventually(
+          Effect.map(
+            Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM async_toolset_call WHERE status = 'done'`),
+            (rows) => Number(rows[0]!.n) === 2
+          ),
+          "both calls are done",
+          30
+        )
+        return yield* sql<{ shard_id: string }>`SELECT DISTINCT shard_id FROM cluster_messages
+          WHERE entity_type = 'Workflow/effect-async-toolset/reshard'`
+      }))
+  })
 
 describe("DurableStore: stored messages of an earlier shard count", () => {
   it.live("embedded: running calls stored in shards other than 1 (300 shards) run after the store opens with one shard", () =>
