@@ -35,20 +35,10 @@ import { firstOutputId, pairAt, retrying, syntheticCallId } from "./body.ts"
 import type { CallEvent, Mailbox } from "./hub.ts"
 import * as Runners from "./runners.ts"
 import { mailbox, post } from "./hub.ts"
+import { claimCall, readCall, recordEnd, recordPlaceholder, requestStop } from "./calls.ts"
+import { itemsOfCall, restamp, restoreCall } from "./chatItems.ts"
 import type { CallRow, ItemRow, StopCause } from "./tables.ts"
-import {
-  claimCall,
-  decodeItem,
-  decodeOutput,
-  isLive,
-  itemsOfCall,
-  readCall,
-  recordEnd,
-  recordPlaceholder,
-  requestStop,
-  restamp,
-  restoreCall
-} from "./tables.ts"
+import { decodeItem, decodeOutput, isLive } from "./tables.ts"
 
 /** What the store of one durable toolset in one session works with. */
 export interface Deps {
