@@ -17,6 +17,7 @@ import { decide } from "./admission.ts"
 import * as Lifecycle from "./callLifecycle.ts"
 import * as CallRun from "./callRun.ts"
 import type { Call, CallStore } from "./callRun.ts"
+import * as Delivery from "./delivery.ts"
 import * as Coordinator from "./coordinator/index.ts"
 import * as ToolTable from "./toolTable.ts"
 import type { Names, Prepared } from "./toolTable.ts"
@@ -501,4 +502,4 @@ const missingTool = (name: string): Prepared => ({
 
 /** An item in the chat, owed a reply (recorded by a store before this toolset was made): handed to the coordinator. */
 export const owe = (state: State, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number): void =>
-  CallRun.owe(state.toolset, callId, items, insertedAt)
+  Delivery.owe(state.toolset, callId, items, insertedAt)
