@@ -6,13 +6,15 @@
  *
  * @since 0.1.0
  */
-import { Cause, Context, Duration, Effect, Exit, Option, Result, Schema, SchemaAST, SchemaIssue } from "effect"
+import { Cause, Duration, Effect, Exit, Option, Result, Schema } from "effect"
 import type * as JsonSchema from "effect/JsonSchema"
-import { OpenAiStructuredOutput, Tool } from "effect/ai"
+import { Tool } from "effect/ai"
 import type { Toolkit } from "effect/ai"
-import { AsyncRunContext } from "./AsyncRunContext.ts"
 import { functionCallOutput } from "./ChatContext.ts"
 import type { FunctionCall } from "./ChatContext.ts"
+import { formatIssue, truncate } from "./internal/argumentProblems.ts"
+import { notSupported, parametersOf, runHandler } from "./internal/toolkitTool.ts"
+import { compileParameters, inspectJson } from "./internal/toolParameters.ts"
 import { ToolError } from "./ToolError.ts"
 
 const TypeId = "~effect-async-toolset/FunctionTool" as const
@@ -180,105 +182,6 @@ export const mapParameters = <Name extends string, Args, Success, Failure, R, Ar
   ...compileParameters(parameters)
 })
 
-const emptyObjectSchema: JsonSchema.JsonSchema = {
-  type: "object",
-  properties: {},
-  required: [],
-  additionalProperties: false
-}
-
-const compileParameters = (parameters: Parameters) => {
-  const decodeOptions = { errors: "all", onExcessProperty: "error" } as const
-  if (Object.keys(parameters.fields).length === 0) {
-    const decode = Schema.decodeUnknownResult(parameters)
-    return {
-      jsonSchema: emptyObjectSchema,
-      strict: true,
-      // Effect's parser skips the excess-property check for a struct without fields, so do it here.
-      decodeArgs: (input: unknown) => {
-        if (typeof input === "object" && input !== null && !Array.isArray(input)) {
-          const issues = Object.entries(input).map(([key, value]) =>
-            new SchemaIssue.Pointer([key], new SchemaIssue.UnexpectedKey(parameters.ast, value))
-          )
-          if (issues.length > 0) {
-            return Result.fail(
-              new Schema.SchemaError(new SchemaIssue.Composite(parameters.ast, [issues[0]!, ...issues.slice(1)], input))
-            )
-          }
-        }
-        return decode(input, decodeOptions)
-      },
-      canonicalArgs: () => "{}"
-    }
-  }
-  // The strict form (OpenAI's structured-output subset: every key required, optional ones
-  // nullable, no extra keys) is what most providers accept; its codec maps `null` back to a missing
-  // key, so the schema the model sees and the decoder agree exactly.
-  let codec: Schema.ConstraintCodec<any, unknown, never, never> = parameters
-  let jsonSchema: JsonSchema.JsonSchema
-  let strict = true
-  try {
-    const openAi = OpenAiStructuredOutput.toCodecOpenAI(parameters)
-    codec = openAi.codec
-    jsonSchema = openAi.jsonSchema
-  } catch {
-    strict = false
-    jsonSchema = Tool.getJsonSchemaFromSchema(Schema.toCodecJson(parameters))
-  }
-  const decode = Schema.decodeUnknownResult(codec)
-  const fields = new Set(Object.keys(parameters.fields))
-  const encode = Schema.encodeUnknownResult(Schema.toCodecJson(parameters))
-  return {
-    jsonSchema,
-    strict,
-    // Most calls are valid: decode with the parser's fast path (no generator), then check for
-    // keys the schema dropped; only a failure or a suspected extra key takes the full pass, which
-    // reports every problem.
-    decodeArgs: (input: unknown) => {
-      const fast = decode(input)
-      if (Result.isSuccess(fast) && !hasDroppedKey(input, fast.success, fields)) return fast
-      return decode(input, decodeOptions)
-    },
-    canonicalArgs: (args: unknown) =>
-      Result.match(encode(args), { onSuccess: canonicalJson, onFailure: () => canonicalJson(args) })
-  }
-}
-
-/**
- * Whether decoding dropped a key of the input (an extra key: the default parse options ignore
- * them): a key present in an input object and absent from its decoded counterpart, unless it is a
- * declared field sent as `null` (the strict codec decodes a `null` optional key as absent; below
- * the top level, where the fields are not known here, a dropped `null` counts as suspect). Walks
- * input and output together; a false alarm (a schema that renames keys, say) only costs the full
- * pass.
- */
-const hasDroppedKey = (input: unknown, output: unknown, fields?: ReadonlySet<string>): boolean => {
-  if (input === null || typeof input !== "object" || output === null || typeof output !== "object") return false
-  if (Array.isArray(input)) {
-    if (!Array.isArray(output) || output.length !== input.length) return false
-    for (let i = 0; i < input.length; i++) if (hasDroppedKey(input[i], output[i])) return true
-    return false
-  }
-  for (const key in input) {
-    const value = (input as Record<string, unknown>)[key]
-    if (!Object.hasOwn(output, key)) {
-      if (value !== null || fields === undefined || !fields.has(key)) return true
-    } else if (hasDroppedKey(value, (output as Record<string, unknown>)[key])) {
-      return true
-    }
-  }
-  return false
-}
-
-/** JSON with object keys sorted, so equal arguments give equal text. */
-const canonicalJson = (value: unknown): string =>
-  JSON.stringify(value, (_key, v: unknown) => {
-    if (v === null || typeof v !== "object" || Array.isArray(v)) return v
-    const sorted: Record<string, unknown> = {}
-    for (const k of Object.keys(v).sort()) sorted[k] = (v as Record<string, unknown>)[k]
-    return sorted
-  })
-
 /**
  * The provider-facing function definition: name, description and the JSON Schema of the
  * parameters.
@@ -364,226 +267,6 @@ export const decodeArguments = <Name extends string, Args>(
 
 /** Default limit on how deeply the model's arguments may nest (objects and arrays). */
 export const defaultMaxArgumentsDepth = 64
-
-/**
- * Why parsed arguments must not be decoded, if they must not: nested deeper than `maxDepth`, or an
- * own `__proto__` key, or a `constructor` holding a `prototype` (however the key was escaped in
- * the JSON text). Recursive, but never deeper than `maxDepth`.
- */
-const inspectJson = (
-  value: unknown,
-  maxDepth: number,
-  depth = 1
-): { readonly reason: "json" | "size"; readonly detail: string } | undefined => {
-  if (value === null || typeof value !== "object") return undefined
-  if (depth > maxDepth) return { reason: "size", detail: `nested more than ${maxDepth} levels deep` }
-  if (Array.isArray(value)) {
-    for (const item of value) {
-      const found = inspectJson(item, maxDepth, depth + 1)
-      if (found !== undefined) return found
-    }
-    return undefined
-  }
-  if (Object.hasOwn(value, "__proto__")) {
-    return { reason: "json", detail: `the key "__proto__" is not allowed: it could change an object's prototype` }
-  }
-  const ctor: unknown = (value as Record<string, unknown>)["constructor"]
-  if (Object.hasOwn(value, "constructor") && typeof ctor === "object" && ctor !== null && Object.hasOwn(ctor, "prototype")) {
-    return { reason: "json", detail: `the key "constructor.prototype" is not allowed: it could change an object's prototype` }
-  }
-  for (const key in value) {
-    const found = inspectJson((value as Record<string, unknown>)[key], maxDepth, depth + 1)
-    if (found !== undefined) return found
-  }
-  return undefined
-}
-
-// --- what the model is told about arguments that do not match -------------------------------------
-//
-// One line a problem, each naming what was expected, where, and what the model sent, in words a
-// model acts on: `Expected number at ["n"], got the string "one"`. Effect's default formatter
-// describes the codec rather than the parameter (a number's JSON codec also takes "Infinity",
-// "-Infinity" and "NaN", so "one" read `Expected "Infinity" | "-Infinity" | "NaN"`) and never
-// says what was sent; the model's own arguments are at hand here, so each line quotes them.
-
-/** A problem with the arguments: where, and the line that tells the model. */
-interface ArgumentProblem {
-  readonly path: ReadonlyArray<PropertyKey>
-  readonly line: string
-}
-
-const pathText = (path: ReadonlyArray<PropertyKey>): string =>
-  path.length === 0 ? "the top level" : path.map((key) => `[${JSON.stringify(typeof key === "symbol" ? String(key) : key)}]`).join("")
-
-/** The value at `path` of the model's arguments (`undefined` where there is none). */
-const valueAt = (input: unknown, path: ReadonlyArray<PropertyKey>): unknown =>
-  path.reduce<unknown>(
-    (value, key) =>
-      value !== null && typeof value === "object" && Object.hasOwn(value, key)
-        ? (value as Record<PropertyKey, unknown>)[key]
-        : undefined,
-    input
-  )
-
-/** What the model sent, in words: `the string "one"`, `the number 1.5`, `an array of 2 items`. */
-const sentText = (value: unknown): string => {
-  if (value === undefined) return "nothing"
-  if (value === null) return "null"
-  if (typeof value === "string") return `the string ${JSON.stringify(truncate(value, 80))}`
-  if (typeof value === "number") return `the number ${value}`
-  if (typeof value === "boolean") return `the boolean ${value}`
-  if (Array.isArray(value)) return `an array of ${value.length} item${value.length === 1 ? "" : "s"}`
-  return "an object"
-}
-
-// The strings a number's JSON codec takes besides numbers: not something to ask a model for.
-const nonFinite = new Set<unknown>(["Infinity", "-Infinity", "NaN"])
-
-/** The members of a union, nested unions flattened, less the non-finite strings beside a number. */
-const unionMembers = (ast: SchemaAST.AST): Array<SchemaAST.AST> => {
-  const flat = (node: SchemaAST.AST): Array<SchemaAST.AST> => SchemaAST.isUnion(node) ? node.types.flatMap(flat) : [node]
-  const members = flat(ast)
-  const hasNumber = members.some((member) => member._tag === "Number")
-  return members.filter((member) =>
-    member._tag !== "Undefined" && !(hasNumber && SchemaAST.isLiteral(member) && nonFinite.has(member.literal))
-  )
-}
-
-/**
- * What a schema takes, in words: `string`, `one of "economy", "business"`, `string or null`,
- * `number (an integer, a value between 1 and 9)`.
- */
-const expectedText = (ast: SchemaAST.AST): string => {
-  const base = typeText(ast)
-  // JSON has no infinite number: "finite" tells the model nothing
-  const checks = (ast.checks ?? []).flatMap(checkExpectations).filter((check) => !(base === "number" && check === finiteText))
-  return checks.length === 0 ? base : `${base} (${checks.join(", ")})`
-}
-
-const typeText = (ast: SchemaAST.AST): string => {
-  switch (ast._tag) {
-    case "String":
-      return "string"
-    case "Number":
-      return "number"
-    case "Boolean":
-      return "boolean (true or false)"
-    case "Null":
-      return "null"
-    case "Literal":
-      return JSON.stringify(ast.literal)
-    case "Enum":
-      return `one of ${ast.enums.map(([, value]) => JSON.stringify(value)).join(", ")}`
-    case "Arrays":
-      return "array"
-    case "Objects":
-      return "object"
-    case "Union": {
-      const members = unionMembers(ast)
-      if (members.length === 1) return expectedText(members[0]!)
-      const literals = members.filter(SchemaAST.isLiteral)
-      const others = members.filter((member) => !SchemaAST.isLiteral(member) && member._tag !== "Null")
-      const words = [
-        ...(literals.length === 0 ? [] : [
-          literals.length === 1
-            ? JSON.stringify(literals[0]!.literal)
-            : `one of ${literals.map((literal) => JSON.stringify(literal.literal)).join(", ")}`
-        ]),
-        ...others.map(expectedText),
-        ...(members.some((member) => member._tag === "Null") ? ["null"] : [])
-      ]
-      return words.join(" or ")
-    }
-    default:
-      return SchemaIssue.defaultLeafHook(new SchemaIssue.InvalidType(ast)).replace(/^Expected /, "")
-  }
-}
-
-const finiteText = "a finite number"
-
-// Checks whose filter has no `expected` text (the OpenAI codec drops it for these, so they add no
-// description to the JSON Schema): without these the model would read "Expected <filter>".
-const knownChecks: Record<string, string> = {
-  "effect/schema/isInt": "an integer",
-  "effect/schema/isFinite": finiteText
-}
-
-/** What a check asks for, if it says. */
-const checkExpected = (annotations: Schema.Annotations.Filter | undefined): string | undefined => {
-  const expected = annotations?.expected
-  if (typeof expected === "string") return expected
-  const id = annotations?.representation?.id
-  return typeof id === "string" ? knownChecks[id] : undefined
-}
-
-const checkExpectations = (check: SchemaAST.Check<unknown>): Array<string> => {
-  if (check._tag === "FilterGroup") return check.checks.flatMap(checkExpectations)
-  const expected = checkExpected(check.annotations)
-  return expected === undefined ? [] : [expected]
-}
-
-/** What a failed check asked for: its own message if it has one, else `Expected <what it checks>`. */
-const checkText = (issue: SchemaIssue.Filter): string =>
-  SchemaIssue.defaultCheckHook(issue) ?? `Expected ${checkExpected(issue.filter.annotations) ?? "a valid value"}`
-
-/** The names an object schema takes, for the model that sent another. */
-const allowedKeys = (ast: SchemaAST.AST | undefined): string =>
-  ast !== undefined && SchemaAST.isObjects(ast) && ast.propertySignatures.length > 0
-    ? `the parameters are ${ast.propertySignatures.map((p) => JSON.stringify(String(p.name))).join(", ")}`
-    : "this tool takes no parameters"
-
-/** The problems an issue holds, each with its path; `parent` is the object schema around a key. */
-const argumentProblems = (
-  issue: SchemaIssue.Issue,
-  input: unknown,
-  path: ReadonlyArray<PropertyKey>,
-  parent: SchemaAST.AST | undefined
-): Array<ArgumentProblem> => {
-  const at = pathText(path)
-  const got = () => sentText(valueAt(input, path))
-  switch (issue._tag) {
-    case "Pointer":
-      return argumentProblems(issue.issue, input, [...path, ...issue.path], parent)
-    case "Composite":
-      return issue.issues.flatMap((inner) => argumentProblems(inner, input, path, SchemaAST.isObjects(issue.ast) ? issue.ast : parent))
-    case "Encoding":
-      return argumentProblems(issue.issue, input, path, parent)
-    case "Filter":
-      return [{ path, line: `${checkText(issue)} at ${at}, got ${got()}` }]
-    case "MissingKey": {
-      const key = path.at(-1)
-      const field = parent !== undefined && SchemaAST.isObjects(parent)
-        ? parent.propertySignatures.find((p) => p.name === key)
-        : undefined
-      const wanted = field === undefined ? "" : `: expected ${expectedText(field.type)}`
-      return [{ path, line: `Missing key ${JSON.stringify(String(key))} at ${at}${wanted}` }]
-    }
-    case "UnexpectedKey":
-      return [{
-        path,
-        line: `Unexpected key ${JSON.stringify(String(path.at(-1)))} at ${at}: ${allowedKeys(issue.ast)}; leave it out`
-      }]
-    case "AnyOf": {
-      // A member the value matched in type, but not inside (an object with a wrong field): say
-      // what is wrong inside. Otherwise no member fits: say what the union takes as a whole.
-      const inside = issue.issues.filter((inner) => inner._tag !== "AnyOf" && inner._tag !== "InvalidType")
-      return inside.length > 0
-        ? inside.flatMap((inner) => argumentProblems(inner, input, path, parent))
-        : [{ path, line: `Expected ${expectedText(issue.ast)} at ${at}, got ${got()}` }]
-    }
-    case "InvalidType":
-      return [{ path, line: `Expected ${expectedText(issue.ast)} at ${at}, got ${got()}` }]
-    case "InvalidValue":
-    case "OneOf":
-    case "Forbidden":
-      return [{ path, line: `${SchemaIssue.defaultLeafHook(issue)} at ${at}, got ${got()}` }]
-  }
-}
-
-const formatIssue = (issue: SchemaIssue.Issue, input: unknown): string =>
-  argumentProblems(issue, input, [], undefined).map((problem) => problem.line).join("\n")
-
-const truncate = (s: string, max: number): string => s.length <= max ? s : `${s.slice(0, max)}…`
 
 /**
  * The text the model reads for one outcome of a tool.
@@ -723,23 +406,6 @@ export type FromTool<T> = T extends Tool.Tool<infer Name, infer Config, infer Re
   >
   : never
 
-/** The tool's parameters as ours: a struct as is; effect/ai's empty parameters as an empty struct. */
-const parametersOf = (tool: Tool.Any): Parameters => {
-  const schema: unknown = tool.parametersSchema
-  if (!Schema.isSchema(schema) || !SchemaAST.isObjects(schema.ast)) return notSupported(tool, "its parameters are not a Schema.Struct")
-  const { indexSignatures, propertySignatures } = schema.ast
-  if (propertySignatures.length === 0 && indexSignatures.every((index) => SchemaAST.isNever(index.type))) {
-    return Schema.Struct({}) // `Tool.EmptyParams`: a record of nothing
-  }
-  if (indexSignatures.length > 0 || !("fields" in schema)) return notSupported(tool, "its parameters are not a Schema.Struct")
-  // a struct whose fields decode without services, as `Tool.make` requires of its parameters
-  return schema as Parameters
-}
-
-const notSupported = (tool: Tool.Any, why: string): never => {
-  throw new Error(`FunctionTool.fromTool: ${tool.name} cannot run in an AsyncToolset: ${why}`)
-}
-
 /**
  * An effect/ai `Tool` as a `FunctionTool`, so it runs in an `AsyncToolset`: its name, description,
  * parameters (a `Schema.Struct`, or none), success and failure schemas are kept; a call runs the
@@ -768,34 +434,14 @@ export const fromTool = <T extends Tool.Any>(tool: T, options: Options = {}): Fr
     return notSupported(tool, "it needs approval, and a toolset has no approval step")
   }
   const parameters = parametersOf(tool)
-  const handlerKey = Context.Service<Tool.Handler<string>>(tool.id)
   const success = tool.successSchema as Schema.Codec<unknown, unknown, never, never>
-  const encodePreliminary = Schema.encodeUnknownEffect(Schema.toCodecJson(success))
   const made = make(tool.name, {
     ...options,
     description: Tool.getDescription(tool) ?? "",
     parameters,
     success,
     failure: tool.failureSchema as Schema.Codec<unknown, unknown, never, never>
-  }, (args) =>
-    Effect.gen(function*() {
-      const handler = yield* handlerKey
-      const run = Option.getOrUndefined(yield* Effect.serviceOption(AsyncRunContext))
-      const context: Toolkit.HandlerContext<Tool.Any> = {
-        toolCallId: run?.functionCall.callId,
-        preliminary: (value) =>
-          run === undefined
-            ? Effect.void
-            : encodePreliminary(value).pipe(
-              Effect.flatMap(run.update),
-              Effect.catchCause((cause) => Effect.logWarning("a preliminary result could not be encoded; it is not sent", cause))
-            )
-      }
-      // As `Toolkit` runs a handler: in the context its layer was built with, under the caller's.
-      return yield* (handler.handler(args, context) as Effect.Effect<unknown, unknown>).pipe(
-        Effect.updateContext((input: Context.Context<never>) => Context.merge(handler.context, input))
-      )
-    }))
+  }, runHandler(tool, success))
   // `make` typed the tool from the schemas as given; `FromTool` states the same types from `T`.
   return made as unknown as FromTool<T>
 }

@@ -18,7 +18,8 @@ import * as AiAgent from "../agent/AiAgent.ts"
 import { ChatContext } from "../ChatContext.ts"
 import type { ChatItem } from "../ChatContext.ts"
 import { DurableStore } from "./DurableStore.ts"
-import { decodeItem, loadChat, markReplied, saveItems } from "./internal/tables.ts"
+import { loadChat, markReplied, saveItems } from "./internal/chatItems.ts"
+import { decodeItem } from "./internal/tables.ts"
 
 /**
  * @since 0.1.0

@@ -50,7 +50,9 @@ import type { CallWorkflow, Definition } from "./internal/body.ts"
 import * as Runners from "./internal/runners.ts"
 import * as Store from "./internal/store.ts"
 import type { CallRow, ItemRow } from "./internal/tables.ts"
-import { callsMissingFromChat, decodeCall, decodeItem, decodeOutput, liveCalls, owedItems, restoreCall } from "./internal/tables.ts"
+import { liveCalls } from "./internal/calls.ts"
+import { callsMissingFromChat, owedItems, restoreCall } from "./internal/chatItems.ts"
+import { decodeCall, decodeItem, decodeOutput } from "./internal/tables.ts"
 
 /**
  * @since 0.1.0

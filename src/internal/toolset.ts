@@ -1,14 +1,15 @@
 /**
  * A toolset, whatever its store: the composition of its tools (`toolTable.ts`), admission
  * (`admission.ts`), its calls' lifecycle (`callLifecycle.ts`), how a call runs (`callRun.ts`, over
- * the toolset's `CallStore`) and the session's reply coordinator (`coordinator/`). The in-memory
- * toolset (`AsyncToolset.make`) and the durable one (`DurableToolset.make`) are this, over two
- * stores: one call lifecycle, one admission, one reply coordinator.
+ * the toolset's `CallStore`), how its calls stop (`stopping.ts`) and the session's reply coordinator
+ * (`coordinator/`). The in-memory toolset (`AsyncToolset.make`) and the durable one
+ * (`DurableToolset.make`) are this, over two stores: one call lifecycle, one admission, one reply
+ * coordinator.
  */
 import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Metric, PubSub, Result, Schedule, Scope, Stream } from "effect"
 import { AgentSession } from "../AgentSession.ts"
 import type { AsyncRunContext } from "../AsyncRunContext.ts"
-import type { AsyncToolset, CancelResult, Options, RunningTask } from "../AsyncToolset.ts"
+import type { AsyncToolset, Options, RunningTask } from "../AsyncToolset.ts"
 import type { ChatItem, FunctionCall, FunctionCallOutput } from "../ChatContext.ts"
 import * as FunctionTool from "../FunctionTool.ts"
 import * as Prompts from "../Prompts.ts"
@@ -17,7 +18,9 @@ import { decide } from "./admission.ts"
 import * as Lifecycle from "./callLifecycle.ts"
 import * as CallRun from "./callRun.ts"
 import type { Call, CallStore } from "./callRun.ts"
+import * as Delivery from "./delivery.ts"
 import * as Coordinator from "./coordinator/index.ts"
+import { cancel, closing, drain, waitFor } from "./stopping.ts"
 import * as ToolTable from "./toolTable.ts"
 import type { Names, Prepared } from "./toolTable.ts"
 
@@ -316,38 +319,9 @@ const describeRunning = (calls: Iterable<Call>) =>
   Array.from(calls, (c) => `- call_id ${ToolTable.clip(c.functionCall.callId)}, arguments ${ToolTable.clip(c.functionCall.arguments)}`)
     .join("\n")
 
-// --- cancel, drain, close ------------------------------------------------------------------------
+// --- running tasks -------------------------------------------------------------------------------
 
-/**
- * Stops a call (E2): its caller, if it waits, is answered at once (E8); the answer comes once the
- * store has recorded the cancel (a durable call cancelled before a crash stays cancelled), and
- * never later than the store's bound for that (a call inside an uninterruptible region is not
- * waited for: it stops on its own, listed as cancelling, E4).
- */
-const cancel = (toolset: CallRun.Toolset, callId: string): Effect.Effect<CancelResult> => {
-  const recorded = toolset.store.stopRecorded
-  if (recorded === undefined) return Effect.sync(() => resultOf(stop(toolset, callId)))
-  return Effect.suspend(() => {
-    const stopped = stop(toolset, callId)
-    return typeof stopped === "string" ? Effect.succeed(stopped) : Effect.as(recorded(toolset, stopped), "cancelled")
-  })
-}
-
-/** Stops a call now: the call it stopped (its store may still be recording that), or why not. */
-const stop = (toolset: CallRun.Toolset, callId: string): CancelResult | Call => {
-  const { registry } = toolset
-  const c = registry.byId.get(callId)
-  // Asked again while it stops: it is being cancelled, as the model wanted.
-  if (c === undefined) return Lifecycle.isStopping(registry, callId) ? "cancelled" : "not-found"
-  if (!c.cancellable) return "not-cancellable"
-  Lifecycle.stop(registry, c, "cancelled", toolset.cancelled)
-  Lifecycle.flush(registry)
-  return c
-}
-
-const resultOf = (stopped: CancelResult | Call): CancelResult => typeof stopped === "string" ? stopped : "cancelled"
-
-
+/** The calls as `runningTasks` and `get_running_tasks` list them. */
 const runningTasks = (registry: Lifecycle.Registry<Prepared>): ReadonlyArray<RunningTask> => {
   const tasks: Array<RunningTask> = []
   for (const c of registry.live) {
@@ -365,65 +339,6 @@ const runningTasks = (registry: Lifecycle.Registry<Prepared>): ReadonlyArray<Run
   return tasks
 }
 
-/**
- * Stops the cancellable calls and waits for every call to end. A call whose handler returned is
- * not stopped (its result stands), but its delivery is cut short: its result goes to the reply
- * coordinator, which inserts it, so a stalled session cannot hold a hand-off.
- */
-const drain = (toolset: CallRun.Toolset): Effect.Effect<void> => {
-  const { registry } = toolset
-  for (const c of Array.from(registry.live)) {
-    if (c.status === "finishing") {
-      const fiber = c.fiber
-      if (fiber !== undefined) registry.wakes.push(() => fiber.interruptUnsafe())
-    } else if (c.cancellable) {
-      Lifecycle.stop(registry, c, "drained", toolset.cancelled)
-    }
-  }
-  Lifecycle.flush(registry)
-  return waitFor(registry, () => registry.live.size === 0)
-}
-
-/**
- * The toolset stops taking calls and delivering, and interrupts every call and timer: one step,
- * taken as soon as `close` is called (or the scope's finalizers reach the toolset). What it had
- * queued for a reply is taken back from the coordinator, and returned to be reported.
- */
-const beginClose = (toolset: CallRun.Toolset): ReadonlyArray<Coordinator.Item> => {
-  if (toolset.owner.closed) return []
-  const left = Coordinator.closeOwner(toolset.coordinator, toolset.owner)
-  Lifecycle.closeAll(toolset.registry, toolset.cancelled)
-  Lifecycle.flush(toolset.registry)
-  for (const timer of toolset.timers) timer.interruptUnsafe()
-  return left
-}
-
-/**
- * The toolset's close: every call stopped at once, what it let go reported, its fibers awaited,
- * then it leaves the session's reply coordinator (the last toolset of the session stops it).
- */
-const closing = (toolset: CallRun.Toolset): Effect.Effect<void> =>
-  Effect.suspend(() =>
-    Effect.andThen(
-      Coordinator.letGo(toolset.owner, beginClose(toolset)),
-      Effect.andThen(
-        Effect.andThen(
-          waitFor(toolset.registry, () => toolset.registry.live.size === 0),
-          Effect.suspend(() => Fiber.awaitAll(Array.from(toolset.timers)))
-        ),
-        Coordinator.release(toolset.coordinator, toolset.owner)
-      )
-    )
-  )
-
-/** Completes once `ready()` holds; it is checked now and after each transition. */
-const waitFor = (registry: Lifecycle.Registry<Prepared>, ready: () => boolean): Effect.Effect<void> =>
-  Effect.callback<void>((resume) => {
-    const waiter = Lifecycle.waiter(registry, ready, () => resume(Effect.void))
-    if (waiter === undefined) return resume(Effect.void)
-    return Effect.sync(() => Lifecycle.forgetWaiter(registry, waiter))
-  })
-
 // --- management tools ----------------------------------------------------------------------------
 
 /** `get_running_tasks_<id>` and `cancel_task_<id>`: what the model uses to see and stop calls (E1). */
@@ -434,7 +349,6 @@ const management = (toolset: CallRun.Toolset, names: Names) =>
     cancel: (callId) => cancel(toolset, callId),
     nameOf: (callId) => toolset.registry.byId.get(callId)?.functionCall.name
   })
-
 
 // --- calls and items a store brings back -----------------------------------------------------------
 
@@ -501,4 +415,4 @@ const missingTool = (name: string): Prepared => ({
 
 /** An item in the chat, owed a reply (recorded by a store before this toolset was made): handed to the coordinator. */
 export const owe = (state: State, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number): void =>
-  CallRun.owe(state.toolset, callId, items, insertedAt)
+  Delivery.owe(state.toolset, callId, items, insertedAt)

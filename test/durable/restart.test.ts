@@ -60,7 +60,7 @@ describe("DurableToolset across a restart", () => {
 import { DurableStore } from "effect-async-toolset/durable"
 import { AgentSession } from "effect-async-toolset"
 import { Context } from "effect"
-import { claimCall } from "../../src/durable/internal/tables.ts"
+import { claimCall } from "../../src/durable/internal/calls.ts"
 
 const blocking = FunctionTool.make("blocking", { description: "Answers after a while, without updates" }, () =>
   Effect.as(Effect.sleep("200 millis"), "the answer"))

@@ -27,7 +27,8 @@ import * as Prompts from "../../Prompts.ts"
 import type { DurableStore } from "../DurableStore.ts"
 import type { CallEvent } from "./hub.ts"
 import type { CallRow, End } from "./tables.ts"
-import { beginRunning, decodeCall, isLive, liveAmong, readCall, recordEnd, recordUpdate } from "./tables.ts"
+import { beginRunning, liveAmong, readCall, recordEnd, recordUpdate } from "./calls.ts"
+import { decodeCall, isLive } from "./tables.ts"
 
 /** What the runner side needs of a toolset. */
 export interface Definition {

@@ -8,7 +8,8 @@
  * is missed, and what it reads it may also hear (it keeps count of what it applied).
  */
 import type { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
-import type { End, EndFound } from "./tables.ts"
+import type { EndFound } from "./calls.ts"
+import type { End } from "./tables.ts"
 
 /** What a call's execution says, once it is recorded. */
 export type CallEvent =

@@ -22,7 +22,7 @@ import * as Sharding from "effect/cluster/Sharding"
 import * as ShardId from "effect/cluster/ShardId"
 import type { SqlClient } from "effect/sql/SqlClient"
 import { makeWorkflow } from "./body.ts"
-import { finishedToClear, markCleared } from "./tables.ts"
+import { finishedToClear, markCleared } from "./chatItems.ts"
 
 /** The retention settings (see `DurableStore.Options.retention`). */
 export interface Retention {
