@@ -1,7 +1,7 @@
 // Checks what a reader relies on in the source:
 // - imports flow one way: the shared core (src/*.ts, src/internal/) imports none of the feature
-//   folders (src/agent, src/openai-compat, src/durable, src/testing), and the agent imports neither
-//   the durable toolset nor the provider;
+//   folders (src/agent, src/openai-compat, src/durable, src/testing, src/mcp), the agent imports
+//   neither the durable toolset nor the provider, and the MCP part only the core;
 // - every rule code a comment or test name in src/ or test/ cites (A1, C4b, E9, ...) is defined in
 //   docs/rules.md, and every test file it names exists;
 // - no comment cites a commit hash (they mean nothing to a reader of the tree).
@@ -17,7 +17,7 @@ const walk = (dir) =>
 const problems = []
 
 // 1. imports
-const features = ["agent", "openai-compat", "durable", "testing"]
+const features = ["agent", "openai-compat", "durable", "testing", "mcp"]
 const folderOf = (file) => {
   const parts = file.split("/")
   return parts.length > 2 && features.includes(parts[1]) ? parts[1] : "core"
@@ -27,7 +27,8 @@ const allowed = {
   agent: new Set(["core", "agent"]),
   "openai-compat": new Set(["core", "openai-compat"]),
   testing: new Set(["core", "testing"]),
-  durable: new Set(["core", "agent", "durable"])
+  durable: new Set(["core", "agent", "durable"]),
+  mcp: new Set(["core", "mcp"])
 }
 for (const file of walk("src")) {
   // src/index.ts is the package's "." entry point: it hands on the core and the agent loop
