@@ -17,7 +17,7 @@
  *   in the background once that is recorded, and the toolset made again for the session tells
  *   what it says later (F2).
  */
-import { Cause, Data, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule } from "effect"
+import { Cause, Data, Deferred, Duration, Effect, Exit, Fiber, Option } from "effect"
 import type { Clock, Context } from "effect"
 import { PersistenceError } from "effect/cluster/ClusterError"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
@@ -113,7 +113,7 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
       // Its execution may never have been started (the process that recorded the call ended
       // before it could): starting it again is a no-op for one that exists.
       yield* Effect.catchCause(
-        Effect.retry(startExecution(deps, c.base!), { schedule: startRetry, times: 8 }),
+        retryAfterFailure(startExecution(deps, c.base!)),
         (cause) => Effect.logError(`${c.base} could not be resumed; it goes on when the toolset is made again`, cause)
       )
       yield* catchUp(deps, toolset, c, record, box)
@@ -190,13 +190,27 @@ const start = (
     }
   }).pipe(
     // A store that failed for a moment (a connection dropped, the pool full) is tried again.
-    Effect.retry({ schedule: startRetry, times: 8, while: (error) => !(error instanceof Refused) }),
+    (effect) => retryAfterFailure(effect, (error) => !(error instanceof Refused)),
     Effect.catchCause((cause) => couldNotStart(deps, toolset, c, claimed, cause))
   )
 }
 
 /** How a call's start is tried again (8 more times: over about 9 seconds). */
-const startRetry = Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")])
+const startRetry = (attempt: number): Duration.Duration => Duration.millis(Math.min(100 * 2 ** attempt, 2000))
+
+/**
+ * `effect`, tried again after a failure `retryable` accepts, up to 8 more times, pausing as
+ * `startRetry` says. Unlike `Effect.retry` with a schedule, a first attempt that succeeds costs no
+ * run-loop step more than the attempt itself (a call's start is on the path of its first output).
+ */
+const retryAfterFailure = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  retryable: (error: E) => boolean = () => true
+): Effect.Effect<A, E, R> => {
+  const attempt = (n: number): Effect.Effect<A, E, R> =>
+    n >= 8 ? effect : Effect.catchIf(effect, retryable, () => Effect.andThen(Effect.sleep(startRetry(n)), attempt(n + 1)))
+  return attempt(0)
+}
 
 /** Live runners of the cluster cannot run the call's toolset: it is not started. */
 class Refused extends Data.TaggedError("Refused")<{ readonly refusal: Runners.Refusal }> {}
@@ -257,7 +271,7 @@ const couldNotStart = (
     message: undefined,
     now: deps.clock.currentTimeMillisUnsafe()
   }).pipe(
-    Effect.retry({ schedule: startRetry, times: 8 }),
+    retryAfterFailure,
     Effect.catchCause((failure) => Effect.logError("could not record that a durable call did not start", failure))
   )
   return Effect.as(Effect.andThen(logged, ended).pipe(Effect.annotateLogs({ toolset: deps.toolsetId, callId })), false)
