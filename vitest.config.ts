@@ -26,14 +26,14 @@ if (typeof M.groupBy !== "function") {
  * - `npm run test:explore` (`vitest run --mode explore`; CI runs it after `npm test`): the long
  *   explorations, files named `*.explore.test.ts` (crash tests that kill processes, runners on
  *   PostgreSQL), and again the tests whose reach depends on the tier (they import `yieldSettings`,
- *   `exploring` or `byTier` from test/support/schedules.ts), now under every yield budget and with
+ *   `yieldsFor`, `exploring` or `byTier` from test/support/schedules.ts), now under every yield budget and with
  *   more seeds. `TEST_TIER=explore` tells them which tier runs.
  */
 const tierDependent = (): Array<string> => {
   const dir = fileURLToPath(new URL("./test/", import.meta.url))
   return readdirSync(dir, { recursive: true, encoding: "utf8" })
     .filter((f) => f.endsWith(".test.ts") && !f.endsWith(".explore.test.ts"))
-    .filter((f) => /\b(yieldSettings|exploring|byTier)\b/.test(readFileSync(dir + f, "utf8")))
+    .filter((f) => /\b(yieldSettings|yieldsFor|exploring|byTier)\b/.test(readFileSync(dir + f, "utf8")))
     .map((f) => `test/${f}`)
 }
 
