@@ -22,18 +22,20 @@ if (typeof M.groupBy !== "function") {
 /**
  * Two tiers of tests.
  * - `npm test` (the quick tier): every `*.test.ts` but the explorations, each race test under a
- *   few yield budgets (test/support/schedules.ts).
+ *   few yield budgets (test/support/schedules.ts), the behaviour tests of `forEachKind` on the
+ *   in-memory toolset (test/support/toolsets.ts); the durable toolset's own tests (test/durable/).
  * - `npm run test:explore` (`vitest run --mode explore`; CI runs it after `npm test`): the long
  *   explorations, files named `*.explore.test.ts` (crash tests that kill processes, runners on
- *   PostgreSQL), and again the tests whose reach depends on the tier (they import `yieldSettings`,
- *   `exploring` or `byTier` from test/support/schedules.ts), now under every yield budget and with
- *   more seeds. `TEST_TIER=explore` tells them which tier runs.
+ *   PostgreSQL, child processes), and again the tests whose reach depends on the tier (they use
+ *   `yieldSettings`, `yieldsFor`, `exploring` or `byTier` from test/support/schedules.ts, or
+ *   `forEachKind` from test/support/toolsets.ts), now under every yield budget, with more seeds,
+ *   on both toolsets (in memory and durable). `TEST_TIER=explore` tells them which tier runs.
  */
 const tierDependent = (): Array<string> => {
   const dir = fileURLToPath(new URL("./test/", import.meta.url))
   return readdirSync(dir, { recursive: true, encoding: "utf8" })
     .filter((f) => f.endsWith(".test.ts") && !f.endsWith(".explore.test.ts"))
-    .filter((f) => /\b(yieldSettings|exploring|byTier)\b/.test(readFileSync(dir + f, "utf8")))
+    .filter((f) => /\b(yieldSettings|yieldsFor|exploring|byTier|forEachKind|kinds\(\))/.test(readFileSync(dir + f, "utf8")))
     .map((f) => `test/${f}`)
 }
 

@@ -10,7 +10,7 @@ import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute, settle, stillWaiting, thenLetToolsEnd } from "../support/lifetime.ts"
 import { chatCallIds, chatProblems, faultySession, makeFiberCounter, namedCallIds, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong, settleLong, yieldsFor } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 /**
@@ -46,7 +46,7 @@ const worker = (name: string, before: "inline" | "yield" | "sleep") =>
 
 forEachKind("AsyncToolset waiters", (kind) => {
   describe("awaitIdle, drain and close waiters", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`500 awaitIdle waiters, every other one interrupted: the rest wake once idle, the interrupted ones never (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const toolset = yield* kind.make({ id: "t", tools: [job("w")] })
@@ -120,7 +120,7 @@ forEachKind("AsyncToolset waiters", (kind) => {
     const ending = FunctionTool.make("quick", { description: "Ends at once", onDuplicateCall: "allow" }, () => Effect.succeed("quick done"))
 
     for (const before of ["inline", "yield", "sleep"] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         it.effect(`a fiber resumed by awaitIdle (inline, in the flush of the last call's end) calls execute; its tool updates ${before} (MaxOpsBeforeYield ${maxOps})`, () =>
           Effect.gen(function*() {
             const toolset = yield* kind.make({ id: "t", tools: [ending, worker("w", before)] })
@@ -181,7 +181,7 @@ forEachKind("AsyncToolset waiters", (kind) => {
   })
 
   describe("awaitIdle waits for a timed-out call's notice", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`awaitIdle does not complete before a timed-out call's notice is in the chat and replied to (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const session = yield* TestSession.TestSession

@@ -12,7 +12,7 @@ import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute, promptly, settle, thenLetToolsEnd } from "../support/lifetime.ts"
 import { chatCallIds, chatProblems, makeFiberCounter, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong, settleLong, yieldsFor } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 /**
@@ -36,7 +36,7 @@ const worker = (name: string, before: "inline" | "yield" | "sleep", extra: Funct
 forEachKind("AsyncToolset interrupted callers", (kind) => {
   describe("B9 a caller interrupted while it waits: answered or withdrawn", () => {
     for (const before of ["inline", "yield", "sleep"] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         it.effect(`tool says its first update ${before}; caller interrupted after k turns (k = 0..40): abandoned or answered, never both, never a hang (MaxOpsBeforeYield ${maxOps})`, () => {
           const fibers = makeFiberCounter()
           return fibers.track(Effect.gen(function*() {
@@ -87,7 +87,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
      * the tool is not inline: its later updates and final result must not reach the chat, unasked
      * for.
      */
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a caller interrupted during the tool's inline run, before its first update: the call is abandoned (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         let started: Deferred.Deferred<void> | undefined
@@ -126,7 +126,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
     }
 
     for (const settledBy of ["cancel", "timeout", "close", "drain"] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         it.effect(`the first output is settled by ${settledBy} while the caller is being interrupted: no hang, nothing left (MaxOpsBeforeYield ${maxOps})`, () => {
           const fibers = makeFiberCounter()
           return fibers.track(Effect.gen(function*() {
@@ -171,7 +171,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
     }
 
     for (const mode of ["replace", "reject", "allow"] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         it.effect(`a tool calls execute on its own toolset inline, before its first update (mode ${mode}): no hang, each caller answered (MaxOpsBeforeYield ${maxOps})`, () => {
           const fibers = makeFiberCounter()
           let toolset: AsyncToolset.AsyncToolset | undefined
@@ -221,7 +221,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
         return yield* Effect.never
       }).pipe(Effect.ensuring(Effect.flatMap(AsyncRunContext.functionCall, ({ callId }) => Effect.sync(() => log.push(`stop ${callId}`))))))
 
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`replace chain with an interrupted caller, a cancel and a drain: every caller answers at once, no overlap, nothing left (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         return fibers.track(Effect.gen(function*() {
@@ -297,7 +297,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
         }).pipe(Effect.ensuring(Effect.flatMap(AsyncRunContext.functionCall, ({ callId }) =>
           Effect.sync(() => log.push(`stop ${callId}`))))))
 
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a replace call after a cancel of a call still stopping waits for it (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           yield* kind.advance("0 millis")
@@ -318,7 +318,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
         }).pipe(thenLetToolsEnd, kind.provide(TestSession.layer), Effect.provideService(References.MaxOpsBeforeYield, maxOps)))
     }
 
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a replace call after a call abandoned by its caller, still stopping, waits for it (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           yield* kind.advance("0 millis")
@@ -400,7 +400,7 @@ forEachKind("AsyncToolset interrupted callers", (kind) => {
   })
 
   describe("D5 and B8 callers at the same instant", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`identical calls at the same instant under reject run exactly once (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           let runs = 0

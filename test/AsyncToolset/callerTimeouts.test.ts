@@ -15,7 +15,7 @@ import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { chatProblems, makeFiberCounter, whileClockRuns } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
-import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong as promptly, settleLong, yieldsFor } from "../support/schedules.ts"
 
 const strict = (maxOps: number) => maxOps >= 16
 
@@ -37,7 +37,7 @@ const spoke = (session: TestSession.TestSession["Service"], id: string) =>
 
 forEachKind("B9 a caller whose own timeout expires in the instant the first update comes", (kind) => {
   for (const deadline of ["999 millis", "1 second", "1001 millis"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`Effect.timeout(${deadline}) around execute, first update at 1 s: answered and running, or abandoned and silent (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         return fibers.track(Effect.gen(function*() {
@@ -73,7 +73,7 @@ forEachKind("B9 a caller whose own timeout expires in the instant the first upda
 
 forEachKind("B9 a caller that loses a race to a signal its own tool gives", (kind) => {
   for (const signalFirst of [true, false] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`the tool ${signalFirst ? "signals, then updates" : "updates, then signals"}; the race's other side wakes on the signal: the loser's call is abandoned or answered, never silent and running (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         return fibers.track(Effect.gen(function*() {
@@ -124,7 +124,7 @@ forEachKind("B9 a caller that loses a race to a signal its own tool gives", (kin
 })
 
 forEachKind("E8 callers waiting their turn under replace", (kind) => {
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`three replacing calls, the middle caller interrupted after k turns while the first stops inside an uninterruptible region: no call runs unanswered, none left (MaxOpsBeforeYield ${maxOps})`, () => {
       const fibers = makeFiberCounter()
       return fibers.track(Effect.gen(function*() {

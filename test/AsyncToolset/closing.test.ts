@@ -15,7 +15,7 @@ import { execute } from "../support/lifetime.ts"
 import { captureLogs, makeFiberCounter, namedCallIds, whileClockRuns } from "../support/reliability.ts"
 import { callIdsOf, chatty, sessionError, wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
-import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong as promptly, settleLong, yieldsFor } from "../support/schedules.ts"
 
 const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {
@@ -49,7 +49,7 @@ const named = (session: TestSession.TestSession["Service"]) =>
 
 forEachKind("E6 a toolset closed while its reply request is retried", (kind) => {
   for (const failures of [1, 3] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`no reply names a1_final once A closed (${failures} failed requests, MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const session = yield* TestSession.TestSession
@@ -77,7 +77,7 @@ forEachKind("E6 a toolset closed while its reply request is retried", (kind) => 
     }
   }
 
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`A and B close in turn during the retry: close returns, no fiber left, nothing asked after the last close (MaxOpsBeforeYield ${maxOps})`, () => {
       const fibers = makeFiberCounter()
       return fibers.track(Effect.gen(function*() {
@@ -134,7 +134,7 @@ const partialSession = (target: string, readFailures: number) =>
 forEachKind("E6 a toolset closed before a partial insertion is retried", (kind) => {
   const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 5 }))
   for (const when of ["session busy", "chat read fails"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       // A toolset that closes makes no more port calls: the half stays, and close says so at error
       // level (docs/reliability.md, known limits; the port's `insert` is asked to insert all or nothing).
       it.effect(`partial insertion of c1_update_1, then close before the retry (${when}): close reports the item as never reaching the chat (the half stays: a known limit) (MaxOpsBeforeYield ${maxOps})`, () => {
@@ -190,7 +190,7 @@ const slowUninterruptible = (op: Op, uninterruptible = true) =>
 
 forEachKind("E6 a request step timed out inside an uninterruptible port operation", (kind) => {
   for (const op of ["items", "generateReply"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`control: the same operation, interruptible: the timed-out step ends at once, nothing outlives close (${op}, MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         return fibers.track(Effect.gen(function*() {
@@ -237,7 +237,7 @@ const answer = <A>(shape: Shape, ok: Effect.Effect<A, AgentSession.SessionError>
 forEachKind("E6 A closes while the request step for A's and B's results is suspended, then the port answers", (kind) => {
   for (const op of ["items", "awaitInactive", "generateReply"] as const) {
     for (const shape of ["ok", "fail", "die", "interrupt"] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         it.effect(`step suspended in ${op}, A closes, then '${shape}': nothing names a1_final after A closed; B answered; no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
           const fibers = makeFiberCounter()
           let gate: Deferred.Deferred<void> | undefined
@@ -309,7 +309,7 @@ forEachKind("E6 a retried request whose every toolset closed, another toolset ke
       }
     })
 
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`A's request fails, A closes, the session stays busy past replyTimeout: nothing reports a1_final at error level after A's close (MaxOpsBeforeYield ${maxOps})`, () => {
       const logs = captureLogs()
       return Effect.gen(function*() {
@@ -407,7 +407,7 @@ const firstSlow = (op: Op) =>
 
 forEachKind("E6 a timed-out request step still inside an uninterruptible port operation holds up only the last close", (kind) => {
   for (const op of ["items", "generateReply"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`A's step is stuck (${op}, 10 minutes) and given up: A's close (B open) returns at once, B's result is answered meanwhile, B's close waits for the step, no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         return fibers.track(Effect.gen(function*() {
@@ -492,7 +492,7 @@ const secondHangs = (shape: "interruptible" | "uninterruptible", state: { n: num
 forEachKind("E6 a toolset closed while its retried request is in flight", (kind) => {
   const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 10 }))
   for (const shape of ["interruptible", "uninterruptible"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`A's retried request hangs (${shape}), A closes (D open): A's close at once, the request stopped, D answered, nothing reported for a1_final, D's close waits for it, no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
         const logs = captureLogs()
         const fibers = makeFiberCounter()
@@ -535,7 +535,7 @@ forEachKind("E6 a toolset closed while its retried request is in flight", (kind)
 
 forEachKind("E6 the last toolset closes while its request is retried", (kind) => {
   for (const where of ["in the retry's pause", "in the retry's wait for idle", "in the retried request (hanging)"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`close ${where}: at once, no fiber left, nothing asked afterwards, no reply event, nothing reported for a1_final (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         const logs = captureLogs()

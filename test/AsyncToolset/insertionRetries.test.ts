@@ -15,7 +15,7 @@ import { execute } from "../support/lifetime.ts"
 import { captureLogs, chatProblems, makeFiberCounter, namedCallIds, reported, whileClockRuns } from "../support/reliability.ts"
 import { callIdsOf, chatty, sessionError, wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
-import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong as promptly, settleLong, yieldsFor } from "../support/schedules.ts"
 
 const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 5 }))
 
@@ -53,7 +53,7 @@ const partialSession = (target: string, cut: Cut, readFailures: number) =>
 forEachKind("C4b a partial insertion is completed by the retry", (kind) => {
   for (const cut of ["fail", "die", "interrupt"] as const) {
     for (const readFailures of [0, 1, 3] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         it.effect(`insert puts only the call of c1_update_1 then answers '${cut}'; ${readFailures} chat reads fail: the pair is whole, once, and named in one reply (MaxOpsBeforeYield ${maxOps})`, () =>
           Effect.gen(function*() {
             const session = yield* TestSession.TestSession
@@ -76,7 +76,7 @@ forEachKind("C4b a partial insertion is completed by the retry", (kind) => {
 
 forEachKind("C4b half a pair of a call cancelled before the retry is completed", (kind) => {
   for (const when of ["session busy", "chat read fails"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`partial insertion of c1_update_1, then cancel before the retry (${when}): no function call without its output is left in the chat (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         return fibers.track(Effect.gen(function*() {
@@ -161,7 +161,7 @@ const alwaysRefused = (target: string) => {
 }
 
 forEachKind("C4b a cancel that interrupts the call's own insertion lets its item go", (kind) => {
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`cancel while c1_update_1's insertion hangs, session busy: awaitIdle returns without waiting for the session (MaxOpsBeforeYield ${maxOps})`, () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
@@ -205,7 +205,7 @@ forEachKind("C4b a cancel that interrupts the call's own insertion lets its item
 
 forEachKind("C4b half a pair of a cancelled call that cannot be completed is reported", (kind) => {
   for (const how of ["completion refused", "chat read fails"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`partial insertion of c1_update_1, cancel, then ${how} for good: awaitIdle finishes, insertions bounded, and the dangling function call is reported (not a debug line) (MaxOpsBeforeYield ${maxOps})`, () => {
         const logs = captureLogs()
         const faulty = halfThenStuck("c1_update_1", { refuse: how === "completion refused", readsFail: how === "chat read fails" })
@@ -234,7 +234,7 @@ forEachKind("C4b half a pair of a cancelled call that cannot be completed is rep
     }
   }
 
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`control: c1_update_1 refused every time (nothing in the chat), cancel while its retry waits: no insertion after the cancel, awaitIdle finishes, nothing reported, close leaves no fiber (MaxOpsBeforeYield ${maxOps})`, () => {
       const logs = captureLogs()
       const fibers = makeFiberCounter()
@@ -274,7 +274,7 @@ const stuckAfterFirst = (target: string, first: boolean) =>
 
 forEachKind("C4b a cancel that interrupts an insertion which put half the pair in the chat", (kind) => {
   for (const half of [true, false] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       const name = half
         ? `c1_update_1's function call is in the chat, its insertion hangs, cancel c1: the pair is completed (or at least reported at error level), the chat holds no dangling call (MaxOpsBeforeYield ${maxOps})`
         : `control: nothing of c1_update_1 in the chat, its insertion hangs, cancel c1: nothing of it in the chat, nothing reported, awaitIdle finishes (MaxOpsBeforeYield ${maxOps})`
@@ -326,7 +326,7 @@ const letGoSession = (read: "hang" | "fail", state: { armed: boolean; reads: num
 
 forEachKind("C4b a cancelled call's item let go after a failed chat read", (kind) => {
   const retryThrice = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 3 }))
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`cancel c1 while c1_update_1's insertion hangs and the session is busy for good; the coordinator's chat read for it fails: awaitIdle returns (nothing of c1 is owed) without waiting for the session (MaxOpsBeforeYield ${maxOps})`, () => {
       const state = { armed: false, reads: 0 }
       return Effect.gen(function*() {

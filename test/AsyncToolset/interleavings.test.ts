@@ -22,7 +22,7 @@ import {
   whileClockRuns
 } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
-import { yieldSettings } from "../support/schedules.ts"
+import { yieldsFor } from "../support/schedules.ts"
 
 /**
  * Scheduler settings the races run under: a yield after almost every step, up to the default
@@ -152,7 +152,7 @@ forEachKind("AsyncToolset interleavings", (kind) => {
   })
 
   describe("2 replace never lets two calls of a key run at once", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a replacing call waits for every call of its key still stopping (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           // TestClock's first sleep of a test briefly makes the sleeping fiber interruptible (to
@@ -303,7 +303,7 @@ forEachKind("AsyncToolset interleavings", (kind) => {
   })
 
   describe("5 two updates racing for the first output", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`exactly one is the output, the other is _update_1, none is lost (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const session = yield* TestSession.TestSession
@@ -324,7 +324,7 @@ forEachKind("AsyncToolset interleavings", (kind) => {
   })
 
   describe("6 once the handler returned, the timeout no longer applies", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a result whose delivery is still under way when the timeout fires is told once, as the result (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const session = yield* TestSession.TestSession
@@ -375,7 +375,7 @@ forEachKind("AsyncToolset interleavings", (kind) => {
   })
 
   describe("7 the reply is never requested while the session is busy", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a user who starts speaking right after each idle check is never talked over (MaxOpsBeforeYield ${maxOps})`, () => {
         let controls: TestSession.TestSession["Service"] | undefined
         let checks = 0

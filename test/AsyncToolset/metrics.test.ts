@@ -9,7 +9,7 @@ import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { whileClockRuns } from "../support/reliability.ts"
-import { yieldSettings } from "../support/schedules.ts"
+import { yieldsFor } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 const job = FunctionTool.make("job", { description: "job", onDuplicateCall: "allow" }, () =>
@@ -21,7 +21,7 @@ const job = FunctionTool.make("job", { description: "job", onDuplicateCall: "all
 
 forEachKind("AsyncToolset metrics", (kind) => {
   describe("metrics read through the exported metrics", () => {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`runningCalls and callsEnded with the documented attributes count this toolset's calls (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const scope = yield* Scope.make()

@@ -34,7 +34,7 @@ import {
 import type { Fault } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
 import type { Kind } from "../support/toolsets.ts"
-import { yieldSettings } from "../support/schedules.ts"
+import { yieldsFor } from "../support/schedules.ts"
 
 const runs = Number(process.env["RELIABILITY_RUNS"] ?? 40)
 /** Runs per setting on the durable toolset. */
@@ -472,7 +472,7 @@ forEachKind("invariants under random schedules", (kind) => {
     if (process.env["RELIABILITY_STATS"]) console.log(`reliability stats (${kind.name}, seed ${seed}):`, stats)
   })
 
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     const n = kind.durable ? durableRuns : maxOps === 2048 ? runs : Math.max(1, Math.round(runs / 2))
     // (a durable run waits for its store's statements at each step)
     const timeout = 10_000 + n * (kind.durable ? 5_000 : 40)

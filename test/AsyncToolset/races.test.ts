@@ -8,7 +8,7 @@ import { Context, Duration, Effect, Fiber, Layer, References } from "effect"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { forEachKind, settle as settleKind } from "../support/toolsets.ts"
-import { yieldSettings } from "../support/schedules.ts"
+import { yieldsFor } from "../support/schedules.ts"
 
 /** Lets every fiber that can run, run (they yield every few steps here), and the store finish. */
 const settle = Effect.gen(function*() {
@@ -44,7 +44,7 @@ const chatty = FunctionTool.make("chatty", { description: "Talks a lot, never en
 /** Scheduler yield settings the step-by-step races run under. */
 
 forEachKind("AsyncToolset races", (kind) => {
-  for (const maxOps of yieldSettings) for (const timeout of [undefined, "1 second"] as const) {
+  for (const maxOps of yieldsFor(kind)) for (const timeout of [undefined, "1 second"] as const) {
     it.effect(`a caller interrupted at any step of execute leaves no call registered (timeout ${timeout ?? "none"}, MaxOpsBeforeYield ${maxOps})`, () =>
       Effect.gen(function*() {
         for (let step = 0; step < 60; step++) {
@@ -67,7 +67,7 @@ forEachKind("AsyncToolset races", (kind) => {
       }))
   }
 
-  for (const maxOps of yieldSettings) it.effect(`a cancel at any step of a chatty call lets awaitIdle complete (MaxOpsBeforeYield ${maxOps})`, () =>
+  for (const maxOps of yieldsFor(kind)) it.effect(`a cancel at any step of a chatty call lets awaitIdle complete (MaxOpsBeforeYield ${maxOps})`, () =>
     Effect.gen(function*() {
       for (let step = 0; step < 150; step++) {
         const { cancelled, idle } = yield* Effect.gen(function*() {

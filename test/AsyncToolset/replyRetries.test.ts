@@ -16,7 +16,7 @@ import { execute } from "../support/lifetime.ts"
 import { captureLogs, namedCallIds, whileClockRuns } from "../support/reliability.ts"
 import { callIdsOf, chatty, sessionError, wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
-import { settleLong, yieldSettings } from "../support/schedules.ts"
+import { settleLong, yieldsFor } from "../support/schedules.ts"
 
 const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {
@@ -44,7 +44,7 @@ const failingWhile = (failing: (n: number) => boolean) =>
 const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 10 }))
 
 forEachKind("C2 a retried request is never made while the session is busy", (kind) => {
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`the session turns busy at the microtask after every idle check; the first request fails: no request (first or retried) is made while busy (MaxOpsBeforeYield ${maxOps})`, () => {
       let controls: TestSession.TestSession["Service"] | undefined
       let n = 0
@@ -74,7 +74,7 @@ forEachKind("C2 a retried request is never made while the session is busy", (kin
 forEachKind("E9 port answers of every shape in a retry", (kind) => {
   for (const op of ["awaitInactive", "generateReply"] as const) {
     for (const shape of ["typed failure", "defect", "interrupt cause"] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         // A defect of the session's idle wait (a broken adapter) is reported at error level; the
         // reply is still asked for again and made once.
         const reportsDefect = op === "awaitInactive" && shape === "defect"
@@ -123,7 +123,7 @@ forEachKind("E9 port answers of every shape in a retry", (kind) => {
 
 forEachKind("C3 results that arrive while a retried request waits for idle join it", (kind) => {
   for (const where of ["another toolset", "the same toolset"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a1_final's request fails, the user talks, ${where}'s result arrives meanwhile: once idle, one reply names both (not two back-to-back replies) (MaxOpsBeforeYield ${maxOps})`, () =>
         Effect.gen(function*() {
           const session = yield* TestSession.TestSession
@@ -149,7 +149,7 @@ forEachKind("C3 results that arrive while a retried request waits for idle join 
 })
 
 forEachKind("C4 the agent speaks while a retried request waits for idle", (kind) => {
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`whenAlreadyAnswered "skip": a1_final's request fails, the agent tells the user while the session is busy: no second request, the toolset is told "already-answered" (MaxOpsBeforeYield ${maxOps})`, () =>
       Effect.gen(function*() {
         const session = yield* TestSession.TestSession
@@ -200,7 +200,7 @@ const quick = FunctionTool.make("quick", { description: "Reports, then ends in 0
 
 forEachKind("an item taken by a retry attempt that fails before it asks is reported", (kind) => {
   for (const how of ["the idle wait dies", "the chat read hangs past replyTimeout"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a1_final's request fails; a2_final arrives during the retry pause; then ${how} in every attempt: a2_final is reported (ReplySkipped session-failed or an error line), not settled silently (MaxOpsBeforeYield ${maxOps})`, () => {
         const logs = captureLogs()
         const state = { broken: false, asks: 0 }
@@ -258,7 +258,7 @@ const letGoSession = (read: "hang" | "fail", state: { armed: boolean; reads: num
 
 forEachKind("a cancelled call's item let go never holds up another toolset's reply", (kind) => {
   const retryThrice = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 3 }))
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`cancel c1 while c1_update_1's insertion hangs; the coordinator's chat read for it never answers: d1_final (another toolset) still gets its reply, d's awaitIdle returns (MaxOpsBeforeYield ${maxOps})`, () => {
       const state = { armed: false, reads: 0 }
       return Effect.gen(function*() {

@@ -15,7 +15,7 @@ import { execute } from "../support/lifetime.ts"
 import { captureLogs, makeFiberCounter, namedCallIds, reported, whileClockRuns } from "../support/reliability.ts"
 import { sessionError, wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
-import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong as promptly, settleLong, yieldsFor } from "../support/schedules.ts"
 
 const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {
@@ -47,7 +47,7 @@ const named = (session: TestSession.TestSession["Service"]) =>
 
 forEachKind("C4e a reply request made late in a replyTimeout period", (kind) => {
   for (const busyFor of ["59500 millis", "119 seconds"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`the session is busy for ${busyFor}, then the request takes 5 s (replyTimeout 1 minute): the reply is not given up (MaxOpsBeforeYield ${maxOps})`, () => {
         const logs = captureLogs()
         return Effect.gen(function*() {
@@ -85,7 +85,7 @@ const asyncReads = Layer.effectContext(Effect.map(TestSession.make({ onReply: ()
 
 forEachKind("C4e a reply request made late in a replyTimeout period, after the step read the chat again", (kind) => {
   for (const lateBy of ["500 millis", "4 seconds"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`busy, idle (the step reads again), busy again while it reads, idle ${lateBy} before the period ends; the request takes 5 s (replyTimeout 1 minute): the reply is not given up (MaxOpsBeforeYield ${maxOps})`, () => {
         const logs = captureLogs()
         return Effect.gen(function*() {
@@ -127,7 +127,7 @@ forEachKind("C4e a reply request made late in a replyTimeout period, after the s
 forEachKind("C4e the idle wait ends exactly when a replyTimeout period ends", (kind) => {
   for (const order of ["wake registered before the period's timer", "wake registered after the period's timer"] as const) {
     for (const periods of [1, 2] as const) {
-      for (const maxOps of yieldSettings) {
+      for (const maxOps of yieldsFor(kind)) {
         it.effect(`busy for exactly ${periods} period(s) (${order}), then the request hangs: given up at wait end + 1 minute, not before; close at once, no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
           const logs = captureLogs()
           const fibers = makeFiberCounter()
@@ -174,7 +174,7 @@ forEachKind("C4e the idle wait ends exactly when a replyTimeout period ends", (k
 
 forEachKind("C4e a replyTimeout shorter than the wait for idle", (kind) => {
   for (const timeout of ["0 millis", "10 millis"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`replyTimeout ${timeout}, the session busy for 2 seconds, the request answers at once: the reply is requested once idle (the wait is not counted) (MaxOpsBeforeYield ${maxOps})`, () => {
         const logs = captureLogs()
         return Effect.gen(function*() {
@@ -207,7 +207,7 @@ forEachKind("C4e a retried request's waits for idle are not counted", (kind) => 
     })
 
   for (const busyFor of ["70 seconds", "3 minutes"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`the first request for c1_final fails, then the user talks for ${busyFor} (replyTimeout 1 minute, retry every second): the reply is requested once idle, not given up (MaxOpsBeforeYield ${maxOps})`, () => {
         const logs = captureLogs()
         return Effect.gen(function*() {
@@ -252,7 +252,7 @@ const retryStuck = wrappedSession((session) => {
 })
 
 forEachKind("C4e a retried reply request stuck inside an uninterruptible port operation", (kind) => {
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`A's request fails, its retry is stuck for 10 minutes (replyTimeout 1 minute): given up in time, B's result answered before the 10 minutes end (MaxOpsBeforeYield ${maxOps})`, () => {
       const logs = captureLogs()
       return Effect.gen(function*() {
@@ -303,7 +303,7 @@ const secondHangs = (shape: "interruptible" | "uninterruptible", state: { n: num
 forEachKind("C4e a retried request that hangs past replyTimeout", (kind) => {
   const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 10 }))
   for (const shape of ["interruptible", "uninterruptible"] as const) {
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`A's retried request hangs (${shape}) past replyTimeout 1 minute: given up once (ReplySkipped session-failed), awaitIdle returns, no ReplyDelivered when it ends, no fiber left after close (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         const state = { n: 0, interrupted: 0, ended: 0 }

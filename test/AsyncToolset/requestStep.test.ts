@@ -13,7 +13,7 @@ import { AgentSession, AsyncRunContext, FunctionTool } from "effect-async-toolse
 import { TestSession } from "effect-async-toolset/testing"
 import { execute, settle } from "../support/lifetime.ts"
 import { captureLogs, chatCallIds, chatProblems, faultySession, makeFiberCounter, namedCallIds, whileClockRuns } from "../support/reliability.ts"
-import { promptlyLong, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong, settleLong, yieldsFor } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 /**
@@ -156,7 +156,7 @@ forEachKind("AsyncToolset reply request step", (kind) => {
 
     for (const hops of [0, 1, 3]) {
       for (const retryFirst of [false, true]) {
-        for (const maxOps of yieldSettings) {
+        for (const maxOps of yieldsFor(kind)) {
           it.effect(`chat read after ${hops} turns${retryFirst ? ", first request fails" : ""}; the user speaks at every point: no reply while busy, every result named (MaxOpsBeforeYield ${maxOps})`, () =>
             Effect.gen(function*() {
               const session = yield* TestSession.TestSession
@@ -185,7 +185,7 @@ forEachKind("AsyncToolset reply request step", (kind) => {
       }
     }
 
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`a retried reply request after a failure never talks over a user who starts speaking after each idle check (MaxOpsBeforeYield ${maxOps})`, () => {
         let controls: TestSession.TestSession["Service"] | undefined
         let checks = 0
@@ -272,7 +272,7 @@ forEachKind("AsyncToolset reply request step", (kind) => {
      */
     for (const op of ops) {
       for (const shape of ["hang", "slow"] as const) {
-        for (const maxOps of yieldSettings) {
+        for (const maxOps of yieldsFor(kind)) {
           it.effect(`${op} wakes a fiber that closes the toolset, then answers '${shape}': no fiber outlives close (MaxOpsBeforeYield ${maxOps})`, () => {
             const fibers = makeFiberCounter()
             let trigger: Deferred.Deferred<void> | undefined
@@ -311,7 +311,7 @@ forEachKind("AsyncToolset reply request step", (kind) => {
      */
     for (const op of ops) {
       for (const shape of shapes) {
-        for (const maxOps of yieldSettings) {
+        for (const maxOps of yieldsFor(kind)) {
           it.effect(`step suspended in ${op} (then '${shape}'), close: close returns, no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
             const fibers = makeFiberCounter()
             let gate: Deferred.Deferred<void> | undefined
@@ -345,7 +345,7 @@ forEachKind("AsyncToolset reply request step", (kind) => {
   describe("C2 two toolsets on one session close in either order while the step is suspended", () => {
     for (const op of ops) {
       for (const order of ["a-then-b", "b-then-a"] as const) {
-        for (const maxOps of yieldSettings) {
+        for (const maxOps of yieldsFor(kind)) {
           it.effect(`step suspended in ${op}; ${order}: the other toolset's results still get one reply; no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
             const fibers = makeFiberCounter()
             let gate: Deferred.Deferred<void> | undefined
@@ -447,7 +447,7 @@ forEachKind("AsyncToolset reply request step", (kind) => {
     type Where = "insert-retry" | "reply-retry"
     for (const where of ["insert-retry", "reply-retry"] as const satisfies ReadonlyArray<Where>) {
       for (const shape of ["fail", "die", "interrupt", "hang"] as const) {
-        for (const maxOps of yieldSettings) {
+        for (const maxOps of yieldsFor(kind)) {
           it.effect(`${where}: the port answers '${shape}' and the toolset closes during the retries: close returns, no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
             const fibers = makeFiberCounter()
             return fibers.track(Effect.gen(function*() {

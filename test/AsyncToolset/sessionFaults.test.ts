@@ -19,7 +19,7 @@ import {
   reported,
   whileClockRuns
 } from "../support/reliability.ts"
-import { yieldSettings } from "../support/schedules.ts"
+import { yieldsFor } from "../support/schedules.ts"
 import { forEachKind } from "../support/toolsets.ts"
 
 /** Says "started", works a second, returns "done". */
@@ -350,7 +350,7 @@ forEachKind("AsyncToolset session faults", (kind) => {
     // item a second time.
     for (const cut of ["fail", "die", "interrupt"] as const) {
       for (const read of ["fail", "die", "interrupt"] as const) {
-        for (const maxOps of yieldSettings) {
+        for (const maxOps of yieldsFor(kind)) {
           it.effect(`insert answers '${cut}' after inserting; the retry's chat read answers '${read}': c1_update_1 is in the chat once (MaxOpsBeforeYield ${maxOps})`, () =>
             Effect.gen(function*() {
               const session = yield* TestSession.TestSession

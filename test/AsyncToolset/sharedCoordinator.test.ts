@@ -11,7 +11,7 @@ import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { chatProblems, faultySession, makeFiberCounter, namedCallIds, whileClockRuns } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
-import { yieldSettings } from "../support/schedules.ts"
+import { yieldsFor } from "../support/schedules.ts"
 
 /**
  * Scheduler settings the races run under: a yield after almost every step, up to the default
@@ -39,7 +39,7 @@ forEachKind("AsyncToolset shared reply coordinator", (kind) => {
           return `${name} done`
         }))
 
-    for (const maxOps of yieldSettings) {
+    for (const maxOps of yieldsFor(kind)) {
       it.effect(`one toolset closes while the other goes on: one reply for what is pending, nothing of the closed one after close, no fiber left (MaxOpsBeforeYield ${maxOps})`, () => {
         const fibers = makeFiberCounter()
         return fibers.track(Effect.gen(function*() {

@@ -33,7 +33,7 @@ import { captureLogs, chatProblems, makeFiberCounter, modelCall, namedCallIds, w
 import { wrappedSession } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
 import type { Kind } from "../support/toolsets.ts"
-import { promptlyLong as promptly, settleLong, yieldSettings } from "../support/schedules.ts"
+import { promptlyLong as promptly, settleLong, yieldsFor } from "../support/schedules.ts"
 
 const runs = Number(process.env["SYSTEM_RUNS"] ?? 20)
 /** Runs per yield setting on the durable toolset. */
@@ -494,7 +494,7 @@ afterAll(() => {
 
 forEachKind("several toolsets on one session, a port answering from a random script", (kind) => {
   const n = kind.durable ? durableRuns : runs
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`MaxOpsBeforeYield ${maxOps}: every wait returns, no reply while busy, no dangling call, every item named or reported, none named twice, no fiber left`, () =>
       Effect.gen(function*() {
         const seeds = only !== undefined ? [only] : Array.from({ length: n }, (_, i) => baseSeed + maxOps * 1000 + i)
@@ -547,7 +547,7 @@ const halfPairJob = FunctionTool.make("job", { description: "Reports twice, then
  * that nothing reports.
  */
 forEachKind("a cancelled call's half pair, when its toolset closes before the coordinator completes it", (kind) => {
-  for (const maxOps of yieldSettings) {
+  for (const maxOps of yieldsFor(kind)) {
     it.effect(`c1_update_1 half inserted, c1 cancelled, toolset closed while busy: no dangling call in the chat, or an error names it (MaxOpsBeforeYield ${maxOps})`, () => {
       const logs = captureLogs()
       const fibers = makeFiberCounter()

@@ -4,6 +4,8 @@
  * 300 shards) keeps unprocessed messages of running calls in shards the new count (1 embedded,
  * 16 on PostgreSQL) does not have: they are moved to their new shards when the store opens, so the
  * calls still run. On PostgreSQL a runner refuses to move them while another runner is running.
+ *
+ * The PostgreSQL case (two runners, real-clock waits) runs in the explore tier only.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { NodeClusterSocket } from "@effect/platform-node"
@@ -23,6 +25,7 @@ import { DurablePostgres } from "effect-async-toolset/durable/postgres"
 import { TestSession } from "effect-async-toolset/testing"
 import { eventually } from "../support/durable.ts"
 import { freshDataDir } from "../support/pglite.ts"
+import { exploring } from "../support/schedules.ts"
 import { freePort, freshDatabase, testPgUrl } from "./pgDatabase.ts"
 
 /**
@@ -117,7 +120,7 @@ describe("DurableStore: stored messages of an earlier shard count", () => {
       assert.deepStrictEqual(shards.map((row) => row.shard_id), ["default:1"])
     }), 120_000)
 
-  it.live.skipIf(testPgUrl === undefined)(
+  it.live.skipIf(testPgUrl === undefined || !exploring)(
     "PostgreSQL: a runner refuses to move them while another runs; alone, it moves them (300 to 16 shards) and runs the calls",
     () =>
       Effect.scoped(Effect.gen(function*() {

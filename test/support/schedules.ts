@@ -8,10 +8,11 @@
  *
  * Two tiers run the same tests: `npm test` (quick) runs each race test under three budgets (1, a
  * middle one and 2048); `npm run test:explore` (`exploring`) runs them under the full list, and the
- * seeded property tests with more seeds. Set `TEST_YIELDS` (comma-separated) to run other budgets.
+ * seeded property tests with more seeds; in the quick tier the durable toolset's race tests run
+ * under one budget (`yieldsFor`). Set `TEST_YIELDS` (comma-separated) to run other budgets.
  */
 import { Effect, Fiber } from "effect"
-import { settle } from "./toolsets.ts"
+import { type Kind, settle } from "./toolsets.ts"
 
 /**
  * Whether this is the explore tier (`npm run test:explore`, which sets `TEST_TIER=explore`): long
@@ -31,6 +32,15 @@ export const yieldSettings: ReadonlyArray<number> = process.env["TEST_YIELDS"] !
   : exploring
   ? allYieldSettings
   : quickYieldSettings
+
+/**
+ * The yield budgets a race test runs under for `kind`. The durable toolset's tests run a store
+ * (PGlite) and take ten times the in-memory ones' time: in the quick tier they run under Effect's
+ * default budget only (the in-memory ones under the quick list); the explore tier, or `TEST_YIELDS`,
+ * runs both kinds under every budget of `yieldSettings`.
+ */
+export const yieldsFor = (kind: Kind): ReadonlyArray<number> =>
+  kind.durable && !exploring && process.env["TEST_YIELDS"] === undefined ? [2048] : yieldSettings
 
 /** The explore tier's count where it is set, else the quick tier's (for seeded runs). */
 export const byTier = (quick: number, explore: number): number => exploring ? explore : quick

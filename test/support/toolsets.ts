@@ -2,7 +2,7 @@
  * The two toolsets every behaviour test runs on: the in-memory one (`AsyncToolset.make`) and the
  * durable one (`DurableToolset.define` + `layer` + `make`, on effect/workflow's in-memory engine
  * and an embedded PGlite store shared by the test file). A test is written once, against a
- * `Kind`:
+ * `Kind` (the quick tier runs the in-memory kind, the explore tier both: see `kinds`):
  *
  * ```ts
  * forEachKind("B2 the first update completes the call", (kind) => {
@@ -255,11 +255,15 @@ let durableKind: Kind | undefined
 export const durable = (): Kind => durableKind ??= makeDurable()
 
 /**
- * Both kinds, in-memory first; `TOOLSET_KINDS=memory` (or `durable`) runs one of them only (to
- * look at one quickly, or to run a test against code that has only one).
+ * The kinds the tests of `forEachKind` run on. The explore tier (`npm run test:explore`) runs both,
+ * in-memory first; the quick tier (`npm test`) the in-memory one only: the durable one runs a store
+ * (PGlite) and takes about ten times as long, and the durable toolset's own behaviour (its store,
+ * restarts, closing) is tested in the quick tier by test/durable/. `TOOLSET_KINDS=memory`,
+ * `durable` or `both` picks in either tier (to look at one quickly, or to run a test against code
+ * that has only one).
  */
 export const kinds = (): ReadonlyArray<Kind> => {
-  const only = process.env.TOOLSET_KINDS
+  const only = process.env.TOOLSET_KINDS ?? (process.env.TEST_TIER === "explore" ? "both" : "memory")
   return only === "memory" ? [memory] : only === "durable" ? [durable()] : [memory, durable()]
 }
 

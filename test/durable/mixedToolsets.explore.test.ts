@@ -1,5 +1,6 @@
 /**
- * An in-memory and a durable toolset on one session (one coordinator), on the real clock.
+ * An in-memory and a durable toolset on one session (one coordinator), on the real clock: seconds
+ * of real waits each, so in the explore tier (the quick tier tests C2, C4c and C4d in test/AsyncToolset/).
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
