@@ -35,7 +35,7 @@ describe("an in-memory and a durable toolset on one session", () => {
       const replies = yield* session.replies
       assert.deepStrictEqual(replies.map((r) => namedCallIds(r.instructions).slice().sort()), [["d1_final", "m1_final"]])
       assert.deepStrictEqual(chatProblems(yield* session.chat), [])
-    }).pipe(Effect.scoped, Effect.provide(sessionLayer(durableDef)), Effect.provide(storeLayer)), { timeout: 60_000 })
+    }).pipe(Effect.scoped, Effect.provide(sessionLayer(durableDef)), Effect.provide(storeLayer)), { timeout: 60_000, retry: 2 })
 
   it.live("C4d: five durable calls of equal length started in one answer get one reply (real clock)", () =>
     Effect.gen(function*() {
@@ -46,7 +46,7 @@ describe("an in-memory and a durable toolset on one session", () => {
       yield* d.awaitIdle
       const replies = yield* session.replies
       assert.strictEqual(replies.length, 1, JSON.stringify(replies.map((r) => namedCallIds(r.instructions))))
-    }).pipe(Effect.scoped, Effect.provide(sessionLayer(durableDef)), Effect.provide(storeLayer)), { timeout: 60_000 })
+    }).pipe(Effect.scoped, Effect.provide(sessionLayer(durableDef)), Effect.provide(storeLayer)), { timeout: 60_000, retry: 2 })
 
   it.live("C4c: two durable toolsets (skip vs ask) and an in-memory one, results while busy, the agent spoke: one reply, skip applied to its own only", () =>
     Effect.gen(function*() {
@@ -68,5 +68,5 @@ describe("an in-memory and a durable toolset on one session", () => {
       const replies = yield* session.replies
       assert.deepStrictEqual(replies.map((r) => namedCallIds(r.instructions).slice().sort()), [["d1_final", "m1_final"]])
       assert.deepStrictEqual(chatProblems(yield* session.chat), [])
-    }).pipe(Effect.scoped, Effect.provide(DurableToolset.layer(otherDef).pipe(Layer.provideMerge(sessionLayer(durableDef)))), Effect.provide(storeLayer)), { timeout: 60_000 })
+    }).pipe(Effect.scoped, Effect.provide(DurableToolset.layer(otherDef).pipe(Layer.provideMerge(sessionLayer(durableDef)))), Effect.provide(storeLayer)), { timeout: 60_000, retry: 2 })
 })
