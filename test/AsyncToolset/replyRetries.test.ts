@@ -8,38 +8,15 @@
  * call's item let go never holds up another toolset's reply.
  */
 import { assert, it } from "@effect/vitest"
-import { Cause, Effect, Fiber, References, Schedule, Stream } from "effect"
+import { Cause, Effect, Fiber, References, Schedule } from "effect"
 import { AsyncRunContext, FunctionTool, Prompts } from "effect-async-toolset"
-import type { AsyncToolset, ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { captureLogs, namedCallIds, whileClockRuns } from "../support/reliability.ts"
 import { callIdsOf, chatty, sessionError, wrappedSession } from "../support/reliability.ts"
+import { failingWhile, recordEvents as record, replyEvents, reportingJob as job } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
 import { settleLong, yieldsFor } from "../support/schedules.ts"
-
-const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* AsyncRunContext.update("started")
-    yield* Effect.sleep("1 second")
-    return "done"
-  }))
-
-const record = (toolset: AsyncToolset.AsyncToolset) => toolset.events.pipe(Stream.runCollect, Effect.forkChild({ startImmediately: true }))
-const replyEvents = (events: ReadonlyArray<ToolsetEvent.ToolsetEvent>) =>
-  events.flatMap((e) =>
-    e._tag === "ReplyDelivered" ? [`delivered ${e.callIds.join(",")}`] : e._tag === "ReplySkipped" ? [`skipped ${e.callIds.join(",")} ${e.reason}`] : []
-  )
-
-/** Reply requests fail while `failing()` says so (each is recorded by the in-memory session first). */
-const failingWhile = (failing: (n: number) => boolean) =>
-  wrappedSession((session) => {
-    let n = 0
-    return {
-      generateReply: (request) =>
-        Effect.andThen(session.generateReply(request), Effect.suspend(() => failing(++n) ? Effect.fail(sessionError(`injected fail ${n}`)) : Effect.void))
-    }
-  })
 
 const retry = Schedule.spaced("1 second").pipe(Schedule.upTo({ times: 10 }))
 

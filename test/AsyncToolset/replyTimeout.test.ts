@@ -7,39 +7,15 @@
  * operation, and the other toolsets of the session are not held up by it.
  */
 import { assert, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, References, Schedule, Scope, Stream } from "effect"
-import { AgentSession, AsyncRunContext, FunctionTool } from "effect-async-toolset"
-import type { AsyncToolset, ToolsetEvent } from "effect-async-toolset"
+import { Context, Duration, Effect, Exit, Fiber, Layer, References, Schedule, Scope } from "effect"
+import { AgentSession } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import { execute } from "../support/lifetime.ts"
 import { captureLogs, makeFiberCounter, namedCallIds, reported, whileClockRuns } from "../support/reliability.ts"
 import { sessionError, wrappedSession } from "../support/reliability.ts"
+import { failingWhile, recordEvents as record, replyEvents, reportingJob as job } from "../support/reliability.ts"
 import { forEachKind } from "../support/toolsets.ts"
 import { promptlyLong as promptly, settleLong, yieldsFor } from "../support/schedules.ts"
-
-const job = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* AsyncRunContext.update("started")
-    yield* Effect.sleep("1 second")
-    return "done"
-  }))
-
-const record = (toolset: AsyncToolset.AsyncToolset) => toolset.events.pipe(Stream.runCollect, Effect.forkChild({ startImmediately: true }))
-
-const replyEvents = (events: ReadonlyArray<ToolsetEvent.ToolsetEvent>) =>
-  events.flatMap((e) =>
-    e._tag === "ReplyDelivered" ? [`delivered ${e.callIds.join(",")}`] : e._tag === "ReplySkipped" ? [`skipped ${e.callIds.join(",")} ${e.reason}`] : []
-  )
-
-/** Reply requests fail while `failing()` says so (each is recorded by the in-memory session first). */
-const failingWhile = (failing: (n: number) => boolean) =>
-  wrappedSession((session) => {
-    let n = 0
-    return {
-      generateReply: (request) =>
-        Effect.andThen(session.generateReply(request), Effect.suspend(() => failing(++n) ? Effect.fail(sessionError(`injected fail ${n}`)) : Effect.void))
-    }
-  })
 
 /** The reply names of the requests made so far. */
 const named = (session: TestSession.TestSession["Service"]) =>

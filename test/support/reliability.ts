@@ -3,10 +3,11 @@
  * hang; a logger that keeps every line with its cause; a count of the fibers a program starts; a
  * way to wait for an effect while the test clock runs; and checks on what the chat holds.
  */
-import { Cause, Context, Effect, Fiber, Layer, Logger, Metric, References } from "effect"
+import { Cause, Context, Effect, Fiber, Layer, Logger, Metric, References, Stream } from "effect"
 import type { Duration } from "effect"
 import { advance, settle } from "./toolsets.ts"
 import { AgentSession, AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
+import type { AsyncToolset, ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 
 // --- a session that fails on demand ---------------------------------------------------------------
@@ -256,3 +257,33 @@ export const chatty = FunctionTool.make("chatty", { description: "Updates twice,
     yield* Effect.sleep("10 seconds")
     return "done"
   }))
+
+// --- the reply tests' common parts --------------------------------------------------------------
+
+/** A tool that reports "started", then ends after a second with "done". */
+export const reportingJob = FunctionTool.make("job", { description: "Reports, then ends", onDuplicateCall: "allow" }, () =>
+  Effect.gen(function*() {
+    yield* AsyncRunContext.update("started")
+    yield* Effect.sleep("1 second")
+    return "done"
+  }))
+
+/** Collects a toolset's events in the background (joined once the toolset closed). */
+export const recordEvents = (toolset: AsyncToolset.AsyncToolset) =>
+  toolset.events.pipe(Stream.runCollect, Effect.forkChild({ startImmediately: true }))
+
+/** The reply events among `events`, as lines: `delivered <ids>`, `skipped <ids> <reason>`. */
+export const replyEvents = (events: ReadonlyArray<ToolsetEvent.ToolsetEvent>) =>
+  events.flatMap((e) =>
+    e._tag === "ReplyDelivered" ? [`delivered ${e.callIds.join(",")}`] : e._tag === "ReplySkipped" ? [`skipped ${e.callIds.join(",")} ${e.reason}`] : []
+  )
+
+/** Reply requests fail while `failing()` says so (each is recorded by the in-memory session first). */
+export const failingWhile = (failing: (n: number) => boolean) =>
+  wrappedSession((session) => {
+    let n = 0
+    return {
+      generateReply: (request) =>
+        Effect.andThen(session.generateReply(request), Effect.suspend(() => failing(++n) ? Effect.fail(sessionError(`injected fail ${n}`)) : Effect.void))
+    }
+  })
