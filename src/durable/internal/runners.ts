@@ -21,6 +21,7 @@ import { randomUUID } from "node:crypto"
 import { Clock, Duration, Effect } from "effect"
 import type { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
+import { migrationLock } from "./tables.ts"
 
 /** What the store of a cluster knows of its runners' toolsets. */
 export interface Runners {
@@ -53,9 +54,6 @@ const settling = Duration.seconds(2)
 /** How long a refusal found for a toolset is not looked up again (each start would else read). */
 const allowedFor = Duration.seconds(1)
 
-/** Shares the migration lock of `tables.ts`: runners starting together take turns creating it. */
-const migrationLock = 2_406_151_118
-
 export const make = (options: {
   readonly sql: SqlClient
   /** effect/cluster's table prefix. */
@@ -67,6 +65,7 @@ export const make = (options: {
 }): Effect.Effect<Runners, SqlError> =>
   Effect.gen(function*() {
     const sql = options.sql.withoutTransforms()
+    // the tables' migration lock: runners starting together take turns creating it
     yield* sql.withTransaction(Effect.gen(function*() {
       yield* sql`SELECT pg_advisory_xact_lock(${migrationLock})`
       yield* sql`CREATE TABLE IF NOT EXISTS async_toolset_runner (

@@ -106,7 +106,7 @@ export const migrate = (sql: SqlClient): Effect.Effect<void, SqlError> =>
   }))
 
 /** "async_toolset" as a number, for the advisory lock. */
-const migrationLock = 2_406_151_118
+export const migrationLock = 2_406_151_118
 
 // --- rows ----------------------------------------------------------------------------------------
 
