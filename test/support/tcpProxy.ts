@@ -22,6 +22,13 @@ export interface TcpProxy {
   readonly accept: () => void
   /** Closes every open connection (both ends). */
   readonly dropAll: () => void
+  /**
+   * Closes the open connections whose client has not sent `text` (both ends), and keeps the
+   * others: `dropAllBut("advisory")` keeps a runner's shard-lock session (effect/cluster's
+   * `pg_advisory_lock` statements), so the runner keeps its shards while its pool loses its
+   * connections. How many were closed.
+   */
+  readonly dropAllBut: (text: string) => number
   /** How many connections were refused so far. */
   readonly refused: () => number
   /** Refuses new connections while `n` are open (a server with few connection slots); `undefined`: no limit. */
@@ -33,6 +40,8 @@ export const make = (target: { readonly host: string; readonly port: number }): 
   Effect.acquireRelease(
     Effect.callback<{ readonly proxy: TcpProxy; readonly close: () => void }>((resume) => {
       const open = new Set<Socket>()
+      // each client's upstream, and what the client sent so far (for `dropAllBut`)
+      const pairs = new Map<Socket, { readonly upstream: Socket; sent: string }>()
       let refusing: "close" | "fatal" | "hang" | undefined
       let refused = 0
       let max: number | undefined
@@ -53,11 +62,18 @@ export const make = (target: { readonly host: string; readonly port: number }): 
         const upstream = connect(target.port, target.host)
         open.add(client)
         open.add(upstream)
+        const pair = { upstream, sent: "" }
+        pairs.set(client, pair)
+        client.on("data", (chunk: Buffer) => {
+          // enough to find a statement's words; the binary parts read as latin1 do no harm
+          if (pair.sent.length < 1_000_000) pair.sent += chunk.toString("latin1")
+        })
         const close = () => {
           client.destroy()
           upstream.destroy()
           open.delete(client)
           open.delete(upstream)
+          pairs.delete(client)
         }
         client.on("error", close).on("close", close)
         upstream.on("error", close).on("close", close)
@@ -82,6 +98,16 @@ export const make = (target: { readonly host: string; readonly port: number }): 
               hanging.clear()
             },
             dropAll,
+            dropAllBut: (text) => {
+              let dropped = 0
+              for (const [client, { sent, upstream }] of [...pairs]) {
+                if (sent.includes(text)) continue
+                dropped++
+                client.destroy()
+                upstream.destroy()
+              }
+              return dropped
+            },
             refused: () => refused,
             limit: (n) => {
               max = n

@@ -17,12 +17,23 @@
  *   shard is not its entity's under the new count is moved, once, in one transaction. Moving is
  *   safe only when no runner of the old count is reading them: a runner that sees another live
  *   runner (a heartbeat within `shardLockExpiration`) refuses to start (`ShardsPerGroupChanged`).
+ * - A reply whose save fails for a reason that may pass (a connection refused or dropped, a server
+ *   starting up, a deadlock, a statement timeout) is saved again, for up to
+ *   `replySaveWindow` (30 s), pausing 100 ms doubling to 2 s. effect/cluster tries a reply's save 5
+ *   times 200 ms apart (`retryRespond` in `internal/entityManager.ts`), then gives up without a
+ *   word: the request stays "being processed" in its entity for the runner's life, never read
+ *   again from storage, and what waits for its reply (a call's workflow waiting for a step's
+ *   result) waits for good (issue 18: new connections refused for 3 s while the runner kept its
+ *   shard locks left calls "running" until the runner restarted). Bounded, because effect/cluster
+ *   saves a reply where its entity cannot be interrupted (a runner shutting down waits for it).
+ *   A save that committed but whose answer was lost fails when tried again (the reply's id is
+ *   taken), and effect/cluster then finds the reply stored.
  * - Table prefix: effect/cluster's tables are `<prefix>_messages`, `<prefix>_replies`,
  *   `<prefix>_runners`… (`cluster` unless `DurablePostgres`'s `application` names another); the
  *   shard moves read and write the tables of that prefix. The kept count (`async_toolset_settings`)
  *   is in the same schema as they are, so each application's count is its own.
  */
-import { Duration, Effect, Layer, Logger, Schema } from "effect"
+import { Duration, Effect, Layer, Logger, Schedule, Schema } from "effect"
 import { PersistenceError } from "effect/cluster/ClusterError"
 import * as MessageStorage from "effect/cluster/MessageStorage"
 import { ShardingConfig } from "effect/cluster/ShardingConfig"
@@ -32,6 +43,7 @@ import * as SqlMessageStorage from "effect/cluster/SqlMessageStorage"
 import type * as Digest from "effect/crypto/Digest"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
+import { isSqlError } from "effect/sql/SqlError"
 
 // --- shards --------------------------------------------------------------------------------------
 
@@ -161,8 +173,20 @@ export const reshard = (
  * `last_reply_id` for a chunk) and the reply's row inserted (a chunk's `kind` is NULL, as upstream's),
  * atomically, without a transaction.
  */
+/**
+ * A failure of the database that may pass: one its driver calls retryable (a connection refused or
+ * dropped, a deadlock, a statement timeout), or any failure to connect (a server starting up or
+ * out of connection slots answers with an error of its own): the statement did not run.
+ */
+const passing = (error: unknown): boolean =>
+  isSqlError(error) && (error.isRetryable || error.reason.operation === "connect")
+
+/** How long a reply's save is tried again while the database fails for a passing reason (see the module's notes). */
+export const replySaveWindow: Duration.Duration = Duration.seconds(30)
+
 export const makeEncoded = Effect.fnUntraced(function*(
-  prefix: string = "cluster"
+  prefix: string = "cluster",
+  saveWindow: Duration.Duration = replySaveWindow
 ): Effect.fn.Return<MessageStorage.Encoded, never, SqlClient | Digest.Digest> {
   const encoded = yield* SqlMessageStorage.makeEncoded({ prefix })
   const sql = (yield* SqlClient).withoutTransforms()
@@ -181,7 +205,20 @@ export const makeEncoded = Effect.fnUntraced(function*(
           )
           INSERT INTO ${replies} (id, kind, request_id, payload, sequence)
           VALUES (${reply.id}, NULL, ${reply.requestId}, ${JSON.stringify(reply.values)}, ${reply.sequence})`
-    ).pipe(Effect.asVoid, PersistenceError.refail, Effect.withTracerEnabled(false))
+    ).pipe(
+      Effect.asVoid,
+      Effect.tapError((error) =>
+        Effect.logWarning(`saving effect/cluster's reply to request ${reply.requestId} failed`, error)
+      ),
+      Effect.retry({
+        while: passing,
+        schedule: Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")]).pipe(
+          Schedule.upTo({ duration: saveWindow })
+        )
+      }),
+      PersistenceError.refail,
+      Effect.withTracerEnabled(false)
+    )
   return { ...encoded, saveReply }
 })
 

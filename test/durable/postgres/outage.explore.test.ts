@@ -2,12 +2,22 @@
  * Issue 18, defect 2: a brief outage of the database while calls wait between their steps, the
  * runner keeping its shard locks (effect/cluster's default `shardLockExpiration`, 35 s, is longer
  * than the outage). The calls in flight must go on once the database is reachable again, never
- * stay "running" for good. The runner reaches the database through a proxy that refuses new
- * connections for 3 s (closing them, or answering as a server starting up does) and drops the open
- * ones; the agent's process is a client, on its own connections.
+ * stay "running" for good. The runner reaches the database through a proxy; the agent's process is
+ * a client, on its own connections.
+ *
+ * - Every open connection dropped and new ones refused for 3 s (closed, or answered as a server
+ *   starting up does): the runner's shard-lock session dies with them, so it gives its shards up
+ *   and takes them again, and its calls start over from their stored steps. This passed before the
+ *   fix too.
+ * - The runner's pool losing its connections while its shard-lock session stays open, new ones
+ *   refused for 3 s just as a step ends: the step's result could not be saved. effect/cluster
+ *   tries a reply's save 5 times in about a second, then drops it without a word; the step's
+ *   request stays "being processed" for the runner's life and the call waited for its result for
+ *   good (it stayed "running" with nothing logged; only restarting the runner resumed it). Now the
+ *   store saves a reply again while the database fails for a passing reason (for up to 30 s).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Redacted } from "effect"
+import { Deferred, Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
@@ -68,10 +78,77 @@ const outage = (how: "close" | "fatal") =>
     )
   }))
 
+// Ends (the step's result is saved) once the outage has begun.
+let gate = Deferred.makeUnsafe<void>()
+
+const gated = FunctionTool.make("gated", { description: "Takes steps", onDuplicateCall: "allow" }, () =>
+  Effect.gen(function*() {
+    yield* DurableToolset.activity("step1", Effect.void)
+    yield* AsyncRunContext.update("step 1")
+    yield* DurableToolset.activity("step2", Effect.suspend(() => Deferred.await(gate)))
+    yield* AsyncRunContext.update("step 2")
+    yield* DurableToolset.activity("step3", Effect.void)
+    return "done"
+  }))
+
+const gatedToolset = DurableToolset.define({ id: "outage_locks_kept", tools: [gated] })
+
+/** The runner's pool connections dropped, its shard-lock session kept, new connections refused for 3 s as a step ends. */
+const outageLocksKept = (how: "close" | "fatal") =>
+  Effect.scoped(Effect.gen(function*() {
+    gate = Deferred.makeUnsafe<void>()
+    const url = yield* freshDatabase("eat_outage")
+    const target = new URL(url)
+    const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
+    const runner = DurablePostgres.layer({
+      url: Redacted.make(TcpProxy.through(url, proxy)),
+      runner: { host: "127.0.0.1", port: yield* freePort },
+      pollInterval: "100 millis"
+    })
+    yield* Layer.build(DurableToolset.layer(gatedToolset).pipe(Layer.provideMerge(runner)))
+    const client = DurablePostgres.layer({ url: Redacted.make(url), pollInterval: "100 millis" })
+    yield* Effect.gen(function*() {
+      const made = yield* DurableToolset.make(gatedToolset)
+      const first = yield* made.execute(yield* ChatContext.functionCall({ callId: "c1", name: "gated", arguments: "{}" }))
+      assert.include(first.output, "step 1")
+      const sql = yield* SqlClient
+      // the call waits in its second step
+      yield* eventually(
+        Effect.map(
+          Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`),
+          (rows) => rows[0]!.n === 1
+        ),
+        "the second step started"
+      )
+      proxy.refuse(how)
+      // effect/cluster's shard locks are held by a session of their own (pg_try_advisory_lock)
+      assert.isAbove(proxy.dropAllBut("pg_try_advisory_lock"), 0)
+      yield* Deferred.succeed(gate, undefined)
+      yield* Effect.sleep("3 seconds")
+      proxy.accept()
+      const statuses = Effect.map(
+        Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call ORDER BY base`),
+        (rows) => rows.map((row) => row.status)
+      )
+      yield* eventually(Effect.map(statuses, (all) => !all.includes("running")), "the call ended", 40)
+      assert.deepStrictEqual(yield* statuses, ["done"])
+      assert.isAbove(proxy.refused(), 0)
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Layer.mergeAll(DurableChat.layer({ sessionId: "s1" }), TestSession.layer).pipe(Layer.provideMerge(client)))
+    )
+  }))
+
 describe.skipIf(testPgUrl === undefined)("DurablePostgres: a brief outage of the database", () => {
   it.live("connections dropped and new ones refused for 3 s while calls wait between steps: every call goes on to its end", () =>
     outage("close"), 150_000)
 
   it.live("connections dropped and the server answering 'starting up' for 3 s: every call goes on to its end", () =>
     outage("fatal"), 150_000)
+
+  it.live("the runner keeping its shard locks, its pool's connections dropped and new ones refused for 3 s as a step ends: the call goes on to its end", () =>
+    outageLocksKept("close"), 90_000)
+
+  it.live("the runner keeping its shard locks, the server answering 'starting up' to new connections for 3 s as a step ends: the call goes on to its end", () =>
+    outageLocksKept("fatal"), 90_000)
 })
