@@ -1,11 +1,12 @@
 /**
  * The durable stores' message storage (effect/cluster's SQL storage with a reply saved in one
  * statement) writes the same rows as upstream's `SqlMessageStorage`: a request with its final
- * (WithExit) reply, and one with a chunk reply, on PGlite and on PostgreSQL.
+ * (WithExit) reply, and one with a chunk reply, on PGlite and on PostgreSQL; a reply whose save fails
+ * because the database is unreachable is saved again for a while, then an error says so.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Redacted } from "effect"
+import { Duration, Effect, Exit, Layer, Redacted } from "effect"
 import type * as MessageStorage from "effect/cluster/MessageStorage"
 import * as SqlMessageStorage from "effect/cluster/SqlMessageStorage"
 import * as Digest from "effect/crypto/Digest"
@@ -13,6 +14,7 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { PgliteClient } from "effect-async-toolset/durable"
 import * as Cluster from "../../src/durable/internal/cluster.ts"
 import { freshDataDir } from "../support/pglite.ts"
+import { captureLogs } from "../support/reliability.ts"
 import { freshDatabase, testPgUrl } from "./pgDatabase.ts"
 
 const request = (requestId: string, entityId: string) => ({
@@ -87,4 +89,50 @@ describe("the durable stores' message storage", () => {
       let next = 0
       yield* compare(() => PgClient.layer({ url: Redacted.make(urls[next++]!) }))
     })), 60_000)
+})
+
+describe("the durable stores' message storage, the database unreachable", () => {
+  it.live("a reply's save is tried again while the database is unreachable, and an error is logged when the window runs out", () =>
+    Effect.gen(function*() {
+      const logs = captureLogs()
+      const dataDir = yield* Effect.promise(() => freshDataDir())
+      yield* Effect.gen(function*() {
+        const client = yield* PgliteClient.PgliteClient
+        const storage = yield* Cluster.makeEncoded("cluster", Duration.millis(300))
+        yield* storage.saveEnvelope({ envelope: request("1005", "e5"), primaryKey: "e5/run/", deliverAt: null })
+        let attempts = 0
+        const query = client.pglite.query.bind(client.pglite)
+        const refused = Object.assign(new Error("connection refused"), { code: "08006" })
+        Object.assign(client.pglite, {
+          query: (text: string, ...rest: Array<any>) =>
+            text.includes("cluster_replies") ? (attempts++, Promise.reject(refused)) : query(text, ...rest)
+        })
+        const exit = yield* Effect.exit(
+          storage.saveReply({ _tag: "WithExit", id: "2005", requestId: "1005", exit: { _tag: "Success", value: 1 } as never })
+        )
+        assert.isTrue(Exit.isFailure(exit))
+        assert.isAbove(attempts, 2, "tried again")
+        assert.lengthOf(logs.find(["Error"], "request 1005 could not be saved", "restart it"), 1)
+        // once the database answers again, a save goes through
+        Object.assign(client.pglite, { query })
+        yield* storage.saveReply({ _tag: "WithExit", id: "2005", requestId: "1005", exit: { _tag: "Success", value: 1 } as never })
+      }).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(PgliteClient.layer({ dataDir })), Effect.provide(logs.layer))
+    }), 60_000)
+
+  it.live("a reply whose save fails for a reason that does not pass (a constraint) is not tried again", () =>
+    Effect.gen(function*() {
+      const logs = captureLogs()
+      const dataDir = yield* Effect.promise(() => freshDataDir())
+      yield* Effect.gen(function*() {
+        const storage = yield* Cluster.makeEncoded("cluster", Duration.seconds(30))
+        yield* storage.saveEnvelope({ envelope: request("1006", "e6"), primaryKey: "e6/run/", deliverAt: null })
+        const reply = { _tag: "WithExit", id: "2006", requestId: "1006", exit: { _tag: "Success", value: 1 } } as const
+        yield* storage.saveReply(reply as never)
+        // the same reply again: its id is taken (a save that committed but whose answer was lost)
+        const exit = yield* Effect.exit(storage.saveReply(reply as never))
+        assert.isTrue(Exit.isFailure(exit))
+        assert.lengthOf(logs.find(["Warn"], "reply to request 1006"), 1)
+        assert.lengthOf(logs.find(["Error"], "request 1006"), 0)
+      }).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(PgliteClient.layer({ dataDir })), Effect.provide(logs.layer))
+    }), 60_000)
 })

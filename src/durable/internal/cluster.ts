@@ -168,12 +168,6 @@ export const reshard = (
 // --- message storage -----------------------------------------------------------------------------
 
 /**
- * `SqlMessageStorage`'s driver (it creates its tables) with every reply saved in one statement:
- * the request's row updated as upstream does (`processed` and `last_reply_id` for a final reply,
- * `last_reply_id` for a chunk) and the reply's row inserted (a chunk's `kind` is NULL, as upstream's),
- * atomically, without a transaction.
- */
-/**
  * A failure of the database that may pass: one its driver calls retryable (a connection refused or
  * dropped, a deadlock, a statement timeout), or any failure to connect (a server starting up or
  * out of connection slots answers with an error of its own): the statement did not run.
@@ -184,6 +178,15 @@ const passing = (error: unknown): boolean =>
 /** How long a reply's save is tried again while the database fails for a passing reason (see the module's notes). */
 export const replySaveWindow: Duration.Duration = Duration.seconds(30)
 
+/**
+ * `SqlMessageStorage`'s driver (it creates its tables) with every reply saved in one statement:
+ * the request's row updated as upstream does (`processed` and `last_reply_id` for a final reply,
+ * `last_reply_id` for a chunk) and the reply's row inserted (a chunk's `kind` is NULL, as upstream's),
+ * atomically, without a transaction.
+ * A reply whose save fails for a passing reason is saved again for `saveWindow`; when that runs
+ * out, an error is logged that names the request and says what it means (its caller waits until
+ * this runner restarts) and what to do.
+ */
 export const makeEncoded = Effect.fnUntraced(function*(
   prefix: string = "cluster",
   saveWindow: Duration.Duration = replySaveWindow
@@ -216,6 +219,16 @@ export const makeEncoded = Effect.fnUntraced(function*(
           Schedule.upTo({ duration: saveWindow })
         )
       }),
+      Effect.tapError((error) =>
+        passing(error)
+          ? Effect.logError(
+            `effect/cluster's reply to request ${reply.requestId} could not be saved for ` +
+              `${Duration.format(saveWindow)}: the database was unreachable. effect/cluster does not try again, so ` +
+              "what waits for this reply (a durable call's step) waits until this runner restarts: restart it " +
+              "once the database is reachable, and its calls go on from their last saved step."
+          )
+          : Effect.void
+      ),
       PersistenceError.refail,
       Effect.withTracerEnabled(false)
     )
