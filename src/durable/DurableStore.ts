@@ -249,13 +249,14 @@ export const layerEmbedded = (
   const database = PgliteClient.layer({ dataDir }).pipe(
     Layer.provide(Layer.effectDiscard(Effect.andThen(lockDataDir(options.dataDir), Template.fromTemplate(dataDir, migrate))))
   )
-  const cluster = Sharding.layer.pipe(
-    Layer.provideMerge(Runners.layerNoop),
-    Layer.provideMerge(Cluster.messageStorage({ _tag: "alone" })),
-    Layer.provide([RunnerStorage.layerMemory, RunnerHealth.layerNoop]),
-    Layer.provide(Layer.orDie(ShardingConfig.layerFromEnv({ ...embeddedShardingConfig, ...options.shardingConfig }))),
-    Layer.provide(Digest.layerWebCrypto),
-    Cluster.quietClose
+  const cluster = Cluster.withSharding((stopped) =>
+    Sharding.layer.pipe(
+      Layer.provideMerge(Runners.layerNoop),
+      Layer.provideMerge(Cluster.messageStorage({ _tag: "alone" }, { stopped })),
+      Layer.provide([RunnerStorage.layerMemory, RunnerHealth.layerNoop]),
+      Layer.provide(Layer.orDie(ShardingConfig.layerFromEnv({ ...embeddedShardingConfig, ...options.shardingConfig }))),
+      Layer.provide(Digest.layerWebCrypto)
+    )
   )
   return layer(options).pipe(
     Layer.provideMerge(ClusterWorkflowEngine.layer),

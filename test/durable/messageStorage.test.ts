@@ -6,7 +6,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { PgClient } from "@effect/sql-pg"
-import { Duration, Effect, Exit, Layer, Redacted } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Redacted } from "effect"
 import type * as MessageStorage from "effect/cluster/MessageStorage"
 import * as SqlMessageStorage from "effect/cluster/SqlMessageStorage"
 import * as Digest from "effect/crypto/Digest"
@@ -14,6 +14,7 @@ import { SqlClient } from "effect/sql/SqlClient"
 import { PgliteClient } from "effect-async-toolset/durable"
 import * as Cluster from "../../src/durable/internal/cluster.ts"
 import { freshDataDir } from "../support/pglite.ts"
+import { eventually } from "../support/durable.ts"
 import { captureLogs } from "../support/reliability.ts"
 import { freshDatabase, testPgUrl } from "./pgDatabase.ts"
 
@@ -91,48 +92,82 @@ describe("the durable stores' message storage", () => {
     })), 60_000)
 })
 
-describe("the durable stores' message storage, the database unreachable", () => {
-  it.live("a reply's save is tried again while the database is unreachable, and an error is logged when the window runs out", () =>
-    Effect.gen(function*() {
-      const logs = captureLogs()
-      const dataDir = yield* Effect.promise(() => freshDataDir())
-      yield* Effect.gen(function*() {
-        const client = yield* PgliteClient.PgliteClient
-        const storage = yield* Cluster.makeEncoded("cluster", Duration.millis(300))
-        yield* storage.saveEnvelope({ envelope: request("1005", "e5"), primaryKey: "e5/run/", deliverAt: null })
-        let attempts = 0
-        const query = client.pglite.query.bind(client.pglite)
-        const refused = Object.assign(new Error("connection refused"), { code: "08006" })
-        Object.assign(client.pglite, {
-          query: (text: string, ...rest: Array<any>) =>
-            text.includes("cluster_replies") ? (attempts++, Promise.reject(refused)) : query(text, ...rest)
-        })
-        const exit = yield* Effect.exit(
-          storage.saveReply({ _tag: "WithExit", id: "2005", requestId: "1005", exit: { _tag: "Success", value: 1 } as never })
-        )
-        assert.isTrue(Exit.isFailure(exit))
-        assert.isAbove(attempts, 2, "tried again")
-        assert.lengthOf(logs.find(["Error"], "request 1005 could not be saved", "restart it"), 1)
-        // once the database answers again, a save goes through
-        Object.assign(client.pglite, { query })
-        yield* storage.saveReply({ _tag: "WithExit", id: "2005", requestId: "1005", exit: { _tag: "Success", value: 1 } as never })
-      }).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(PgliteClient.layer({ dataDir })), Effect.provide(logs.layer))
-    }), 60_000)
+/** A storage on a new PGlite database whose reply saves fail as a refused connection while `refusing`. */
+const refusingStorage = <A, E>(
+  options: { readonly saveWindow?: Duration.Duration; readonly stopped?: () => boolean },
+  use: (storage: MessageStorage.Encoded, db: { refusing: boolean; attempts: number }) => Effect.Effect<A, E, SqlClient>
+) =>
+  Effect.gen(function*() {
+    const dataDir = yield* Effect.promise(() => freshDataDir())
+    return yield* Effect.gen(function*() {
+      const client = yield* PgliteClient.PgliteClient
+      const storage = yield* Cluster.makeEncoded("cluster", options)
+      const db = { refusing: false, attempts: 0 }
+      const query = client.pglite.query.bind(client.pglite)
+      const refused = Object.assign(new Error("connection refused"), { code: "08006" })
+      Object.assign(client.pglite, {
+        query: (text: string, ...rest: Array<any>) =>
+          db.refusing && text.includes("cluster_replies") ? (db.attempts++, Promise.reject(refused)) : query(text, ...rest)
+      })
+      return yield* use(storage, db)
+    }).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(PgliteClient.layer({ dataDir })))
+  })
 
-  it.live("a reply whose save fails for a reason that does not pass (a constraint) is not tried again", () =>
-    Effect.gen(function*() {
-      const logs = captureLogs()
-      const dataDir = yield* Effect.promise(() => freshDataDir())
-      yield* Effect.gen(function*() {
-        const storage = yield* Cluster.makeEncoded("cluster", Duration.seconds(30))
-        yield* storage.saveEnvelope({ envelope: request("1006", "e6"), primaryKey: "e6/run/", deliverAt: null })
-        const reply = { _tag: "WithExit", id: "2006", requestId: "1006", exit: { _tag: "Success", value: 1 } } as const
-        yield* storage.saveReply(reply as never)
-        // the same reply again: its id is taken (a save that committed but whose answer was lost)
-        const exit = yield* Effect.exit(storage.saveReply(reply as never))
+const finalReply = (id: string, requestId: string) =>
+  ({ _tag: "WithExit", id, requestId, exit: { _tag: "Success", value: 1 } }) as never
+
+describe("the durable stores' message storage, the database unreachable", () => {
+  it.live("a reply's save is tried again until the database answers; failing past the window, an error says so once", () => {
+    const logs = captureLogs()
+    return refusingStorage({ saveWindow: Duration.millis(300) }, (storage, db) =>
+      Effect.gen(function*() {
+        yield* storage.saveEnvelope({ envelope: request("1005", "e5"), primaryKey: "e5/run/", deliverAt: null })
+        db.refusing = true
+        const save = yield* Effect.forkChild(storage.saveReply(finalReply("2005", "1005")))
+        yield* eventually(Effect.sync(() => logs.find(["Error"], "request 1005 has not been saved").length > 0), "the error", 20)
+        // still trying, past the window; the database answers again: the same save goes through
+        const before = db.attempts
+        yield* eventually(Effect.sync(() => db.attempts > before), "tried again after the error", 20)
+        db.refusing = false
+        yield* Fiber.join(save)
+        const sql = (yield* SqlClient).withoutTransforms()
+        const rows = yield* sql<{ processed: boolean }>`SELECT processed FROM cluster_messages WHERE request_id = 1005`
+        assert.deepStrictEqual(rows.map((r) => r.processed), [true])
+        assert.lengthOf(logs.find(["Error"], "request 1005"), 1, "told once")
+      })).pipe(Effect.provide(logs.layer))
+  }, 60_000)
+
+  it.live("a failing save stops trying once the runner shuts down (the request stays unprocessed in storage)", () => {
+    const runner = { shuttingDown: false }
+    const logs = captureLogs()
+    return refusingStorage({ stopped: () => runner.shuttingDown }, (storage, db) =>
+      Effect.gen(function*() {
+        yield* storage.saveEnvelope({ envelope: request("1007", "e7"), primaryKey: "e7/run/", deliverAt: null })
+        db.refusing = true
+        const save = yield* Effect.forkChild(storage.saveReply(finalReply("2007", "1007")))
+        yield* eventually(Effect.sync(() => db.attempts >= 3), "tried again", 20)
+        runner.shuttingDown = true
+        const exit = yield* Fiber.await(save)
         assert.isTrue(Exit.isFailure(exit))
+        db.refusing = false
+        const sql = (yield* SqlClient).withoutTransforms()
+        const rows = yield* sql<{ processed: boolean }>`SELECT processed FROM cluster_messages WHERE request_id = 1007`
+        assert.deepStrictEqual(rows.map((r) => r.processed), [false])
+      })).pipe(Effect.provide(logs.layer))
+  }, 60_000)
+
+  it.live("a reply whose save fails for a reason that does not pass (its reply already stored) is not tried again", () => {
+    const logs = captureLogs()
+    return refusingStorage({}, (storage, db) =>
+      Effect.gen(function*() {
+        yield* storage.saveEnvelope({ envelope: request("1006", "e6"), primaryKey: "e6/run/", deliverAt: null })
+        yield* storage.saveReply(finalReply("2006", "1006"))
+        // the same reply again: its id is taken (a save that committed but whose answer was lost)
+        const exit = yield* Effect.exit(storage.saveReply(finalReply("2006", "1006")))
+        assert.isTrue(Exit.isFailure(exit))
+        assert.strictEqual(db.attempts, 0)
         assert.lengthOf(logs.find(["Warn"], "reply to request 1006"), 1)
         assert.lengthOf(logs.find(["Error"], "request 1006"), 0)
-      }).pipe(Effect.provide(Digest.layerWebCrypto), Effect.provide(PgliteClient.layer({ dataDir })), Effect.provide(logs.layer))
-    }), 60_000)
+      })).pipe(Effect.provide(logs.layer))
+  }, 60_000)
 })

@@ -1,7 +1,8 @@
 /**
  * effect/cluster as the durable stores run it: its SQL message storage with replies saved in one
- * statement, the stored messages moved to their shards when `shardsPerGroup` changed, and a close
- * that prints no "No healthy runners available" warning.
+ * statement (and saved again while the database is unreachable), the stored messages moved to
+ * their shards when `shardsPerGroup` changed, and a close that prints no "No healthy runners
+ * available" warning.
  *
  * - The message storage is `SqlMessageStorage`'s (same tables, same rows) with one change, through
  *   effect/cluster's public `MessageStorage.makeEncoded`: a reply is saved by one data-modifying
@@ -18,22 +19,26 @@
  *   safe only when no runner of the old count is reading them: a runner that sees another live
  *   runner (a heartbeat within `shardLockExpiration`) refuses to start (`ShardsPerGroupChanged`).
  * - A reply whose save fails for a reason that may pass (a connection refused or dropped, a server
- *   starting up, a deadlock, a statement timeout) is saved again, for up to
- *   `replySaveWindow` (30 s), pausing 100 ms doubling to 2 s. effect/cluster tries a reply's save 5
- *   times 200 ms apart (`retryRespond` in `internal/entityManager.ts`), then gives up without a
- *   word: the request stays "being processed" in its entity for the runner's life, never read
- *   again from storage, and what waits for its reply (a call's workflow waiting for a step's
- *   result) waits for good (issue 18: new connections refused for 3 s while the runner kept its
- *   shard locks left calls "running" until the runner restarted). Bounded, because effect/cluster
- *   saves a reply where its entity cannot be interrupted (a runner shutting down waits for it).
- *   A save that committed but whose answer was lost fails when tried again (the reply's id is
- *   taken), and effect/cluster then finds the reply stored.
+ *   starting up, a deadlock, a statement timeout) is saved again, pausing 100 ms doubling to 2 s,
+ *   until it is saved or the runner shuts down. effect/cluster tries a reply's save 5 times 200 ms
+ *   apart (`retryRespond` in `internal/entityManager.ts`), then gives up without a word: the
+ *   request stays "being processed" in its entity for the runner's life, never read again from
+ *   storage, and what waits for its reply (a call's workflow waiting for a step's result) waits
+ *   for good (issue 18: new connections refused for 3 s while the runner kept its shard locks
+ *   left calls "running" until the runner restarted; test/durable/clusterDropsUnsavedReplies.test.ts
+ *   shows it on effect/cluster alone). Each failure is a warning; a save still failing after
+ *   `replySaveWindow` (30 s) logs an error once (the runner is stuck until the database answers).
+ *   effect/cluster saves a reply where its entity cannot be interrupted, so the saves stop trying
+ *   once the runner shuts down (effect/cluster's `Sharding.isShutdown`, through `withSharding`):
+ *   the request stays unprocessed in storage and runs again on the runner that holds its shard
+ *   next. A save that committed but whose answer was lost fails when tried again (the reply's id,
+ *   or the request's one final reply, is taken), and effect/cluster then finds the reply stored.
  * - Table prefix: effect/cluster's tables are `<prefix>_messages`, `<prefix>_replies`,
  *   `<prefix>_runners`… (`cluster` unless `DurablePostgres`'s `application` names another); the
  *   shard moves read and write the tables of that prefix. The kept count (`async_toolset_settings`)
  *   is in the same schema as they are, so each application's count is its own.
  */
-import { Duration, Effect, Layer, Logger, Schedule, Schema } from "effect"
+import { Clock, Duration, Effect, Layer, Logger, Schedule, Schema } from "effect"
 import { PersistenceError } from "effect/cluster/ClusterError"
 import * as MessageStorage from "effect/cluster/MessageStorage"
 import { ShardingConfig } from "effect/cluster/ShardingConfig"
@@ -175,26 +180,32 @@ export const reshard = (
 const passing = (error: unknown): boolean =>
   isSqlError(error) && (error.isRetryable || error.reason.operation === "connect")
 
-/** How long a reply's save is tried again while the database fails for a passing reason (see the module's notes). */
+/** How long a reply's save fails for a passing reason before an error says the runner is stuck (see the module's notes). */
 export const replySaveWindow: Duration.Duration = Duration.seconds(30)
+
+/** Whether the runner that saves replies is shutting down (then a failing save stops trying). */
+export type Stopped = () => boolean
+
+const never: Stopped = () => false
 
 /**
  * `SqlMessageStorage`'s driver (it creates its tables) with every reply saved in one statement:
  * the request's row updated as upstream does (`processed` and `last_reply_id` for a final reply,
  * `last_reply_id` for a chunk) and the reply's row inserted (a chunk's `kind` is NULL, as upstream's),
  * atomically, without a transaction.
- * A reply whose save fails for a passing reason is saved again for `saveWindow`; when that runs
- * out, an error is logged that names the request and says what it means (its caller waits until
- * this runner restarts) and what to do.
+ * A reply whose save fails for a passing reason is saved again until it is saved or `stopped()`;
+ * failing for longer than `saveWindow`, an error says so once.
  */
 export const makeEncoded = Effect.fnUntraced(function*(
   prefix: string = "cluster",
-  saveWindow: Duration.Duration = replySaveWindow
+  options: { readonly stopped?: Stopped; readonly saveWindow?: Duration.Duration } = {}
 ): Effect.fn.Return<MessageStorage.Encoded, never, SqlClient | Digest.Digest> {
   const encoded = yield* SqlMessageStorage.makeEncoded({ prefix })
   const sql = (yield* SqlClient).withoutTransforms()
   const messages = sql(`${prefix}_messages`)
   const replies = sql(`${prefix}_replies`)
+  const stopped = options.stopped ?? never
+  const window = Duration.toMillis(options.saveWindow ?? replySaveWindow)
   const saveReply: MessageStorage.Encoded["saveReply"] = (reply) =>
     Effect.suspend(() =>
       reply._tag === "WithExit"
@@ -210,25 +221,28 @@ export const makeEncoded = Effect.fnUntraced(function*(
           VALUES (${reply.id}, NULL, ${reply.requestId}, ${JSON.stringify(reply.values)}, ${reply.sequence})`
     ).pipe(
       Effect.asVoid,
-      Effect.tapError((error) =>
-        Effect.logWarning(`saving effect/cluster's reply to request ${reply.requestId} failed`, error)
-      ),
+      (save) => {
+        let since: number | undefined
+        let told = false
+        return Effect.tapError(save, (error) =>
+          Effect.gen(function*() {
+            yield* Effect.logWarning(`saving effect/cluster's reply to request ${reply.requestId} failed`, error)
+            if (!passing(error) || told) return
+            const now = yield* Clock.currentTimeMillis
+            since ??= now
+            if (now - since < window) return
+            told = true
+            yield* Effect.logError(
+              `effect/cluster's reply to request ${reply.requestId} has not been saved for ` +
+                `${Duration.format(Duration.millis(now - since))}: the database is unreachable. What waits for it (a durable ` +
+                "call's step) waits too; the save is tried again until the database answers, then the call goes on."
+            )
+          }))
+      },
       Effect.retry({
-        while: passing,
-        schedule: Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")]).pipe(
-          Schedule.upTo({ duration: saveWindow })
-        )
+        while: (error) => passing(error) && !stopped(),
+        schedule: Schedule.min([Schedule.exponential("100 millis"), Schedule.spaced("2 seconds")])
       }),
-      Effect.tapError((error) =>
-        passing(error)
-          ? Effect.logError(
-            `effect/cluster's reply to request ${reply.requestId} could not be saved for ` +
-              `${Duration.format(saveWindow)}: the database was unreachable. effect/cluster does not try again, so ` +
-              "what waits for this reply (a durable call's step) waits until this runner restarts: restart it " +
-              "once the database is reachable, and its calls go on from their last saved step."
-          )
-          : Effect.void
-      ),
       PersistenceError.refail,
       Effect.withTracerEnabled(false)
     )
@@ -240,20 +254,22 @@ export const makeEncoded = Effect.fnUntraced(function*(
  * configuration's `shardsPerGroup` (moved there once if they were not: see `reshard`).
  */
 export function messageStorage(
-  mode: { readonly _tag: "alone" }
+  mode: { readonly _tag: "alone" },
+  options?: { readonly stopped?: Stopped }
 ): Layer.Layer<MessageStorage.MessageStorage, SqlError, SqlClient | ShardingConfig | Digest.Digest>
 export function messageStorage(
   mode: Resharding,
-  prefix?: string
+  options?: { readonly prefix?: string; readonly stopped?: Stopped }
 ): Layer.Layer<MessageStorage.MessageStorage, SqlError | ShardsPerGroupChanged, SqlClient | ShardingConfig | Digest.Digest>
 export function messageStorage(
   mode: Resharding,
-  prefix = "cluster"
+  options: { readonly prefix?: string; readonly stopped?: Stopped } = {}
 ): Layer.Layer<MessageStorage.MessageStorage, SqlError | ShardsPerGroupChanged, SqlClient | ShardingConfig | Digest.Digest> {
+  const prefix = options.prefix ?? "cluster"
   return Layer.effect(
     MessageStorage.MessageStorage,
     Effect.gen(function*() {
-      const driver = yield* makeEncoded(prefix)
+      const driver = yield* makeEncoded(prefix, options.stopped === undefined ? {} : { stopped: options.stopped })
       const config = yield* ShardingConfig
       const moved = reshard(config.shardsPerGroup, mode, Duration.fromInputUnsafe(config.shardLockExpiration), prefix)
       // alone on its database, a process never refuses
@@ -263,28 +279,32 @@ export function messageStorage(
   ).pipe(Layer.provide(Snowflake.layerGenerator))
 }
 
-// --- a quiet close -------------------------------------------------------------------------------
+// --- the cluster, knowing when it shuts down, with a quiet close -------------------------------
 
 /**
- * The cluster layers with their logs going to the loggers of where they are built, except the
- * "No healthy runners available" warning once the runner shuts down: effect/cluster's runner
- * unregisters itself first (at the close of its layer, or as soon as an entity closes, with
- * `preemptiveShutdown`), then waits for its entities to stop, and meanwhile its assignment loop
- * finds no healthy runner and says so every `refreshAssignmentsInterval`. While the runner runs,
- * the warning is kept.
+ * The cluster layers `make` builds, given a `Stopped` that says whether their `Sharding` is shutting
+ * down (for the message storage's saves: see `makeEncoded`), with their logs going to the loggers
+ * of where they are built, except the "No healthy runners available" warning once the runner
+ * shuts down: effect/cluster's runner unregisters itself first (at the close of its layer, or as
+ * soon as an entity closes, with `preemptiveShutdown`), then waits for its entities to stop, and
+ * meanwhile its assignment loop finds no healthy runner and says so every
+ * `refreshAssignmentsInterval`. While the runner runs, the warning is kept.
  */
-export const quietClose = <A, E, R>(cluster: Layer.Layer<A | Sharding.Sharding, E, R>): Layer.Layer<A | Sharding.Sharding, E, R> =>
+export const withSharding = <A, E, R>(
+  make: (stopped: Stopped) => Layer.Layer<A | Sharding.Sharding, E, R>
+): Layer.Layer<A | Sharding.Sharding, E, R> =>
   Layer.unwrap(Effect.gen(function*() {
     const loggers = yield* Logger.CurrentLoggers
     let sharding: Sharding.Sharding["Service"] | undefined
+    const stopped: Stopped = () => sharding !== undefined && Effect.runSync(sharding.isShutdown)
     const logger = Logger.make<unknown, void>((options) => {
-      if (sharding !== undefined && isNoHealthyRunners(options.message) && Effect.runSync(sharding.isShutdown)) return
+      if (isNoHealthyRunners(options.message) && stopped()) return
       for (const inner of loggers) inner.log(options)
     })
     const capture = Layer.effectDiscard(Effect.gen(function*() {
       sharding = yield* Sharding.Sharding
     }))
-    return capture.pipe(Layer.provideMerge(cluster), Layer.provide(Logger.layer([logger])))
+    return capture.pipe(Layer.provideMerge(make(stopped)), Layer.provide(Logger.layer([logger])))
   }))
 
 const isNoHealthyRunners = (message: unknown): boolean =>

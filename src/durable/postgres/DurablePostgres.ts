@@ -165,16 +165,19 @@ export const layer = (options: Options): Layer.Layer<DurableStore.DurableStore |
   }
   // effect/cluster's SQL storage, with replies saved in one statement and the stored messages kept
   // on the shards of this `shardsPerGroup`
-  const storage = Layer.mergeAll(
-    Cluster.messageStorage(address === undefined ? { _tag: "client" } : { _tag: "runner", address }, prefix),
-    Layer.orDie(SqlRunnerStorage.layerWith({ prefix }))
-  ).pipe(
-    Layer.provide(Layer.orDie(ShardingConfig.layerFromEnv(shardingConfig))),
-    Layer.provide(NodeCrypto.layerDigest)
+  const storage = (stopped: Cluster.Stopped) =>
+    Layer.mergeAll(
+      Cluster.messageStorage(address === undefined ? { _tag: "client" } : { _tag: "runner", address }, { prefix, stopped }),
+      Layer.orDie(SqlRunnerStorage.layerWith({ prefix }))
+    ).pipe(
+      Layer.provide(Layer.orDie(ShardingConfig.layerFromEnv(shardingConfig))),
+      Layer.provide(NodeCrypto.layerDigest)
+    )
+  const cluster = Cluster.withSharding((stopped) =>
+    (runner === undefined
+      ? NodeClusterSocket.layer({ clientOnly: true, storage: "byo", shardingConfig })
+      : NodeClusterSocket.layer({ storage: "byo", shardingConfig })).pipe(Layer.provideMerge(storage(stopped)))
   )
-  const cluster = (runner === undefined
-    ? NodeClusterSocket.layer({ clientOnly: true, storage: "byo", shardingConfig })
-    : NodeClusterSocket.layer({ storage: "byo", shardingConfig })).pipe(Layer.provideMerge(storage), Cluster.quietClose)
   const store = Layer.effect(
     DurableStore.DurableStore,
     Effect.gen(function*() {

@@ -17,7 +17,7 @@
  *   store saves a reply again while the database fails for a passing reason (for up to 30 s).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Layer, Redacted } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Scope } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
@@ -139,6 +139,59 @@ const outageLocksKept = (how: "close" | "fatal") =>
     )
   }))
 
+/**
+ * The runner shut down while a step's result cannot be saved (new connections refused): its close
+ * ends (the save stops trying), leaving the step's request unprocessed for the next runner.
+ */
+const closedInOutage = Effect.scoped(Effect.gen(function*() {
+  gate = Deferred.makeUnsafe<void>()
+  const url = yield* freshDatabase("eat_outage")
+  const target = new URL(url)
+  const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
+  const runner = DurableToolset.layer(gatedToolset).pipe(Layer.provideMerge(DurablePostgres.layer({
+    url: Redacted.make(TcpProxy.through(url, proxy)),
+    runner: { host: "127.0.0.1", port: yield* freePort },
+    pollInterval: "100 millis"
+  })))
+  const runnerScope = yield* Scope.make()
+  yield* Layer.buildWithScope(runner, runnerScope)
+  const client = DurablePostgres.layer({ url: Redacted.make(url), pollInterval: "100 millis" })
+  yield* Effect.gen(function*() {
+    const made = yield* DurableToolset.make(gatedToolset)
+    yield* made.execute(yield* ChatContext.functionCall({ callId: "c1", name: "gated", arguments: "{}" }))
+    const sql = yield* SqlClient
+    yield* eventually(
+      Effect.map(
+        Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`),
+        (rows) => rows[0]!.n === 1
+      ),
+      "the second step started"
+    )
+    proxy.refuse("close")
+    proxy.dropAllBut("pg_try_advisory_lock")
+    yield* Deferred.succeed(gate, undefined)
+    // the step's result is being saved, and refused
+    const refused = proxy.refused()
+    yield* eventually(Effect.sync(() => proxy.refused() > refused + 2), "the save tried again")
+    const closed = yield* Effect.forkChild(Scope.close(runnerScope, Exit.void))
+    const exit = yield* Fiber.await(closed).pipe(Effect.timeoutOption("40 seconds"))
+    assert.isTrue(Option.isSome(exit), "the runner's close ended during the outage")
+    proxy.accept()
+    // the step's request is left unprocessed in storage: the runner that holds its shard next runs it
+    const steps = yield* Effect.orDie(
+      sql<{ processed: boolean }>`SELECT processed FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`
+    )
+    assert.deepStrictEqual(steps.map((row) => row.processed), [false])
+    assert.deepStrictEqual(
+      (yield* Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call`)).map((row) => row.status),
+      ["running"]
+    )
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(Layer.mergeAll(DurableChat.layer({ sessionId: "s1" }), TestSession.layer).pipe(Layer.provideMerge(client)))
+  )
+}))
+
 describe.skipIf(testPgUrl === undefined)("DurablePostgres: a brief outage of the database", () => {
   it.live("connections dropped and new ones refused for 3 s while calls wait between steps: every call goes on to its end", () =>
     outage("close"), 150_000)
@@ -151,4 +204,7 @@ describe.skipIf(testPgUrl === undefined)("DurablePostgres: a brief outage of the
 
   it.live("the runner keeping its shard locks, the server answering 'starting up' to new connections for 3 s as a step ends: the call goes on to its end", () =>
     outageLocksKept("fatal"), 90_000)
+
+  it.live("the runner shut down while a step's result cannot be saved: its close ends, the step left to the next runner", () =>
+    closedInOutage, 150_000)
 })
