@@ -32,12 +32,25 @@
  *   BENCH_DURABLE_CALLS=300 BENCH_DURABLE_ROUNDS=5 npm run bench:durable
  *   BENCH_DURABLE_OPEN=0 npm run bench:durable             (skip the new-folder open: PGlite's initdb)
  *
+ * Also measured per sample: this process's CPU time per call (`process.cpuUsage`), its share of a
+ * core, the main thread's share of the wall time on a core or waiting for one (from /proc: near 1.0
+ * means CPU-bound, whatever the machine's load), and on PostgreSQL the server backends' CPU time
+ * per call (from /proc, for a local server). These do not depend on the load the way rates do.
+ *
+ * For a look at one part (a profile, a quick comparison):
+ *
+ *   BENCH_DURABLE_STORES=pglite (or postgres)           only that store
+ *   BENCH_DURABLE_SIDES=ours,floor                       only these sides
+ *   BENCH_DURABLE_WORKLOADS=1x1,50x10                    only these (<at a time>x<sessions>)
+ *   BENCH_DURABLE_PROFILE=/tmp/prof                      a V8 CPU profile of each measured sample's calls
+ *
  * `npm run bench:durable:counters` (BENCH_DURABLE_COUNTERS=1): only the statements and commits per
  * call of ours, one after the other and 10 at a time over one session, on PGlite and (with
  * TEST_PG_URL or BENCH_PG_URL) PostgreSQL, against `bench/durable-budget.json`; exits non-zero over
  * budget or when a call fails. For CI: well under a minute.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import * as inspector from "node:inspector"
 import * as net from "node:net"
 import * as os from "node:os"
 import { dirname, join } from "node:path"
@@ -71,6 +84,16 @@ const callTimeout = int("BENCH_DURABLE_TIMEOUT_MS", 30_000)
 const idleMs = int("BENCH_DURABLE_IDLE_MS", countersOnly ? 1_500 : 3_000)
 const measureNewFolder = !countersOnly && process.env["BENCH_DURABLE_OPEN"] !== "0"
 const pgUrl = process.env["BENCH_PG_URL"] || process.env["TEST_PG_URL"] || undefined
+/** BENCH_DURABLE_STORES=pglite or postgres: only that store (for a profile of one); default both. */
+const storesOnly = (process.env["BENCH_DURABLE_STORES"] ?? "pglite,postgres").split(",").map((x) => x.trim())
+const onlyList = (name: string) => {
+  const raw = process.env[name]
+  return raw === undefined || raw === "" ? undefined : raw.split(",").map((x) => x.trim())
+}
+/** BENCH_DURABLE_SIDES=ours,floor: only these sides (default all three). */
+const sidesOnly = onlyList("BENCH_DURABLE_SIDES")
+/** BENCH_DURABLE_WORKLOADS=1x1,50x10: only these workloads (`<at a time>x<sessions>`; default all six). */
+const workloadsOnly = onlyList("BENCH_DURABLE_WORKLOADS")
 
 // --- the call ------------------------------------------------------------------------------------
 
@@ -100,6 +123,7 @@ const workloadName = (w: Workload) =>
 const workloads: ReadonlyArray<Workload> = countersOnly
   ? [{ concurrency: 1, sessions: 1 }, { concurrency: 10, sessions: 1 }]
   : [1, 10, 50].flatMap((concurrency) => [1, 10].map((sessions) => ({ concurrency, sessions })))
+    .filter((w) => workloadsOnly === undefined || workloadsOnly.includes(`${w.concurrency}x${w.sessions}`))
 
 type StoreServices = DurableStore.DurableStore | WorkflowEngine | SqlClient
 
@@ -192,6 +216,18 @@ interface Sample {
   readonly tally?: Tally | undefined
   /** Growth per call: table -> [bytes, rows]. */
   readonly storage?: ReadonlyMap<string, readonly [number, number]> | undefined
+  /** This process's CPU time (user + system) per call, ms, over the calls. */
+  readonly cpuMs: number
+  /** This process's CPU time over the wall time of the calls (1.0: one core busy all along). */
+  readonly cpuShare: number
+  /**
+   * The main thread's time running or waiting to run (runnable) over the calls' wall time, from
+   * /proc (Linux): near 1.0, it never waited for anything but a core (CPU-bound); what is missing
+   * to 1.0 is time it waited for I/O or a timer. Undefined where /proc is not there.
+   */
+  readonly busyShare?: number | undefined
+  /** The PostgreSQL server's CPU time per call for this run's database (its backends), ms, when known. */
+  readonly serverCpuMs?: number | undefined
 }
 
 interface Failure {
@@ -230,6 +266,82 @@ const sizes = Effect.gen(function*() {
   }
   return out
 }).pipe(Effect.orDie)
+
+/** The database whose server backends' CPU time is read (`serverCpu`): set while PostgreSQL is measured. */
+let serverDatabase: string | undefined
+
+/**
+ * The CPU time (ms) of the PostgreSQL server's backends connected to `serverDatabase`, read from
+ * /proc (a local server; Linux): each backend's process title names its database. Undefined when
+ * not measuring PostgreSQL or /proc cannot be read. A backend that exits between two reads drops
+ * its time (the pool keeps its connections, so rarely).
+ */
+/** The main thread's [ns on a core, ns waiting for one] (/proc/<pid>/task/<pid>/schedstat), or undefined. */
+const schedstat = (): readonly [number, number] | undefined => {
+  try {
+    const [run, wait] = readFileSync(`/proc/${process.pid}/task/${process.pid}/schedstat`, "utf8").split(" ")
+    return [Number(run), Number(wait)]
+  } catch {
+    return undefined
+  }
+}
+
+const serverCpu = (): number | undefined => {
+  if (serverDatabase === undefined) return undefined
+  try {
+    let total = 0
+    for (const pid of readdirSync("/proc")) {
+      if (!/^\d+$/.test(pid)) continue
+      let title: string
+      try {
+        title = readFileSync(`/proc/${pid}/cmdline`, "utf8")
+      } catch {
+        continue
+      }
+      if (!title.startsWith("postgres: ") || !title.includes(` ${serverDatabase} `)) continue
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after the command
+        total += (Number(fields[11]) + Number(fields[12])) * 10
+      } catch {
+        continue
+      }
+    }
+    return total
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * BENCH_DURABLE_PROFILE=<folder>: a V8 CPU profile of each measured sample's calls (and nothing
+ * else: not the store's open, the warm-up or the close), written as
+ * `<folder>/<store>-<side>-<workload>-<round>.cpuprofile` (open in Chrome DevTools).
+ */
+const profileDir = process.env["BENCH_DURABLE_PROFILE"] || undefined
+let profiler: inspector.Session | undefined
+const post = (method: string, params?: object) =>
+  new Promise<{ readonly profile?: object }>((resolve, reject) =>
+    profiler!.post(method, params ?? {}, (error, result) => error ? reject(error) : resolve(result as { readonly profile?: object })))
+const profileStart = Effect.promise(async () => {
+  if (profileDir === undefined) return
+  if (profiler === undefined) {
+    profiler = new inspector.Session()
+    profiler.connect()
+    await post("Profiler.enable")
+    await post("Profiler.setSamplingInterval", { interval: 200 })
+  }
+  await post("Profiler.start")
+})
+const profileStop = (name: string) =>
+  Effect.promise(async () => {
+    if (profileDir === undefined || profiler === undefined) return
+    const { profile } = await post("Profiler.stop")
+    mkdirSync(profileDir, { recursive: true })
+    writeFileSync(join(profileDir, `${name.replace(/[^A-Za-z0-9_.-]+/g, "_")}.cpuprofile`), JSON.stringify(profile))
+  })
+let storeName = ""
 
 let sequence = 0
 const runId = Date.now().toString(36)
@@ -271,6 +383,10 @@ const sample = (
     const before = measured ? yield* sizes : undefined
     if (idle !== undefined) yield* quiet()
     const tally0 = counter.snapshot()
+    if (idle !== undefined) yield* profileStart
+    const server0 = serverCpu()
+    const sched0 = schedstat()
+    const cpu0 = process.cpuUsage()
     const t0 = performance.now()
     yield* Effect.forEach(
       batch.map((_, i) => i),
@@ -282,7 +398,19 @@ const sample = (
       { concurrency: workload.concurrency, discard: true }
     )
     const elapsed = performance.now() - t0
-    if (idle === undefined) return { side, workload, perSecond: count / (elapsed / 1000), latencies, durations } satisfies Sample
+    const cpu = process.cpuUsage(cpu0)
+    const sched1 = schedstat()
+    const busyShare = sched0 === undefined || sched1 === undefined
+      ? undefined
+      : (sched1[0] - sched0[0] + sched1[1] - sched0[1]) / 1e6 / (performance.now() - t0)
+    const server1 = serverCpu()
+    if (idle !== undefined) yield* profileStop(`${storeName}-${side}-${workload.concurrency}x${workload.sessions}-${sequence}`)
+    const cpuMs = (cpu.user + cpu.system) / 1000 / count
+    const cpuShare = (cpu.user + cpu.system) / 1000 / elapsed
+    const serverCpuMs = server0 === undefined || server1 === undefined ? undefined : (server1 - server0) / count
+    if (idle === undefined) {
+      return { side, workload, perSecond: count / (elapsed / 1000), latencies, durations, cpuMs, cpuShare, busyShare, serverCpuMs } satisfies Sample
+    }
     yield* quiet()
     const window = performance.now() - t0
     const tally = since(tally0, counter.snapshot())
@@ -303,7 +431,11 @@ const sample = (
       statements: (tally.statements - idle.statements * window) / count,
       commits: (tally.commits - idle.commits * window) / count,
       tally,
-      storage: measured ? storage : undefined
+      storage: measured ? storage : undefined,
+      cpuMs,
+      cpuShare,
+      busyShare,
+      serverCpuMs
     } satisfies Sample
   }))
 
@@ -354,6 +486,7 @@ const onStore = (
   openTimes: Array<readonly [string, number]>
 ): Effect.Effect<StoreResult, unknown> =>
   Effect.scoped(Effect.gen(function*() {
+    storeName = name
     const opened = yield* open(yield* store)
     const { context } = opened
     onOpen(context)
@@ -365,7 +498,9 @@ const onStore = (
     return yield* Effect.gen(function*() {
       const failures: Array<Failure> = []
       const samples: Array<Sample> = []
-      const sides: ReadonlyArray<Side> = countersOnly ? ["ours"] : ["floor", "ours", "in-memory"]
+      const sides: ReadonlyArray<Side> = countersOnly
+        ? ["ours"]
+        : (["floor", "ours", "in-memory"] as const).filter((side) => sidesOnly === undefined || sidesOnly.includes(side))
       // warm up: the first call (shards acquired, the workflow's entity started), JIT, caches
       const first = performance.now()
       yield* Effect.scoped(Effect.flatMap(openOurs(`w${runId}_first`), (party) =>
@@ -411,7 +546,10 @@ const onStore = (
               `${name} round ${round + 1}/${rounds}: ${side}, ${workloadName(w)}: ${s.success.perSecond.toFixed(1)} calls/s` +
                 (s.success.statements === undefined || side === "in-memory"
                   ? ""
-                  : `, ${s.success.statements.toFixed(2)} statements and ${s.success.commits!.toFixed(2)} commits per call`)
+                  : `, ${s.success.statements.toFixed(2)} statements and ${s.success.commits!.toFixed(2)} commits per call`) +
+                `, ${s.success.cpuMs.toFixed(2)} CPU-ms per call (${s.success.cpuShare.toFixed(2)} of a core` +
+                (s.success.busyShare === undefined ? "" : `, main thread runnable ${s.success.busyShare.toFixed(2)}`) + ")" +
+                (s.success.serverCpuMs === undefined ? "" : `, server ${s.success.serverCpuMs.toFixed(2)} CPU-ms per call`)
             )
           }
         }
@@ -474,6 +612,8 @@ const postgresStore = (url: string, openTimes: Array<readonly [string, number]>)
     countPostgres()
     const { DurablePostgres } = yield* Effect.promise(() => import("effect-async-toolset/durable/postgres"))
     const database = yield* ownDatabase(url)
+    serverDatabase = new URL(database).pathname.slice(1)
+    yield* Effect.addFinalizer(() => Effect.sync(() => { serverDatabase = undefined }))
     const layer = (port: number) =>
       DurablePostgres.layer({ url: Redacted.make(database), runner: { host: "127.0.0.1", port } })
     const result = yield* onStore(
@@ -563,6 +703,27 @@ const report = (results: ReadonlyArray<StoreResult>): string => {
         levels.map((c) => cell(result, row.side, { concurrency: c, sessions: row.sessions }, (s) => `${fmt(stmts(s), 2)} / ${fmt(commits(s), 2)}`))
           .join(" | ")
       } | ${fmt(result.idle.statements * 1000, 2)} |`)
+    }
+  }
+  lines.push(
+    "",
+    "CPU per call: this process's CPU-ms (user + system) per call / its CPU time over the calls' wall time (1.00: one core busy all along)" +
+      "; PostgreSQL: + the server backends' CPU-ms per call for this run's database; in brackets, the main thread's share of the" +
+      " wall time on a core or waiting for one (1.00: CPU-bound; less: it waited for I/O or timers) (medians):",
+    ""
+  )
+  lines.push("| store | side | sequential | 10 at a time | 50 at a time |", "|---|---|---:|---:|---:|")
+  for (const result of results) {
+    for (const row of rowsOf(result)) {
+      lines.push(`| ${result.name} | ${row.label} | ${
+        levels.map((c) =>
+          cell(result, row.side, { concurrency: c, sessions: row.sessions }, (s) => {
+            const server = s.every((x) => x.serverCpuMs !== undefined) ? ` + ${fmt(median(s.map((x) => x.serverCpuMs!)), 2)}` : ""
+            const busy = s.every((x) => x.busyShare !== undefined) ? ` (${fmt(median(s.map((x) => x.busyShare!)), 2)})` : ""
+            return `${fmt(median(s.map((x) => x.cpuMs)), 2)}${server} / ${fmt(median(s.map((x) => x.cpuShare)), 2)}${busy}`
+          })
+        ).join(" | ")
+      } |`)
     }
   }
   lines.push("", "First output: median ms from `execute` until it returns:", "")
@@ -739,8 +900,8 @@ const checkBudget = (results: ReadonlyArray<StoreResult>): number => {
 const main = Effect.gen(function*() {
   const results: Array<StoreResult> = []
   yield* log(`bench:durable${countersOnly ? " (counters)" : ""}: ${calls} calls per sample, ${rounds} rounds`)
-  results.push(yield* pgliteStore([]))
-  if (pgUrl !== undefined) results.push(yield* postgresStore(pgUrl, []))
+  if (storesOnly.includes("pglite")) results.push(yield* pgliteStore([]))
+  if (pgUrl !== undefined && storesOnly.includes("postgres")) results.push(yield* postgresStore(pgUrl, []))
   else yield* log("PostgreSQL: not run (set BENCH_PG_URL or TEST_PG_URL)")
   if (countersOnly) return checkBudget(results)
   process.stdout.write(`${report(results)}\n`)
