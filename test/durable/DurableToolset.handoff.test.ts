@@ -5,11 +5,13 @@
  * PGlite.
  */
 import { assert, layer } from "@effect/vitest"
-import { Deferred, Effect, Schema } from "effect"
+import { Deferred, Effect, Fiber, Layer, Schema } from "effect"
+import * as WorkflowEngine from "effect/workflow/WorkflowEngine"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
-import { DurableToolset } from "effect-async-toolset/durable"
+import { DurableChat, DurableStore, DurableToolset, PgliteClient } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
-import { eventually, sessionLayer, storeLayer } from "../support/durable.ts"
+import { eventually, newSessionId, sessionLayer, storeLayer } from "../support/durable.ts"
+import { freshDataDir } from "../support/pglite.ts"
 import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "../support/replies.ts"
 import { captureLogs } from "../support/reliability.ts"
 
@@ -441,3 +443,87 @@ layer(storeLayer, { timeout: "120 seconds", excludeTestServices: true })("Durabl
 })
 
 const callWithText = (callId: string, name: string, text: string) => ChatContext.functionCall({ callId, name, arguments: text })
+
+/** A store that never looks for other processes' changes during a test (so every read is the call's own). */
+const quietStoreLayer = Layer.unwrap(
+  Effect.map(Effect.promise(() => freshDataDir()), (dataDir) =>
+    DurableStore.layer({ pollInterval: "1 hour" }).pipe(Layer.provideMerge(PgliteClient.layer({ dataDir }))))
+)
+
+/** The statements sent to the store's PGlite from now on (a statement in one exchange: its Parse's text). */
+const statementsSent = (pglite: PgliteClient.Pglite): Array<string> => {
+  const sent: Array<string> = []
+  const target = pglite as unknown as Record<string, (...args: Array<any>) => Promise<unknown>>
+  const query = target["query"]!.bind(pglite)
+  const execProtocol = target["execProtocol"]!.bind(pglite)
+  target["query"] = (text: string, ...rest) => (sent.push(text), query(text, ...rest))
+  target["execProtocol"] = (message: Uint8Array, ...rest) => {
+    if (message[0] === 0x50) {
+      const name = message.indexOf(0, 5)
+      sent.push(new TextDecoder().decode(message.subarray(name + 1, message.indexOf(0, name + 1))))
+    }
+    return execProtocol(message, ...rest)
+  }
+  return sent
+}
+
+/** effect/workflow's in-memory engine whose executions begin only once `gate` is open. */
+const gatedEngine = (gate: Deferred.Deferred<void>) =>
+  Layer.effect(WorkflowEngine.WorkflowEngine)(Effect.gen(function*() {
+    const engine = yield* WorkflowEngine.WorkflowEngine
+    const register: typeof engine.register = (workflow, execute) =>
+      engine.register(workflow, (payload, executionId) => Effect.andThen(Deferred.await(gate), execute(payload, executionId)))
+    return WorkflowEngine.WorkflowEngine.of({ ...engine, register })
+  })).pipe(Layer.provide(WorkflowEngine.layerMemory))
+
+layer(quietStoreLayer, { timeout: "120 seconds", excludeTestServices: true })("DurableToolset execution start", (it) => {
+  it.effect("a call stopped before its execution begins never runs: the execution starts from the stop, not from the row recorded before it", () =>
+    Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      let ran = 0
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        parameters: Schema.Struct({ to: Schema.String })
+      }, () => Effect.sync(() => ++ran))
+      const toolset = DurableToolset.define({ id: "travel", tools: [tool] })
+      yield* Effect.gen(function*() {
+        const t = yield* DurableToolset.make(toolset)
+        const waiting = yield* Effect.forkChild(t.execute(yield* call("c1", "book_flight", { to: "NRT" })))
+        yield* eventually(Effect.map(t.runningTasks, (tasks) => tasks.length === 1), "c1 running")
+        assert.strictEqual(yield* t.cancel("c1"), "cancelled")
+        const output = yield* Fiber.join(waiting)
+        assert.isTrue(output.isError)
+        // the stop is recorded: now the execution begins
+        yield* Deferred.succeed(gate, undefined)
+        yield* t.awaitIdle
+        yield* eventually(Effect.map(t.runningTasks, (tasks) => tasks.length === 0), "c1 ended")
+      }).pipe(Effect.provide(
+        Layer.mergeAll(DurableToolset.layer(toolset), DurableChat.layer({ sessionId: newSessionId() }), TestSession.layerWith({}))
+          .pipe(Layer.provideMerge(gatedEngine(gate)))
+      ))
+      assert.strictEqual(ran, 0)
+    }))
+
+  it.effect("a call's execution in the process that recorded it starts from that record: its row is not read again", () =>
+    Effect.gen(function*() {
+      const { pglite } = yield* PgliteClient.PgliteClient
+      const sent = statementsSent(pglite)
+      let readsBeforeTheTool = -1
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        parameters: Schema.Struct({ to: Schema.String })
+      }, () =>
+        Effect.sync(() => {
+          readsBeforeTheTool = sent.filter((text) => /^SELECT \* FROM async_toolset_call WHERE session_id = \$1 AND base = \$2$/.test(text)).length
+          return "booked"
+        }))
+      const toolset = DurableToolset.define({ id: "travel", tools: [tool] })
+      yield* Effect.gen(function*() {
+        const t = yield* DurableToolset.make(toolset)
+        const output = yield* t.execute(yield* call("c1", "book_flight", { to: "NRT" }))
+        assert.strictEqual(output.output, "booked")
+      }).pipe(Effect.provide(sessionLayer(toolset)))
+      assert.isTrue(sent.some((text) => text.includes("INSERT INTO async_toolset_call")))
+      assert.strictEqual(readsBeforeTheTool, 0)
+    }))
+})

@@ -122,7 +122,8 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
     const { base, sessionId } = payload
     // Listening before reading (a stop or a predecessor's end told from now on is not missed).
     const told = yield* Effect.acquireRelease(Effect.sync(() => arm(store, sessionId, [base], isStop)), (armed) => Effect.sync(armed.close))
-    let row = yield* retrying(readCall(store.sql, sessionId, base))
+    // As this process just recorded it (its first run here), else as the store has it.
+    let row = store.hub.take(sessionId, base) ?? (yield* retrying(readCall(store.sql, sessionId, base)))
     // Ended already (its end was recorded; this is a replay), or never recorded: nothing to do.
     if (row === undefined || !isLive(row.status)) return
     if (row.status === "waiting") {

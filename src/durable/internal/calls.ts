@@ -27,11 +27,17 @@ export interface NewCall {
   readonly startedAt: number
 }
 
+/** What claiming a base did: recorded the call (its row as written), or found the base taken (by that row, if it is still there). */
+export type Claim =
+  | { readonly _tag: "Recorded"; readonly row: CallRow }
+  | { readonly _tag: "Taken"; readonly row: CallRow | undefined }
+
 /**
  * Records a new call under `base`, unless a call has it already: then that call's row is returned
- * (the same model call recorded before, or another call that had this base).
+ * (the same model call recorded before, or another call that had this base). The row recorded is
+ * returned as written, for the execution in this process to start from without reading it again.
  */
-export const claimCall = (sql: SqlClient, c: NewCall): Effect.Effect<CallRow | undefined, SqlError> =>
+export const claimCall = (sql: SqlClient, c: NewCall): Effect.Effect<Claim, SqlError> =>
   Effect.flatMap(
     sql`INSERT INTO async_toolset_call
         (session_id, base, toolset_id, call_item, call_item_id, dup_key, cancellable, status, after_bases,
@@ -40,8 +46,11 @@ export const claimCall = (sql: SqlClient, c: NewCall): Effect.Effect<CallRow | u
         ${c.cancellable}, ${c.status}, ${c.after.length === 0 ? "" : JSON.stringify(c.after)},
         ${c.timeoutMs ?? null}, ${c.deadline ?? null}, ${c.startedAt})
       ON CONFLICT (session_id, base) DO NOTHING
-      RETURNING base`,
-    (inserted) => inserted.length > 0 ? Effect.succeed(undefined) : readCall(sql, c.sessionId, c.base)
+      RETURNING *`,
+    (inserted): Effect.Effect<Claim, SqlError> =>
+      inserted.length > 0
+        ? Effect.succeed({ _tag: "Recorded", row: callRow(inserted[0]!) })
+        : Effect.map(readCall(sql, c.sessionId, c.base), (row) => ({ _tag: "Taken", row }))
   )
 
 export const readCall = (sql: SqlClient, sessionId: string, base: string): Effect.Effect<CallRow | undefined, SqlError> =>

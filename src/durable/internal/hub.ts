@@ -9,7 +9,7 @@
  */
 import type { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import type { EndFound } from "./calls.ts"
-import type { End } from "./tables.ts"
+import type { CallRow, End } from "./tables.ts"
 
 /** What a call's execution says, once it is recorded. */
 export type CallEvent =
@@ -38,12 +38,36 @@ export interface Hub {
   readonly publish: (sessionId: string, base: string, event: CallEvent) => void
   /** Listens to a call's events until the returned function is called. */
   readonly listen: (sessionId: string, base: string, listener: (event: CallEvent) => void) => () => void
+  /**
+   * A call's row as this process just recorded it, for its execution to start from if it runs in
+   * this process (taken once: a replay reads the store). Dropped by every other write of the row
+   * in this process before it is made, so a row taken is the row as stored (another process
+   * writes a call's row only once it follows it: after a restart, or from another runner).
+   */
+  readonly hold: (sessionId: string, base: string, row: CallRow) => void
+  /** The row held for a call, once (then it is gone). */
+  readonly take: (sessionId: string, base: string) => CallRow | undefined
+  /** Forgets the row held for a call (its row is about to change, or its follower ends). */
+  readonly drop: (sessionId: string, base: string) => void
 }
 
 export const make = (): Hub => {
   const listeners = new Map<string, Set<(event: CallEvent) => void>>()
+  const held = new Map<string, CallRow>()
   const key = (sessionId: string, base: string) => `${sessionId}\u0000${base}`
   return {
+    hold: (sessionId, base, row) => {
+      held.set(key(sessionId, base), row)
+    },
+    take: (sessionId, base) => {
+      const k = key(sessionId, base)
+      const row = held.get(k)
+      if (row !== undefined) held.delete(k)
+      return row
+    },
+    drop: (sessionId, base) => {
+      held.delete(key(sessionId, base))
+    },
     publish: (sessionId, base, event) => {
       const found = listeners.get(key(sessionId, base))
       if (found === undefined) return

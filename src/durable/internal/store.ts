@@ -132,7 +132,14 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
     // (interruptibly, as every insertion does).
     yield* Effect.flatMap(Effect.forkDetach(stopped(deps, toolset, c, record, box), { startImmediately: true }), Fiber.join)
   })
-  return Effect.ensuring(body, Effect.sync(() => unlisten?.()))
+  return Effect.ensuring(
+    body,
+    Effect.sync(() => {
+      unlisten?.()
+      // (its execution ran elsewhere, or never began: nothing is held for it any more)
+      if (c.base !== undefined) deps.store.hub.drop(deps.chat.sessionId, c.base)
+    })
+  )
 }
 
 const listen = (deps: Deps, c: Call, box: Mailbox): () => void =>
@@ -164,7 +171,7 @@ const start = (
       // The store knows which bases the session's calls took (this process may not: a restart).
       c.base = k === 1 ? c.functionCall.callId : `${c.functionCall.callId}_run${k}`
       listening(listen(deps, c, box))
-      const existing = yield* claimCall(deps.store.sql, {
+      const claim = yield* claimCall(deps.store.sql, {
         sessionId,
         base: c.base,
         toolsetId: deps.toolsetId,
@@ -177,9 +184,12 @@ const start = (
         deadline: c.status === "waiting" || timeoutMs === undefined ? undefined : now + timeoutMs,
         startedAt: c.startedAt
       })
+      const existing = claim._tag === "Taken" ? claim.row : undefined
       if (existing !== undefined && existing.callItemId !== c.functionCall.id) continue
       claimed = c.base
       Coordinator.noteBase(toolset.session, c.base)
+      // Its execution, if it runs here, starts from the row just written (no read of it again).
+      if (claim._tag === "Recorded") deps.store.hub.hold(sessionId, c.base, claim.row)
       yield* startExecution(deps, c.base)
       record.recorded = true
       if (existing !== undefined) {
@@ -261,6 +271,7 @@ const couldNotStart = (
     : Effect.logError("could not start a durable call", cause)
   // Recorded, its execution never started: its record says it ended as the model was told (else
   // it would stay running for good, and be taken up again at every start of the session).
+  if (claimed !== undefined) deps.store.hub.drop(deps.chat.sessionId, claimed)
   const ended = claimed === undefined ? Effect.void : recordEnd(deps.store.sql, {
     sessionId: deps.chat.sessionId,
     base: claimed,
@@ -320,6 +331,7 @@ const detach = (deps: Deps, toolset: Toolset, c: Call): Effect.Effect<void> => {
     false
   )
   const stamped = Object.assign(Object.create(Object.getPrototypeOf(placeholder)), placeholder, { id: firstOutputId(c.base!) }) as FunctionCallOutput
+  deps.store.hub.drop(deps.chat.sessionId, c.base!)
   return Effect.matchCauseEffect(recordPlaceholder(deps.store.sql, deps.chat.sessionId, c.base!, stamped), {
     onSuccess: (recorded) => {
       Lifecycle.settleFirst(toolset.registry, c, recorded === undefined ? stamped : decodeOutput(recorded))
@@ -367,6 +379,7 @@ const stopRecorded = (
     ? undefined
     : pairAt(c.functionCall, base, "timeout", finalId, { output: timedOutText, isError: true }, now)
   return Effect.gen(function*() {
+    deps.store.hub.drop(sessionId, base)
     const held = yield* retrying(requestStop(deps.store.sql, {
       sessionId,
       base,
