@@ -95,7 +95,9 @@ export const make = Effect.fnUntraced(function*(options: Options = {}) {
   yield* migrate(sql)
   const pollInterval = Duration.fromInputUnsafe(options.pollInterval ?? "1 second")
   if (options.retention !== undefined) yield* Retention.run(sql, options.retention)
-  return DurableStore.of({ sql, pollInterval, hub: Hub.make() })
+  // A call's row as written is held for its execution only where no other process writes the
+  // rows: PGlite (in this process, its data folder opened by one), not a database processes share.
+  return DurableStore.of({ sql, pollInterval, hub: Hub.make({ holds: sql.driver === "pglite" }) })
 })
 
 /**

@@ -41,8 +41,11 @@ export interface Hub {
   /**
    * A call's row as this process just recorded it, for its execution to start from if it runs in
    * this process (taken once: a replay reads the store). Dropped by every other write of the row
-   * in this process before it is made, so a row taken is the row as stored (another process
-   * writes a call's row only once it follows it: after a restart, or from another runner).
+   * in this process before it is made, so a row taken is the row as stored. Held only where no
+   * other process writes the store (`holds`: PGlite, which runs in this process and whose data
+   * folder one process opens): on a database several processes share, the execution may begin on
+   * another runner, record updates, its end even, and move here when that runner stops; the row
+   * this process wrote is not the row as stored then, and a row held cannot tell. A no-op elsewhere.
    */
   readonly hold: (sessionId: string, base: string, row: CallRow) => void
   /** The row held for a call, once (then it is gone). */
@@ -51,13 +54,14 @@ export interface Hub {
   readonly drop: (sessionId: string, base: string) => void
 }
 
-export const make = (): Hub => {
+/** `holds`: no other process writes the store's rows (see `Hub.hold`). */
+export const make = (options: { readonly holds: boolean }): Hub => {
   const listeners = new Map<string, Set<(event: CallEvent) => void>>()
   const held = new Map<string, CallRow>()
   const key = (sessionId: string, base: string) => `${sessionId}\u0000${base}`
   return {
     hold: (sessionId, base, row) => {
-      held.set(key(sessionId, base), row)
+      if (options.holds) held.set(key(sessionId, base), row)
     },
     take: (sessionId, base) => {
       const k = key(sessionId, base)

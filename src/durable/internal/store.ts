@@ -188,7 +188,8 @@ const start = (
       if (existing !== undefined && existing.callItemId !== c.functionCall.id) continue
       claimed = c.base
       Coordinator.noteBase(toolset.session, c.base)
-      // Its execution, if it runs here, starts from the row just written (no read of it again).
+      // Its execution, if it runs here, starts from the row just written (no read of it again;
+      // held only where no other process writes the rows: see `Hub.hold`).
       if (claim._tag === "Recorded") deps.store.hub.hold(sessionId, c.base, claim.row)
       yield* startExecution(deps, c.base)
       record.recorded = true
