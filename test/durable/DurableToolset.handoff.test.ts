@@ -5,7 +5,7 @@
  * PGlite.
  */
 import { assert, layer } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Layer, Schema } from "effect"
+import { Deferred, Effect, Fiber, Layer, References, Schema } from "effect"
 import * as WorkflowEngine from "effect/workflow/WorkflowEngine"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
 import { DurableChat, DurableStore, DurableToolset, PgliteClient } from "effect-async-toolset/durable"
@@ -14,6 +14,7 @@ import { eventually, newSessionId, sessionLayer, storeLayer } from "../support/d
 import { freshDataDir } from "../support/pglite.ts"
 import { call, callIdsInChat, insertionsOf, namedCallIds, pairOf } from "../support/replies.ts"
 import { captureLogs } from "../support/reliability.ts"
+import { yieldSettings } from "../support/schedules.ts"
 
 class SoldOut extends Schema.TaggedError<SoldOut>()("SoldOut", { flight: Schema.String }) {}
 
@@ -503,6 +504,38 @@ layer(quietStoreLayer, { timeout: "120 seconds", excludeTestServices: true })("D
       ))
       assert.strictEqual(ran, 0)
     }))
+
+  for (const maxOps of yieldSettings) {
+    it.effect(`a call timed out before its execution begins never runs: the execution starts from the timeout, not from the row recorded before it (MaxOpsBeforeYield ${maxOps})`, () =>
+      Effect.gen(function*() {
+        const gate = yield* Deferred.make<void>()
+        let ran = 0
+        const tool = FunctionTool.make("book_flight", {
+          description: "Book a flight",
+          parameters: Schema.Struct({ to: Schema.String }),
+          timeout: "20 millis"
+        }, () => Effect.sync(() => ++ran))
+        const toolset = DurableToolset.define({ id: "travel", tools: [tool] })
+        yield* Effect.gen(function*() {
+          const t = yield* DurableToolset.make(toolset)
+          // the caller is answered once the timeout is recorded
+          const output = yield* t.execute(yield* call("c1", "book_flight", { to: "NRT" }))
+          assert.isTrue(output.isError)
+          assert.include(output.output, "took longer than 20ms")
+          // now the execution begins
+          yield* Deferred.succeed(gate, undefined)
+          yield* t.awaitIdle
+          yield* eventually(Effect.map(t.runningTasks, (tasks) => tasks.length === 0), "c1 ended")
+        }).pipe(
+          Effect.provide(
+            Layer.mergeAll(DurableToolset.layer(toolset), DurableChat.layer({ sessionId: newSessionId() }), TestSession.layerWith({}))
+              .pipe(Layer.provideMerge(gatedEngine(gate)))
+          ),
+          Effect.provideService(References.MaxOpsBeforeYield, maxOps)
+        )
+        assert.strictEqual(ran, 0)
+      }))
+  }
 
   it.effect("a call's execution in the process that recorded it starts from that record: its row is not read again", () =>
     Effect.gen(function*() {
