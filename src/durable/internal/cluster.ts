@@ -38,7 +38,7 @@
  *   shard moves read and write the tables of that prefix. The kept count (`async_toolset_settings`)
  *   is in the same schema as they are, so each application's count is its own.
  */
-import { Clock, Duration, Effect, Layer, Logger, Schedule, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Logger, Schedule, Schema } from "effect"
 import { PersistenceError } from "effect/cluster/ClusterError"
 import * as MessageStorage from "effect/cluster/MessageStorage"
 import { ShardingConfig } from "effect/cluster/ShardingConfig"
@@ -309,3 +309,21 @@ export const withSharding = <A, E, R>(
 
 const isNoHealthyRunners = (message: unknown): boolean =>
   (Array.isArray(message) ? message[0] : message) === "No healthy runners available"
+
+// --- a store's layers, built on their own -------------------------------------------------------
+
+/**
+ * `layer` built with a memo map of its own, so that a store never shares effect/cluster's runner
+ * or workflow engine with another store of the process. effect/cluster's layers are module
+ * constants (`Sharding.layer`, `ClusterWorkflowEngine.layer`, …), and Effect builds a layer once
+ * per memo map; a layer built inside an Effect provided with layers (`Effect.provide`,
+ * `Layer.build`) uses that build's memo map, so a second store built there reused the first's
+ * cluster: its calls ran on the first's runner, in the first's database (or, for a runner built
+ * where a client is provided, on a cluster that runs nothing). The result is memoized as any layer
+ * (one store per `layer` value in a graph), and the memo map is not passed on to what it provides.
+ */
+export const isolated = <A, E>(layer: Layer.Layer<A, E>): Layer.Layer<A, E> =>
+  Layer.effectContext(Effect.gen(function*() {
+    const built = yield* Layer.buildWithMemoMap(layer, Layer.makeMemoMapUnsafe(), yield* Effect.scope)
+    return Context.omit(Layer.CurrentMemoMap)(built) as Context.Context<A>
+  }))
