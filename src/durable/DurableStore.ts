@@ -260,9 +260,10 @@ export const layerEmbedded = (
       Layer.provide(Digest.layerWebCrypto)
     )
   )
-  return layer(options).pipe(
+  // built on its own: another store of the process never shares its cluster (see `isolated`)
+  return Cluster.isolated(layer(options).pipe(
     Layer.provideMerge(ClusterWorkflowEngine.layer),
     Layer.provideMerge(cluster),
     Layer.provideMerge(database)
-  )
+  ))
 }

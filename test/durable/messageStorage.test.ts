@@ -92,10 +92,14 @@ describe("the durable stores' message storage", () => {
     })), 60_000)
 })
 
-/** A storage on a new PGlite database whose reply saves fail as a refused connection while `refusing`. */
+/**
+ * A storage on a new PGlite database whose reply saves fail while `refusing`, with SQLSTATE `code`
+ * (a refused connection unless told).
+ */
 const refusingStorage = <A, E>(
   options: { readonly saveWindow?: Duration.Duration; readonly stopped?: () => boolean },
-  use: (storage: MessageStorage.Encoded, db: { refusing: boolean; attempts: number }) => Effect.Effect<A, E, SqlClient>
+  use: (storage: MessageStorage.Encoded, db: { refusing: boolean; attempts: number }) => Effect.Effect<A, E, SqlClient>,
+  code = "08006"
 ) =>
   Effect.gen(function*() {
     const dataDir = yield* Effect.promise(() => freshDataDir())
@@ -104,7 +108,7 @@ const refusingStorage = <A, E>(
       const storage = yield* Cluster.makeEncoded("cluster", options)
       const db = { refusing: false, attempts: 0 }
       const query = client.pglite.query.bind(client.pglite)
-      const refused = Object.assign(new Error("connection refused"), { code: "08006" })
+      const refused = Object.assign(new Error(code === "08006" ? "connection refused" : `refused (${code})`), { code })
       Object.assign(client.pglite, {
         query: (text: string, ...rest: Array<any>) =>
           db.refusing && text.includes("cluster_replies") ? (db.attempts++, Promise.reject(refused)) : query(text, ...rest)
@@ -154,6 +158,22 @@ describe("the durable stores' message storage, the database unreachable", () => 
         const rows = yield* sql<{ processed: boolean }>`SELECT processed FROM cluster_messages WHERE request_id = 1007`
         assert.deepStrictEqual(rows.map((r) => r.processed), [false])
       })).pipe(Effect.provide(logs.layer))
+  }, 60_000)
+
+  it.live("a reply's save refused for a state of the server that passes (its disk full) is tried again until the server takes it", () => {
+    const logs = captureLogs()
+    return refusingStorage({}, (storage, db) =>
+      Effect.gen(function*() {
+        yield* storage.saveEnvelope({ envelope: request("1008", "e8"), primaryKey: "e8/run/", deliverAt: null })
+        db.refusing = true
+        const save = yield* Effect.forkChild(storage.saveReply(finalReply("2008", "1008")))
+        yield* eventually(Effect.sync(() => db.attempts > 2), "tried again", 20)
+        db.refusing = false
+        yield* Fiber.join(save)
+        const sql = (yield* SqlClient).withoutTransforms()
+        const rows = yield* sql<{ processed: boolean }>`SELECT processed FROM cluster_messages WHERE request_id = 1008`
+        assert.deepStrictEqual(rows.map((r) => r.processed), [true])
+      }), "53100").pipe(Effect.provide(logs.layer))
   }, 60_000)
 
   it.live("a reply whose save fails for a reason that does not pass (its reply already stored) is not tried again", () => {

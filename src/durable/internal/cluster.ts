@@ -19,8 +19,8 @@
  *   safe only when no runner of the old count is reading them: a runner that sees another live
  *   runner (a heartbeat within `shardLockExpiration`) refuses to start (`ShardsPerGroupChanged`).
  * - A reply whose save fails for a reason that may pass (a connection refused or dropped, a server
- *   starting up, a deadlock, a statement timeout) is saved again, pausing 100 ms doubling to 2 s,
- *   until it is saved or the runner shuts down. effect/cluster tries a reply's save 5 times 200 ms
+ *   starting up, a deadlock, a statement timeout, a disk full, a read-only standby) is saved again,
+ *   pausing 100 ms doubling to 2 s, until it is saved or the runner shuts down. effect/cluster tries a reply's save 5 times 200 ms
  *   apart (`retryRespond` in `internal/entityManager.ts`), then gives up without a word: the
  *   request stays "being processed" in its entity for the runner's life, never read again from
  *   storage, and what waits for its reply (a call's workflow waiting for a step's result) waits
@@ -38,7 +38,7 @@
  *   shard moves read and write the tables of that prefix. The kept count (`async_toolset_settings`)
  *   is in the same schema as they are, so each application's count is its own.
  */
-import { Clock, Duration, Effect, Layer, Logger, Schedule, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Logger, Schedule, Schema } from "effect"
 import { PersistenceError } from "effect/cluster/ClusterError"
 import * as MessageStorage from "effect/cluster/MessageStorage"
 import { ShardingConfig } from "effect/cluster/ShardingConfig"
@@ -174,11 +174,25 @@ export const reshard = (
 
 /**
  * A failure of the database that may pass: one its driver calls retryable (a connection refused or
- * dropped, a deadlock, a statement timeout), or any failure to connect (a server starting up or
- * out of connection slots answers with an error of its own): the statement did not run.
+ * dropped, a deadlock, a statement timeout), any failure to connect (a server starting up or out
+ * of connection slots answers with an error of its own), or a state of the server rather than of
+ * the statement (`serverStates`): the statement did not run.
  */
 const passing = (error: unknown): boolean =>
-  isSqlError(error) && (error.isRetryable || error.reason.operation === "connect")
+  isSqlError(error) && (error.isRetryable || error.reason.operation === "connect" || serverState(error.reason.cause))
+
+/**
+ * PostgreSQL's SQLSTATEs of a server's state that passes, which its driver calls neither retryable
+ * nor a failure to connect: insufficient resources (class 53: disk full, out of memory, too many
+ * connections), the server shutting down or restarting (57P01 admin shutdown, 57P02 crash
+ * shutdown, 57P03 cannot connect now, 57P05 idle session timeout), a read-only server (25006: a
+ * standby, as after a failover), an I/O error (58030). Not 57P04 (the database was dropped).
+ */
+const serverState = (cause: unknown): boolean => {
+  const code = typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined
+  return typeof code === "string" &&
+    (code.startsWith("53") || ["57P01", "57P02", "57P03", "57P05", "25006", "58030"].includes(code))
+}
 
 /** How long a reply's save fails for a passing reason before an error says the runner is stuck (see the module's notes). */
 export const replySaveWindow: Duration.Duration = Duration.seconds(30)
@@ -234,8 +248,9 @@ export const makeEncoded = Effect.fnUntraced(function*(
             told = true
             yield* Effect.logError(
               `effect/cluster's reply to request ${reply.requestId} has not been saved for ` +
-                `${Duration.format(Duration.millis(now - since))}: the database is unreachable. What waits for it (a durable ` +
-                "call's step) waits too; the save is tried again until the database answers, then the call goes on."
+                `${Duration.format(Duration.millis(now - since))}: the database is unreachable or refuses it (the warnings say why). ` +
+                "What waits for it (a durable call's step) waits too; the save is tried again until the database takes it, " +
+                "then the call goes on."
             )
           }))
       },
@@ -309,3 +324,21 @@ export const withSharding = <A, E, R>(
 
 const isNoHealthyRunners = (message: unknown): boolean =>
   (Array.isArray(message) ? message[0] : message) === "No healthy runners available"
+
+// --- a store's layers, built on their own -------------------------------------------------------
+
+/**
+ * `layer` built with a memo map of its own, so that a store never shares effect/cluster's runner
+ * or workflow engine with another store of the process. effect/cluster's layers are module
+ * constants (`Sharding.layer`, `ClusterWorkflowEngine.layer`, …), and Effect builds a layer once
+ * per memo map; a layer built inside an Effect provided with layers (`Effect.provide`,
+ * `Layer.build`) uses that build's memo map, so a second store built there reused the first's
+ * cluster: its calls ran on the first's runner, in the first's database (or, for a runner built
+ * where a client is provided, on a cluster that runs nothing). The result is memoized as any layer
+ * (one store per `layer` value in a graph), and the memo map is not passed on to what it provides.
+ */
+export const isolated = <A, E>(layer: Layer.Layer<A, E>): Layer.Layer<A, E> =>
+  Layer.effectContext(Effect.gen(function*() {
+    const built = yield* Layer.buildWithMemoMap(layer, Layer.makeMemoMapUnsafe(), yield* Effect.scope)
+    return Context.omit(Layer.CurrentMemoMap)(built) as Context.Context<A>
+  }))

@@ -202,9 +202,10 @@ export const layer = (options: Options): Layer.Layer<DurableStore.DurableStore |
         )))),
       PgClient.layer({ url: options.url, startupParameters: { search_path: application } })
     )
-  return store.pipe(
+  // built on its own: another store of the process never shares its cluster (see `isolated`)
+  return Cluster.isolated(store.pipe(
     Layer.provideMerge(ClusterWorkflowEngine.layer),
     Layer.provideMerge(cluster),
     Layer.provideMerge(database)
-  )
+  ))
 }

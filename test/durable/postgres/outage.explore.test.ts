@@ -141,20 +141,22 @@ const outageLocksKept = (how: "close" | "fatal") =>
 
 /**
  * The runner shut down while a step's result cannot be saved (new connections refused): its close
- * ends (the save stops trying), leaving the step's request unprocessed for the next runner.
+ * ends (the save stops trying), leaving the step's request unprocessed for the next runner; a new
+ * runner (in the same process, once the database answers) runs the step again and the call ends.
  */
 const closedInOutage = Effect.scoped(Effect.gen(function*() {
   gate = Deferred.makeUnsafe<void>()
   const url = yield* freshDatabase("eat_outage")
   const target = new URL(url)
   const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
-  const runner = DurableToolset.layer(gatedToolset).pipe(Layer.provideMerge(DurablePostgres.layer({
-    url: Redacted.make(TcpProxy.through(url, proxy)),
-    runner: { host: "127.0.0.1", port: yield* freePort },
-    pollInterval: "100 millis"
-  })))
+  const runner = Effect.map(freePort, (port) =>
+    DurableToolset.layer(gatedToolset).pipe(Layer.provideMerge(DurablePostgres.layer({
+      url: Redacted.make(TcpProxy.through(url, proxy)),
+      runner: { host: "127.0.0.1", port },
+      pollInterval: "100 millis"
+    }))))
   const runnerScope = yield* Scope.make()
-  yield* Layer.buildWithScope(runner, runnerScope)
+  yield* Layer.buildWithScope(yield* runner, runnerScope)
   const client = DurablePostgres.layer({ url: Redacted.make(url), pollInterval: "100 millis" })
   yield* Effect.gen(function*() {
     const made = yield* DurableToolset.make(gatedToolset)
@@ -182,10 +184,16 @@ const closedInOutage = Effect.scoped(Effect.gen(function*() {
       sql<{ processed: boolean }>`SELECT processed FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`
     )
     assert.deepStrictEqual(steps.map((row) => row.processed), [false])
-    assert.deepStrictEqual(
-      (yield* Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call`)).map((row) => row.status),
-      ["running"]
+    const statuses = Effect.map(
+      Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call`),
+      (rows) => rows.map((row) => row.status)
     )
+    assert.deepStrictEqual(yield* statuses, ["running"])
+    const next = yield* Scope.make()
+    yield* Layer.buildWithScope(yield* runner, next)
+    yield* eventually(Effect.map(statuses, (all) => !all.includes("running")), "the call ended on the next runner", 30)
+    assert.deepStrictEqual(yield* statuses, ["done"])
+    yield* Scope.close(next, Exit.void)
   }).pipe(
     Effect.scoped,
     Effect.provide(Layer.mergeAll(DurableChat.layer({ sessionId: "s1" }), TestSession.layer).pipe(Layer.provideMerge(client)))
@@ -205,6 +213,6 @@ describe.skipIf(testPgUrl === undefined)("DurablePostgres: a brief outage of the
   it.live("the runner keeping its shard locks, the server answering 'starting up' to new connections for 3 s as a step ends: the call goes on to its end", () =>
     outageLocksKept("fatal"), 90_000)
 
-  it.live("the runner shut down while a step's result cannot be saved: its close ends, the step left to the next runner", () =>
+  it.live("the runner shut down while a step's result cannot be saved: its close ends, and the next runner ends the call", () =>
     closedInOutage, 150_000)
 })

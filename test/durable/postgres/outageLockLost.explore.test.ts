@@ -1,0 +1,127 @@
+/**
+ * An outage that also ends the runner's shard-lock session while a step's result is being saved
+ * again (issue 18, defect 2): the runner loses its shards (PostgreSQL drops a session's advisory
+ * locks with it), and effect/cluster releases them, waiting for the entity whose save goes on
+ * (uninterruptible) until the database answers. Nothing may hang, and the call ends once, with one
+ * stored result per step (effect/cluster keeps one final reply per request).
+ *
+ * - One runner: once the database answers, the save ends, the shards are released and taken
+ *   again, and the call goes on.
+ * - Two runners (effect/cluster's fastFailover): the runner cut off from the database keeps trying
+ *   its save while the other takes its shards, runs the step again and goes on with the call; the
+ *   first runner's save, once the database answers, finds the step's result stored.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Scope } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
+import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
+import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
+import { DurablePostgres } from "effect-async-toolset/durable/postgres"
+import { TestSession } from "effect-async-toolset/testing"
+import { eventually } from "../../support/durable.ts"
+import { pairOf } from "../../support/replies.ts"
+import * as TcpProxy from "../../support/tcpProxy.ts"
+import { freePort, freshDatabase, testPgUrl } from "../pgDatabase.ts"
+
+// Opened once the outage has begun: the second step ends, and its result cannot be saved.
+let gate = Deferred.makeUnsafe<void>()
+let step2Runs = 0
+
+const gated = FunctionTool.make("gated", { description: "Takes steps", onDuplicateCall: "allow" }, () =>
+  Effect.gen(function*() {
+    yield* DurableToolset.activity("step1", Effect.void)
+    yield* AsyncRunContext.update("step 1")
+    yield* DurableToolset.activity("step2", Effect.suspend(() => Effect.andThen(Deferred.await(gate), Effect.sync(() => void step2Runs++))))
+    yield* AsyncRunContext.update("step 2")
+    yield* DurableToolset.activity("step3", Effect.void)
+    return "done"
+  }))
+
+const toolset = DurableToolset.define({ id: "outage_lock_lost", tools: [gated] })
+
+const lockLost = (runners: 1 | 2) =>
+  Effect.scoped(Effect.gen(function*() {
+    gate = Deferred.makeUnsafe<void>()
+    step2Runs = 0
+    const url = yield* freshDatabase("eat_outage")
+    const target = new URL(url)
+    const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
+    const runner = (through: string) =>
+      Effect.map(freePort, (port) =>
+        DurableToolset.layer(toolset).pipe(Layer.provideMerge(DurablePostgres.layer({
+          url: Redacted.make(through),
+          runner: { host: "127.0.0.1", port },
+          pollInterval: "100 millis",
+          ...(runners === 2 ? { shardingConfig: DurablePostgres.fastFailover } : {})
+        }))))
+    const first = yield* Scope.make()
+    yield* Layer.buildWithScope(yield* runner(TcpProxy.through(url, proxy)), first)
+    const client = DurablePostgres.layer({
+      url: Redacted.make(url),
+      pollInterval: "100 millis",
+      ...(runners === 2 ? { shardingConfig: DurablePostgres.fastFailover } : {})
+    })
+    yield* Effect.gen(function*() {
+      const made = yield* DurableToolset.make(toolset)
+      yield* made.execute(yield* ChatContext.functionCall({ callId: "c1", name: "gated", arguments: "{}" }))
+      const sql = yield* SqlClient
+      yield* eventually(
+        Effect.map(
+          Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`),
+          (rows) => rows[0]!.n === 1
+        ),
+        "the second step started"
+      )
+      proxy.refuse("close")
+      proxy.dropAllBut("pg_try_advisory_lock")
+      yield* Deferred.succeed(gate, undefined)
+      // the step's result is being saved, and refused; then the shard-lock session dies too
+      const refused = proxy.refused()
+      yield* eventually(Effect.sync(() => proxy.refused() > refused + 2), "the save tried again")
+      proxy.dropAll()
+      const second = yield* Scope.make()
+      if (runners === 2) {
+        // another runner, on the database directly, takes the shards and goes on with the call
+        yield* Layer.buildWithScope(yield* runner(url), second)
+      } else {
+        yield* Effect.sleep("4 seconds")
+      }
+      const statuses = Effect.map(
+        Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call`),
+        (rows) => rows.map((row) => row.status)
+      )
+      if (runners === 2) {
+        yield* eventually(Effect.map(statuses, (all) => !all.includes("running")), "the call ended on the other runner", 40)
+      }
+      proxy.accept()
+      yield* eventually(Effect.map(statuses, (all) => !all.includes("running")), "the call ended", 40)
+      assert.deepStrictEqual(yield* statuses, ["done"])
+      // the first runner's close ends (nothing waits for good)
+      const closed = yield* Effect.forkChild(Scope.close(first, Exit.void))
+      assert.isTrue(Option.isSome(yield* Fiber.await(closed).pipe(Effect.timeoutOption("30 seconds"))), "the runner's close ended")
+      yield* Scope.close(second, Exit.void)
+      // one final reply per request, every request processed, the result in the chat once
+      const replies = yield* Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_replies WHERE kind = 0 GROUP BY request_id HAVING count(*) > 1`)
+      assert.deepStrictEqual(replies, [])
+      const unprocessed = yield* Effect.orDie(sql<{ message_id: string }>`SELECT message_id FROM cluster_messages WHERE NOT processed`)
+      assert.deepStrictEqual(unprocessed, [])
+      const session = yield* TestSession.TestSession
+      yield* eventually(
+        Effect.map(session.chat, (chat) => chat.items.some((i) => i._tag === "FunctionCallOutput" && i.callId === "c1_final")),
+        "the result reached the chat"
+      )
+      assert.strictEqual(pairOf(yield* session.chat, "c1_final").output.output, "done")
+      console.log(`step2 ran ${step2Runs} times; refused ${proxy.refused()}`)
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Layer.mergeAll(DurableChat.layer({ sessionId: "s1" }), TestSession.layer).pipe(Layer.provideMerge(client)))
+    )
+  }))
+
+describe.skipIf(testPgUrl === undefined)("DurablePostgres: an outage that ends the shard-lock session during a save", () => {
+  it.live("one runner: the save ends once the database answers, the runner takes its shards again, the call ends once", () =>
+    lockLost(1), 90_000)
+
+  it.live("two runners: the other takes the shards and ends the call; the cut-off runner's save finds the result stored", () =>
+    lockLost(2), 90_000)
+})
