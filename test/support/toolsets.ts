@@ -18,7 +18,7 @@
  * (fibers, and the durable store's statements, which a test clock knows nothing of); `settle`
  * lets everything run without moving the clock. Neither sleeps.
  */
-import { afterAll, describe } from "@effect/vitest"
+import { describe } from "@effect/vitest"
 import type { PGliteInterface } from "@electric-sql/pglite"
 import { Duration, Effect, Layer, ManagedRuntime } from "effect"
 import { Scope } from "effect"
@@ -175,9 +175,8 @@ current = memory
 
 let sessions = 0
 
-/** Closes the file's store once its tests are done. */
+/** Closes the file's store once its tests are done (`closeFileStore`). */
 let disposeStore: () => Promise<void> = () => Promise.resolve()
-afterAll(() => disposeStore())
 
 /**
  * The durable toolset: the store (PGlite, in a copy of the template folder) is opened once per
@@ -253,6 +252,19 @@ let durableKind: Kind | undefined
 
 /** The durable toolset (its store opened at the file's first durable test). */
 export const durable = (): Kind => durableKind ??= makeDurable()
+
+/**
+ * Closes the durable kind's store, and forgets the kind, once a test file is done (test/support/perFile.ts
+ * calls it after each file): the test files of a worker share this module (vitest's `isolate: false`),
+ * and each file gets its own store.
+ */
+export const closeFileStore = async (): Promise<void> => {
+  const dispose = disposeStore
+  disposeStore = () => Promise.resolve()
+  durableKind = undefined
+  current = memory
+  await dispose()
+}
 
 /**
  * The kinds the tests of `forEachKind` run on. The explore tier (`npm run test:explore`) runs both,
