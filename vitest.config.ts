@@ -29,7 +29,8 @@ if (typeof M.groupBy !== "function") {
  *   PostgreSQL, child processes), and again the tests whose reach depends on the tier (they use
  *   `yieldSettings`, `yieldsFor`, `exploring` or `byTier` from test/support/schedules.ts, or
  *   `forEachKind` from test/support/toolsets.ts), now under every yield budget, with more seeds,
- *   on both toolsets (in memory and durable). `TEST_TIER=explore` tells them which tier runs.
+ *   on both toolsets (in memory and durable), leaving out what the quick tier ran (`quickRanIt` in
+ *   test/support/toolsets.ts). `TEST_TIER=explore` tells them which tier runs.
  */
 const tierDependent = (): Array<string> => {
   const dir = fileURLToPath(new URL("./test/", import.meta.url))
