@@ -29,7 +29,8 @@ if (typeof M.groupBy !== "function") {
  *   PostgreSQL, child processes), and again the tests whose reach depends on the tier (they use
  *   `yieldSettings`, `yieldsFor`, `exploring` or `byTier` from test/support/schedules.ts, or
  *   `forEachKind` from test/support/toolsets.ts), now under every yield budget, with more seeds,
- *   on both toolsets (in memory and durable). `TEST_TIER=explore` tells them which tier runs.
+ *   on both toolsets (in memory and durable), leaving out what the quick tier ran (`quickRanIt` in
+ *   test/support/toolsets.ts). `TEST_TIER=explore` tells them which tier runs.
  */
 const tierDependent = (): Array<string> => {
   const dir = fileURLToPath(new URL("./test/", import.meta.url))
@@ -58,6 +59,17 @@ export default defineConfig(({ mode }) => ({
     // The durable toolset's tests run a store (PGlite) in the test's process: on a loaded 2-core
     // machine one can take several seconds. A hang still fails, after this.
     testTimeout: 30_000,
+    // Speed, on the 2-core machine CI runs on (both tiers took 10 minutes before these):
+    // - two workers (vitest's default is one fewer than the cores: one here). The explorations
+    //   wait on child processes and PostgreSQL much of their time, the quick tier not; `TEST_WORKERS`
+    //   sets another count.
+    // - the test files of a worker share their modules (`isolate: false`): Effect and src/ are
+    //   imported once per worker, not once per file (a third of the quick tier's time went there).
+    //   What test/support keeps per file is reset by test/support/perFile.ts; a test file must not
+    //   change what other files see (globals, process.env, module state of src/).
+    maxWorkers: Number(process.env.TEST_WORKERS ?? 2),
+    isolate: false,
+    setupFiles: ["test/support/perFile.ts"],
     globalSetup: ["test/support/globalSetup.ts"]
   }
 }))

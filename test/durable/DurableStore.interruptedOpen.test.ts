@@ -6,16 +6,16 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DurableStore } from "effect-async-toolset/durable"
+import { testTmp } from "../support/tmp.ts"
 
 describe("DurableStore: a data folder whose first open was killed while copying the template", () => {
   it.live("the next open makes the database and removes the half copy", () =>
     Effect.gen(function*() {
-      const dataDir = mkdtempSync(join(tmpdir(), "eat-interrupted-"))
+      const dataDir = mkdtempSync(join(testTmp(), "eat-interrupted-"))
       // what a process killed in the middle of the copy leaves (its lock is a dead process's)
       const half = join(dataDir, "pglite.copying-5d2f1f0e-0000-4000-8000-000000000000")
       mkdirSync(join(half, "base", "1"), { recursive: true })

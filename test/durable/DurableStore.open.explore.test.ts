@@ -7,12 +7,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect } from "effect"
 import * as Reactivity from "effect/reactivity/Reactivity"
 import type { SqlClient } from "effect/sql/SqlClient"
 import * as Template from "../../src/durable/internal/template.ts"
+import { testTmp } from "../support/tmp.ts"
 
 const root = join(import.meta.dirname, "..", "..")
 
@@ -52,8 +52,8 @@ const openInChild = (dataDir: string, tmp: string) =>
 describe("DurableStore: new data folders from a template", () => {
   it.live("a new folder is a copy of the template (made once); a folder with data is left alone; a template missing a file is made again", () =>
     Effect.gen(function*() {
-      const templates = mkdtempSync(join(tmpdir(), "eat-templates-"))
-      const base = mkdtempSync(join(tmpdir(), "eat-open-"))
+      const templates = mkdtempSync(join(testTmp(), "eat-templates-"))
+      const base = mkdtempSync(join(testTmp(), "eat-open-"))
       const version = Template.pgliteVersion()!
       assert.isString(version)
 
@@ -92,8 +92,8 @@ describe("DurableStore: new data folders from a template", () => {
   it.live("two processes making the machine's template at once both open; a new folder then is a copy of it (no initdb of its own)", () =>
     Effect.gen(function*() {
       // the children's temp folder: a machine without a template
-      const tmp = mkdtempSync(join(tmpdir(), "eat-tmp-"))
-      const base = mkdtempSync(join(tmpdir(), "eat-open-"))
+      const tmp = mkdtempSync(join(testTmp(), "eat-tmp-"))
+      const base = mkdtempSync(join(testTmp(), "eat-open-"))
       const racing = yield* Effect.all([openInChild(join(base, "a"), tmp), openInChild(join(base, "b"), tmp)], {
         concurrency: "unbounded"
       })

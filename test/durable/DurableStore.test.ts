@@ -7,12 +7,13 @@ import { Effect, Exit } from "effect"
 import { SqlClient } from "effect/sql"
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
-import { hostname, tmpdir } from "node:os"
+import { hostname } from "node:os"
 import { join } from "node:path"
 import { DurableStore } from "effect-async-toolset/durable"
 import { storeLayer } from "../support/durable.ts"
+import { testTmp } from "../support/tmp.ts"
 
-const newFolder = () => mkdtempSync(join(tmpdir(), "eat-store-"))
+const newFolder = () => mkdtempSync(join(testTmp(), "eat-store-"))
 
 describe("DurableStore lock file", () => {
   it.effect("a data folder is held by one opener at a time; the second is told who holds it", () =>

@@ -6,10 +6,10 @@ import { assert, describe, it, layer } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Layer } from "effect"
 import { SqlClient } from "effect/sql"
 import { existsSync, mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { PgliteClient } from "effect-async-toolset/durable"
 import { freshDataDir } from "../support/pglite.ts"
+import { testTmp } from "../support/tmp.ts"
 
 const clientLayer = Layer.unwrap(Effect.promise(() => freshDataDir()).pipe(Effect.map((dataDir) => PgliteClient.layer({ dataDir }))))
 
@@ -146,7 +146,7 @@ describe("PgliteClient data folder", () => {
   it.live("keeps the data across a close and a reopen, and makes missing parent folders", () =>
     Effect.gen(function*() {
       const template = yield* Effect.promise(() => freshDataDir())
-      const dataDir = join(mkdtempSync(join(tmpdir(), "eat-pglite-")), "nested", "deeper", "db")
+      const dataDir = join(mkdtempSync(join(testTmp(), "eat-pglite-")), "nested", "deeper", "db")
       // a new folder: PGlite runs initdb in it (slow), so copy the template there instead
       const { cpSync } = yield* Effect.promise(() => import("node:fs"))
       cpSync(template, dataDir, { recursive: true })
@@ -164,7 +164,7 @@ describe("PgliteClient data folder", () => {
       assert.deepStrictEqual(rows, [{ v: "still here" }])
 
       // a folder whose parents do not exist: made, then PGlite opens in it
-      const parentLess = join(mkdtempSync(join(tmpdir(), "eat-pglite-")), "a", "b")
+      const parentLess = join(mkdtempSync(join(testTmp(), "eat-pglite-")), "a", "b")
       assert.isFalse(existsSync(parentLess))
       const pglite = yield* PgliteClient.PgliteClient.pipe(
         Effect.provide(PgliteClient.layer({ dataDir: parentLess })),

@@ -8,11 +8,11 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { DurableStore } from "effect-async-toolset/durable"
+import { testTmp } from "../support/tmp.ts"
 
 describe("DurableStore retention: finding a call's stored messages", () => {
   it.live("with retention on, the deletion of a call's stored messages is served by an index", () =>
@@ -27,6 +27,6 @@ describe("DurableStore retention: finding a call's stored messages", () => {
       assert.match(text, /Index Cond: .*entity_id/, text)
     }).pipe(
       Effect.scoped,
-      Effect.provide(Layer.orDie(DurableStore.layerEmbedded({ dataDir: mkdtempSync(join(tmpdir(), "eat-retention-")), retention: { maxAge: "7 days" } })))
+      Effect.provide(Layer.orDie(DurableStore.layerEmbedded({ dataDir: mkdtempSync(join(testTmp(), "eat-retention-")), retention: { maxAge: "7 days" } })))
     ), 120_000)
 })

@@ -6,10 +6,10 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Cause, Effect, Exit, Layer } from "effect"
 import { DurableStore } from "effect-async-toolset/durable"
+import { testTmp } from "../support/tmp.ts"
 
 const opens = (dataDir: string, retention: DurableStore.Options["retention"]) =>
   Effect.exit(Effect.scoped(Layer.build(DurableStore.layerEmbedded({ dataDir, retention }))))
@@ -17,7 +17,7 @@ const opens = (dataDir: string, retention: DurableStore.Options["retention"]) =>
 describe("DurableStore retention settings", () => {
   it.live("a maxAge, interval or maxCount that cannot be used is refused at open, naming it", () =>
     Effect.gen(function*() {
-      const dataDir = mkdtempSync(join(tmpdir(), "eat-retention-options-"))
+      const dataDir = mkdtempSync(join(testTmp(), "eat-retention-options-"))
       const cases: ReadonlyArray<readonly [DurableStore.Options["retention"], string]> = [
         [{ maxAge: "a week" as never }, "retention.maxAge"],
         [{ maxAge: "1 day", interval: "0 millis" }, "retention.interval"],

@@ -5,7 +5,6 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
@@ -15,6 +14,7 @@ import { TestSession } from "effect-async-toolset/testing"
 import * as Retention from "../../src/durable/internal/retention.ts"
 import { eventually } from "../support/durable.ts"
 import { execute } from "../support/lifetime.ts"
+import { testTmp } from "../support/tmp.ts"
 
 const report = FunctionTool.make("run_report", { description: "Runs a report", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {
@@ -92,11 +92,11 @@ describe("DurableStore retention", () => {
       assert.deepStrictEqual((yield* counts).calls, ["a cleared", "a_run2", "b cleared", "c cleared"])
       const told = (yield* session.chat).items.filter((item) => item._tag === "FunctionCallOutput" && item.output.includes("report ready"))
       assert.strictEqual(told.length, 4)
-    }).pipe(Effect.scoped, Effect.provide(app(mkdtempSync(join(tmpdir(), "eat-retention-"))))), { timeout: 120_000 })
+    }).pipe(Effect.scoped, Effect.provide(app(mkdtempSync(join(testTmp(), "eat-retention-"))))), { timeout: 120_000 })
 
   it.live("the option prunes when the store opens", () =>
     Effect.gen(function*() {
-      const dataDir = mkdtempSync(join(tmpdir(), "eat-retention-"))
+      const dataDir = mkdtempSync(join(testTmp(), "eat-retention-"))
       yield* Effect.gen(function*() {
         const toolset = yield* DurableToolset.make(def)
         const sql = yield* SqlClient

@@ -6,9 +6,9 @@ import { assert, it } from "@effect/vitest"
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import { existsSync, mkdtempSync, readFileSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { freshDataDir } from "./pglite.ts"
+import { testTmp } from "./tmp.ts"
 
 const root = join(import.meta.dirname, "..", "..")
 
@@ -109,7 +109,7 @@ export type Store = { readonly _tag: "pglite" } | { readonly _tag: "postgres"; r
 let port = 50_200 + (process.pid % 200) * 10
 
 export const crashAndResume = async (crashAt: string, extra: Record<string, string> = {}, store: Store = { _tag: "pglite" }) => {
-  const dir = store._tag === "pglite" ? dirname(await freshDataDir()) : mkdtempSync(join(tmpdir(), "eat-crash-"))
+  const dir = store._tag === "pglite" ? dirname(await freshDataDir()) : mkdtempSync(join(testTmp(), "eat-crash-"))
   const env = {
     MARKS: join(dir, "marks"),
     SESSION: `crash_${Date.now().toString(36)}`,

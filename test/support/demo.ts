@@ -4,13 +4,13 @@
  */
 import { execFile } from "node:child_process"
 import { mkdtempSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { testTmp } from "./tmp.ts"
 
 export const root = fileURLToPath(new URL("../..", import.meta.url))
 /** A folder for the scripts the tests write. */
-export const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
+export const dir = mkdtempSync(join(testTmp(), "demo-test-"))
 
 /** Runs `examples/travel-agent.ts` with these arguments as `npm start` does; its exit code and output. */
 export const runDemo = (args: ReadonlyArray<string>, env: Readonly<Record<string, string | undefined>> = {}) =>

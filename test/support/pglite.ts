@@ -7,6 +7,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, r
 import { createRequire } from "node:module"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
+import { testTmp } from "./tmp.ts"
 
 const require = createRequire(import.meta.url)
 const version = (JSON.parse(readFileSync(join(dirname(require.resolve("@electric-sql/pglite")), "..", "package.json"), "utf8")) as {
@@ -15,10 +16,10 @@ const version = (JSON.parse(readFileSync(join(dirname(require.resolve("@electric
 
 /** The template folder: an initialized, empty PGlite data folder. Made at the first call. */
 export const templateDir = async (): Promise<string> => {
-  const template = join(tmpdir(), `effect-async-toolset-pglite-${version}`)
+  const template = join(tmpdir(), `effect-async-toolset-pglite-${version}`) // once per machine, not per run
   if (existsSync(join(template, "PG_VERSION"))) return template
   // Made aside and renamed into place, so concurrent test files never see half a folder.
-  const making = mkdtempSync(join(tmpdir(), "effect-async-toolset-pglite-making-"))
+  const making = mkdtempSync(join(testTmp(), "effect-async-toolset-pglite-making-"))
   const { PGlite } = await import("@electric-sql/pglite")
   const pglite = new PGlite(join(making, "data"))
   await pglite.waitReady
@@ -36,7 +37,7 @@ export const templateDir = async (): Promise<string> => {
 /** A fresh copy of the template, in a new temp folder; returns the data folder's path. */
 export const freshDataDir = async (parent?: string): Promise<string> => {
   const template = await templateDir()
-  const base = parent ?? mkdtempSync(join(tmpdir(), "effect-async-toolset-test-"))
+  const base = parent ?? mkdtempSync(join(testTmp(), "effect-async-toolset-test-"))
   mkdirSync(base, { recursive: true })
   const dir = join(base, "pglite")
   cpSync(template, dir, { recursive: true })

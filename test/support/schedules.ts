@@ -12,7 +12,7 @@
  * under one budget (`yieldsFor`). Set `TEST_YIELDS` (comma-separated) to run other budgets.
  */
 import { Effect, Fiber } from "effect"
-import { type Kind, settle } from "./toolsets.ts"
+import { type Kind, quickRanIt, settle } from "./toolsets.ts"
 
 /**
  * Whether this is the explore tier (`npm run test:explore`, which sets `TEST_TIER=explore`): long
@@ -36,11 +36,18 @@ export const yieldSettings: ReadonlyArray<number> = process.env["TEST_YIELDS"] !
 /**
  * The yield budgets a race test runs under for `kind`. The durable toolset's tests run a store
  * (PGlite) and take ten times the in-memory ones' time: in the quick tier they run under Effect's
- * default budget only (the in-memory ones under the quick list); the explore tier, or `TEST_YIELDS`,
- * runs both kinds under every budget of `yieldSettings`.
+ * default budget only (the in-memory ones under the quick list); the explore tier runs the durable
+ * kind under every budget, and the in-memory kind under the budgets the quick tier did not run it
+ * under (where the quick tier ran the file: `quickRanIt`); `TEST_YIELDS` sets the budgets of both.
  */
 export const yieldsFor = (kind: Kind): ReadonlyArray<number> =>
-  kind.durable && !exploring && process.env["TEST_YIELDS"] === undefined ? [2048] : yieldSettings
+  process.env["TEST_YIELDS"] !== undefined
+    ? yieldSettings
+    : !exploring
+    ? kind.durable ? [2048] : quickYieldSettings
+    : !kind.durable && quickRanIt()
+    ? allYieldSettings.filter((n) => !quickYieldSettings.includes(n))
+    : allYieldSettings
 
 /** The explore tier's count where it is set, else the quick tier's (for seeded runs). */
 export const byTier = (quick: number, explore: number): number => exploring ? explore : quick

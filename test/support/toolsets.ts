@@ -18,7 +18,7 @@
  * (fibers, and the durable store's statements, which a test clock knows nothing of); `settle`
  * lets everything run without moving the clock. Neither sleeps.
  */
-import { afterAll, describe } from "@effect/vitest"
+import { beforeEach, describe, expect } from "@effect/vitest"
 import type { PGliteInterface } from "@electric-sql/pglite"
 import { Duration, Effect, Layer, ManagedRuntime } from "effect"
 import { Scope } from "effect"
@@ -175,9 +175,8 @@ current = memory
 
 let sessions = 0
 
-/** Closes the file's store once its tests are done. */
+/** Closes the file's store once its tests are done (`closeFileStore`). */
 let disposeStore: () => Promise<void> = () => Promise.resolve()
-afterAll(() => disposeStore())
 
 /**
  * The durable toolset: the store (PGlite, in a copy of the template folder) is opened once per
@@ -255,6 +254,19 @@ let durableKind: Kind | undefined
 export const durable = (): Kind => durableKind ??= makeDurable()
 
 /**
+ * Closes the durable kind's store, and forgets the kind, once a test file is done (test/support/perFile.ts
+ * calls it after each file): the test files of a worker share this module (vitest's `isolate: false`),
+ * and each file gets its own store.
+ */
+export const closeFileStore = async (): Promise<void> => {
+  const dispose = disposeStore
+  disposeStore = () => Promise.resolve()
+  durableKind = undefined
+  current = memory
+  await dispose()
+}
+
+/**
  * The kinds the tests of `forEachKind` run on. The explore tier (`npm run test:explore`) runs both,
  * in-memory first; the quick tier (`npm test`) the in-memory one only: the durable one runs a store
  * (PGlite) and takes about ten times as long, and the durable toolset's own behaviour (its store,
@@ -267,7 +279,32 @@ export const kinds = (): ReadonlyArray<Kind> => {
   return only === "memory" ? [memory] : only === "durable" ? [durable()] : [memory, durable()]
 }
 
-/** A `describe` per kind: `name (in memory)`, `name (durable)`. */
+/**
+ * Whether the explore tier runs the test file being collected after the quick tier ran it: a file
+ * of both tiers (not a `*.explore.test.ts`), in the explore tier, with no `TOOLSET_KINDS` or
+ * `TEST_YIELDS` asking for something else. The explore tier then runs only what the quick tier did
+ * not: the durable kind, and the in-memory kind under the budgets of `yieldsFor` the quick tier left
+ * out (test/support/schedules.ts).
+ */
+export const quickRanIt = (): boolean =>
+  process.env.TEST_TIER === "explore" && process.env.TOOLSET_KINDS === undefined && process.env["TEST_YIELDS"] === undefined &&
+  !(expect.getState().testPath ?? "").endsWith(".explore.test.ts")
+
+/**
+ * A `describe` per kind: `name (in memory)`, `name (durable)`. Where the quick tier ran the file
+ * (`quickRanIt`), the explore tier skips the in-memory tests that do not run under a yield budget:
+ * the quick tier ran them, the same.
+ */
 export const forEachKind = (name: string, body: (kind: Kind) => void): void => {
-  for (const kind of kinds()) describe(`${name} (${kind.name})`, () => body(kind))
+  for (const kind of kinds()) {
+    describe(`${name} (${kind.name})`, () => {
+      if (!kind.durable && quickRanIt()) {
+        beforeEach((context) => {
+          // the budget is in the test's name or in one of its describes'
+          if (!/MaxOpsBeforeYield \d+/.test(context.task.fullTestName)) context.skip("run by the quick tier (npm test)")
+        })
+      }
+      body(kind)
+    })
+  }
 }

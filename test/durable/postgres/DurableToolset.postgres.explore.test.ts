@@ -9,10 +9,10 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { assertToldOnce, crashTests, finish, kill, marks, start, waitFor } from "../../support/crash.ts"
 import type { Child } from "../../support/crash.ts"
+import { testTmp } from "../../support/tmp.ts"
 
 const url = process.env.TEST_PG_URL
 
@@ -20,7 +20,7 @@ describe.skipIf(url === undefined || url === "")("DurableToolset on PostgreSQL",
   describe("crash tests (the agent's process is a runner; SIGKILL)", () => crashTests({ _tag: "postgres", url: url! }))
 
   it("two runner processes: the runner holding the booking is killed, the other takes the call over, and everything is told once", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "eat-multi-"))
+    const dir = mkdtempSync(join(testTmp(), "eat-multi-"))
     const base = 51_000 + (process.pid % 400) * 2
     const common = { STORE: "postgres", PG_URL: url!, MARKS: join(dir, "marks"), SESSION: `multi_${Date.now().toString(36)}`, POLL_MS: "300" }
     const crash = { CRASH_AT: "holding", CRASH_ONCE: join(dir, "crashed-once") }
