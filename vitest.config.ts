@@ -60,14 +60,15 @@ export default defineConfig(({ mode }) => ({
     // machine one can take several seconds. A hang still fails, after this.
     testTimeout: 30_000,
     // Speed, on the 2-core machine CI runs on (both tiers took 10 minutes before these):
-    // - two workers (vitest's default is one fewer than the cores: one here). The explorations
-    //   wait on child processes and PostgreSQL much of their time, the quick tier not; `TEST_WORKERS`
-    //   sets another count.
+    // - two workers for the quick tier (vitest's default is one fewer than the cores: one here),
+    //   three for the explorations, which wait on child processes, PostgreSQL and real clocks much
+    //   of their time (on the idle machine: 273 s with two, 220 s with three); `TEST_WORKERS` sets
+    //   another count.
     // - the test files of a worker share their modules (`isolate: false`): Effect and src/ are
     //   imported once per worker, not once per file (a third of the quick tier's time went there).
     //   What test/support keeps per file is reset by test/support/perFile.ts; a test file must not
     //   change what other files see (globals, process.env, module state of src/).
-    maxWorkers: Number(process.env.TEST_WORKERS ?? 2),
+    maxWorkers: Number(process.env.TEST_WORKERS ?? (mode === "explore" ? 3 : 2)),
     isolate: false,
     setupFiles: ["test/support/perFile.ts"],
     globalSetup: ["test/support/globalSetup.ts"]
