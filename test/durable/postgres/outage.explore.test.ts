@@ -17,13 +17,14 @@
  *   store saves a reply again while the database fails for a passing reason (for up to 30 s).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Layer, Option, Redacted, Scope } from "effect"
+import { Effect, Exit, Fiber, Layer, Option, Redacted, Scope } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { DurablePostgres } from "effect-async-toolset/durable/postgres"
 import { TestSession } from "effect-async-toolset/testing"
 import { eventually } from "../../support/durable.ts"
+import { callsEnded, callStatuses, gatedSteps, stepStarted } from "../../support/outage.ts"
 import * as TcpProxy from "../../support/tcpProxy.ts"
 import { freePort, freshDatabase, testPgUrl } from "../pgDatabase.ts"
 
@@ -65,12 +66,8 @@ const outage = (how: "close" | "fatal") =>
       yield* Effect.sleep("3 seconds")
       proxy.accept()
       const sql = yield* SqlClient
-      const statuses = Effect.map(
-        Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call ORDER BY base`),
-        (rows) => rows.map((row) => row.status)
-      )
-      yield* eventually(Effect.map(statuses, (all) => all.length === callIds.length && !all.includes("running")), "every call ended", 90)
-      assert.deepStrictEqual(yield* statuses, callIds.map(() => "done"))
+      yield* eventually(Effect.map(callStatuses(sql), (all) => all.length === callIds.length && !all.includes("running")), "every call ended", 90)
+      assert.deepStrictEqual(yield* callStatuses(sql), callIds.map(() => "done"))
       assert.isAbove(proxy.refused(), 0)
     }).pipe(
       Effect.scoped,
@@ -78,25 +75,14 @@ const outage = (how: "close" | "fatal") =>
     )
   }))
 
-// Ends (the step's result is saved) once the outage has begun.
-let gate = Deferred.makeUnsafe<void>()
-
-const gated = FunctionTool.make("gated", { description: "Takes steps", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* DurableToolset.activity("step1", Effect.void)
-    yield* AsyncRunContext.update("step 1")
-    yield* DurableToolset.activity("step2", Effect.suspend(() => Deferred.await(gate)))
-    yield* AsyncRunContext.update("step 2")
-    yield* DurableToolset.activity("step3", Effect.void)
-    return "done"
-  }))
-
-const gatedToolset = DurableToolset.define({ id: "outage_locks_kept", tools: [gated] })
+// Its second step ends (its result is saved) once the outage has begun.
+const steps3 = gatedSteps("outage_locks_kept")
+const gatedToolset = steps3.toolset
 
 /** The runner's pool connections dropped, its shard-lock session kept, new connections refused for 3 s as a step ends. */
 const outageLocksKept = (how: "close" | "fatal") =>
   Effect.scoped(Effect.gen(function*() {
-    gate = Deferred.makeUnsafe<void>()
+    steps3.reset()
     const url = yield* freshDatabase("eat_outage")
     const target = new URL(url)
     const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
@@ -113,25 +99,15 @@ const outageLocksKept = (how: "close" | "fatal") =>
       assert.include(first.output, "step 1")
       const sql = yield* SqlClient
       // the call waits in its second step
-      yield* eventually(
-        Effect.map(
-          Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`),
-          (rows) => rows[0]!.n === 1
-        ),
-        "the second step started"
-      )
+      yield* stepStarted(sql, "step2")
       proxy.refuse(how)
       // effect/cluster's shard locks are held by a session of their own (pg_try_advisory_lock)
       assert.isAbove(proxy.dropAllBut("pg_try_advisory_lock"), 0)
-      yield* Deferred.succeed(gate, undefined)
+      yield* steps3.open
       yield* Effect.sleep("3 seconds")
       proxy.accept()
-      const statuses = Effect.map(
-        Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call ORDER BY base`),
-        (rows) => rows.map((row) => row.status)
-      )
-      yield* eventually(Effect.map(statuses, (all) => !all.includes("running")), "the call ended", 40)
-      assert.deepStrictEqual(yield* statuses, ["done"])
+      yield* callsEnded(sql, "the call ended", 40)
+      assert.deepStrictEqual(yield* callStatuses(sql), ["done"])
       assert.isAbove(proxy.refused(), 0)
     }).pipe(
       Effect.scoped,
@@ -145,7 +121,7 @@ const outageLocksKept = (how: "close" | "fatal") =>
  * runner (in the same process, once the database answers) runs the step again and the call ends.
  */
 const closedInOutage = Effect.scoped(Effect.gen(function*() {
-  gate = Deferred.makeUnsafe<void>()
+  steps3.reset()
   const url = yield* freshDatabase("eat_outage")
   const target = new URL(url)
   const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
@@ -162,16 +138,10 @@ const closedInOutage = Effect.scoped(Effect.gen(function*() {
     const made = yield* DurableToolset.make(gatedToolset)
     yield* made.execute(yield* ChatContext.functionCall({ callId: "c1", name: "gated", arguments: "{}" }))
     const sql = yield* SqlClient
-    yield* eventually(
-      Effect.map(
-        Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`),
-        (rows) => rows[0]!.n === 1
-      ),
-      "the second step started"
-    )
+    yield* stepStarted(sql, "step2")
     proxy.refuse("close")
     proxy.dropAllBut("pg_try_advisory_lock")
-    yield* Deferred.succeed(gate, undefined)
+    yield* steps3.open
     // the step's result is being saved, and refused
     const refused = proxy.refused()
     yield* eventually(Effect.sync(() => proxy.refused() > refused + 2), "the save tried again")
@@ -184,15 +154,11 @@ const closedInOutage = Effect.scoped(Effect.gen(function*() {
       sql<{ processed: boolean }>`SELECT processed FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`
     )
     assert.deepStrictEqual(steps.map((row) => row.processed), [false])
-    const statuses = Effect.map(
-      Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call`),
-      (rows) => rows.map((row) => row.status)
-    )
-    assert.deepStrictEqual(yield* statuses, ["running"])
+    assert.deepStrictEqual(yield* callStatuses(sql), ["running"])
     const next = yield* Scope.make()
     yield* Layer.buildWithScope(yield* runner, next)
-    yield* eventually(Effect.map(statuses, (all) => !all.includes("running")), "the call ended on the next runner", 30)
-    assert.deepStrictEqual(yield* statuses, ["done"])
+    yield* callsEnded(sql, "the call ended on the next runner", 30)
+    assert.deepStrictEqual(yield* callStatuses(sql), ["done"])
     yield* Scope.close(next, Exit.void)
   }).pipe(
     Effect.scoped,

@@ -14,31 +14,21 @@
  *   "running" for the runner's life.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Layer, Redacted } from "effect"
+import { Effect, Layer, Redacted } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
-import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
+import { ChatContext } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { DurablePostgres } from "effect-async-toolset/durable/postgres"
 import { TestSession } from "effect-async-toolset/testing"
 import { eventually } from "../../support/durable.ts"
 import { captureLogs } from "../../support/reliability.ts"
+import { callsEnded, callStatuses, gatedSteps, stepStarted } from "../../support/outage.ts"
 import * as TcpProxy from "../../support/tcpProxy.ts"
 import { freePort, freshDatabase, testPgUrl } from "../pgDatabase.ts"
 
-// Opened once the fault has begun: the second step ends, and its result cannot be saved.
-let gate = Deferred.makeUnsafe<void>()
-
-const gated = FunctionTool.make("gated", { description: "Takes steps", onDuplicateCall: "allow" }, () =>
-  Effect.gen(function*() {
-    yield* DurableToolset.activity("step1", Effect.void)
-    yield* AsyncRunContext.update("step 1")
-    yield* DurableToolset.activity("step2", Effect.suspend(() => Deferred.await(gate)))
-    yield* AsyncRunContext.update("step 2")
-    yield* DurableToolset.activity("step3", Effect.void)
-    return "done"
-  }))
-
-const toolset = DurableToolset.define({ id: "outage_long", tools: [gated] })
+// Its second step ends (its result cannot be saved) once the fault has begun.
+const steps3 = gatedSteps("outage_long")
+const toolset = steps3.toolset
 
 /** A runner through a proxy (its logs captured), a client on the database; `fault` begins once the second step started. */
 const withStepFault = (
@@ -46,7 +36,7 @@ const withStepFault = (
   then: (logs: ReturnType<typeof captureLogs>, proxy: TcpProxy.TcpProxy, sql: SqlClient) => Effect.Effect<void>
 ) =>
   Effect.scoped(Effect.gen(function*() {
-    gate = Deferred.makeUnsafe<void>()
+    steps3.reset()
     const logs = captureLogs()
     const url = yield* freshDatabase("eat_outage")
     const target = new URL(url)
@@ -66,15 +56,9 @@ const withStepFault = (
       const made = yield* DurableToolset.make(toolset)
       yield* made.execute(yield* ChatContext.functionCall({ callId: "c1", name: "gated", arguments: "{}" }))
       const sql = yield* SqlClient
-      yield* eventually(
-        Effect.map(
-          Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_messages WHERE message_id LIKE ${"%/activity/step/step2/%"}`),
-          (rows) => rows[0]!.n === 1
-        ),
-        "the second step started"
-      )
+      yield* stepStarted(sql, "step2")
       yield* fault(proxy, sql)
-      yield* Deferred.succeed(gate, undefined)
+      yield* steps3.open
       yield* then(logs, proxy, sql)
     }).pipe(
       Effect.scoped,
@@ -82,8 +66,6 @@ const withStepFault = (
     )
   }))
 
-const statuses = (sql: SqlClient) =>
-  Effect.map(Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call`), (rows) => rows.map((row) => row.status))
 
 /** A trigger that makes every insert into cluster_replies fail with `sqlState`. */
 const refuseReplies = (sql: SqlClient, sqlState: string, message: string) =>
@@ -109,8 +91,8 @@ describe.skipIf(testPgUrl === undefined)("DurablePostgres: a step's result that 
           yield* eventually(Effect.sync(() => proxy.refused() > refused), "tried again after the error")
           yield* Effect.sleep("2 seconds")
           proxy.accept()
-          yield* eventually(Effect.map(statuses(sql), (all) => !all.includes("running")), "the call ended", 30)
-          assert.deepStrictEqual(yield* statuses(sql), ["done"])
+          yield* callsEnded(sql, "the call ended", 30)
+          assert.deepStrictEqual(yield* callStatuses(sql), ["done"])
           assert.lengthOf(logs.find(["Error"], "has not been saved"), 1, "told once")
         })
     ), 90_000)
@@ -142,8 +124,8 @@ describe.skipIf(testPgUrl === undefined)("DurablePostgres: a step's result that 
           // longer than effect/cluster's own tries
           yield* Effect.sleep("4 seconds")
           yield* Effect.orDie(sql.unsafe("DROP TRIGGER refuse_replies ON cluster_replies"))
-          yield* eventually(Effect.map(statuses(sql), (all) => !all.includes("running")), "the call ended", 30)
-          assert.deepStrictEqual(yield* statuses(sql), ["done"])
+          yield* callsEnded(sql, "the call ended", 30)
+          assert.deepStrictEqual(yield* callStatuses(sql), ["done"])
         })
     ), 60_000)
 })

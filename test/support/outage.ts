@@ -1,0 +1,55 @@
+/**
+ * The outage tests' common parts (test/durable/postgres/outage*.explore.test.ts, runnerRestart):
+ * a tool of three durable steps whose second waits at a gate (opened once the fault has begun, so
+ * the step's result is saved during it), and the store's view of where calls are.
+ */
+import { Deferred, Effect } from "effect"
+import type { SqlClient } from "effect/sql/SqlClient"
+import { AsyncRunContext, FunctionTool } from "effect-async-toolset"
+import { DurableToolset } from "effect-async-toolset/durable"
+import { eventually } from "./durable.ts"
+
+/**
+ * A toolset `id` with one tool, `gated`: step1, an update, step2 (waits for `open`; `onStep2` once
+ * it ran), an update, step3, "done". `reset` closes the gate again (at each test's start).
+ */
+export const gatedSteps = (id: string, onStep2: () => void = () => {}) => {
+  let gate = Deferred.makeUnsafe<void>()
+  const gated = FunctionTool.make("gated", { description: "Takes steps", onDuplicateCall: "allow" }, () =>
+    Effect.gen(function*() {
+      yield* DurableToolset.activity("step1", Effect.void)
+      yield* AsyncRunContext.update("step 1")
+      yield* DurableToolset.activity("step2", Effect.suspend(() => Effect.andThen(Deferred.await(gate), Effect.sync(onStep2))))
+      yield* AsyncRunContext.update("step 2")
+      yield* DurableToolset.activity("step3", Effect.void)
+      return "done"
+    }))
+  return {
+    toolset: DurableToolset.define({ id, tools: [gated] }),
+    reset: (): void => {
+      gate = Deferred.makeUnsafe<void>()
+    },
+    open: Effect.suspend(() => Deferred.succeed(gate, undefined))
+  }
+}
+
+/** Waits until a call's durable step `step` was sent (its effect/cluster message stored). */
+export const stepStarted = (sql: SqlClient, step: string) =>
+  eventually(
+    Effect.map(
+      Effect.orDie(sql<{ n: number }>`SELECT count(*)::int AS n FROM cluster_messages WHERE message_id LIKE ${`%/activity/step/${step}/%`}`),
+      (rows) => rows[0]!.n === 1
+    ),
+    `${step} started`
+  )
+
+/** The statuses of the store's calls, by base. */
+export const callStatuses = (sql: SqlClient) =>
+  Effect.map(
+    Effect.orDie(sql<{ status: string }>`SELECT status FROM async_toolset_call ORDER BY base`),
+    (rows) => rows.map((row) => row.status)
+  )
+
+/** Waits until no call of the store is running. */
+export const callsEnded = (sql: SqlClient, what: string, seconds: number) =>
+  eventually(Effect.map(callStatuses(sql), (all) => !all.includes("running")), what, seconds)
