@@ -3,11 +3,14 @@
  * a tool of three durable steps whose second waits at a gate (opened once the fault has begun, so
  * the step's result is saved during it), and the store's view of where calls are.
  */
-import { Deferred, Effect } from "effect"
+import { Deferred, Effect, Layer, Redacted } from "effect"
 import type { SqlClient } from "effect/sql/SqlClient"
 import { AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import { DurableToolset } from "effect-async-toolset/durable"
+import { DurablePostgres } from "effect-async-toolset/durable/postgres"
+import { freePort, freshDatabase } from "../durable/pgDatabase.ts"
 import { eventually } from "./durable.ts"
+import * as TcpProxy from "./tcpProxy.ts"
 
 /**
  * A toolset `id` with one tool, `gated`: step1, an update, step2 (waits for `open`; `onStep2` once
@@ -53,3 +56,24 @@ export const callStatuses = (sql: SqlClient) =>
 /** Waits until no call of the store is running. */
 export const callsEnded = (sql: SqlClient, what: string, seconds: number) =>
   eventually(Effect.map(callStatuses(sql), (all) => !all.includes("running")), what, seconds)
+
+/** A new database of the test server, and a proxy in front of it (for the runner: the faults are the proxy's). */
+export const proxiedDatabase = Effect.gen(function*() {
+  const url = yield* freshDatabase("eat_outage")
+  const target = new URL(url)
+  const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
+  return { url, proxy }
+})
+
+/** A runner of `toolset` reaching the database through `proxy`, on a free port. */
+export const runnerThrough = <Tools extends ReadonlyArray<FunctionTool.Any>>(
+  url: string,
+  proxy: TcpProxy.TcpProxy,
+  toolset: DurableToolset.DurableToolset<Tools>
+) =>
+  Effect.map(freePort, (port) =>
+    DurableToolset.layer(toolset).pipe(Layer.provideMerge(DurablePostgres.layer({
+      url: Redacted.make(TcpProxy.through(url, proxy)),
+      runner: { host: "127.0.0.1", port },
+      pollInterval: "100 millis"
+    }))))

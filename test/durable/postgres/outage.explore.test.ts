@@ -24,9 +24,8 @@ import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { DurablePostgres } from "effect-async-toolset/durable/postgres"
 import { TestSession } from "effect-async-toolset/testing"
 import { eventually } from "../../support/durable.ts"
-import { callsEnded, callStatuses, gatedSteps, stepStarted } from "../../support/outage.ts"
-import * as TcpProxy from "../../support/tcpProxy.ts"
-import { freePort, freshDatabase, testPgUrl } from "../pgDatabase.ts"
+import { callsEnded, callStatuses, gatedSteps, proxiedDatabase, runnerThrough, stepStarted } from "../../support/outage.ts"
+import { testPgUrl } from "../pgDatabase.ts"
 
 const steps = FunctionTool.make("steps", { description: "Takes steps", onDuplicateCall: "allow" }, () =>
   Effect.gen(function*() {
@@ -44,15 +43,8 @@ const callIds = ["c1", "c2", "c3", "c4", "c5", "c6"]
 
 const outage = (how: "close" | "fatal") =>
   Effect.scoped(Effect.gen(function*() {
-    const url = yield* freshDatabase("eat_outage")
-    const target = new URL(url)
-    const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
-    const runner = DurablePostgres.layer({
-      url: Redacted.make(TcpProxy.through(url, proxy)),
-      runner: { host: "127.0.0.1", port: yield* freePort },
-      pollInterval: "100 millis"
-    })
-    yield* Layer.build(DurableToolset.layer(toolset).pipe(Layer.provideMerge(runner)))
+    const { url, proxy } = yield* proxiedDatabase
+    yield* Layer.build(yield* runnerThrough(url, proxy, toolset))
     const client = DurablePostgres.layer({ url: Redacted.make(url), pollInterval: "100 millis" })
     yield* Effect.gen(function*() {
       const made = yield* DurableToolset.make(toolset)
@@ -83,15 +75,8 @@ const gatedToolset = steps3.toolset
 const outageLocksKept = (how: "close" | "fatal") =>
   Effect.scoped(Effect.gen(function*() {
     steps3.reset()
-    const url = yield* freshDatabase("eat_outage")
-    const target = new URL(url)
-    const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
-    const runner = DurablePostgres.layer({
-      url: Redacted.make(TcpProxy.through(url, proxy)),
-      runner: { host: "127.0.0.1", port: yield* freePort },
-      pollInterval: "100 millis"
-    })
-    yield* Layer.build(DurableToolset.layer(gatedToolset).pipe(Layer.provideMerge(runner)))
+    const { url, proxy } = yield* proxiedDatabase
+    yield* Layer.build(yield* runnerThrough(url, proxy, gatedToolset))
     const client = DurablePostgres.layer({ url: Redacted.make(url), pollInterval: "100 millis" })
     yield* Effect.gen(function*() {
       const made = yield* DurableToolset.make(gatedToolset)
@@ -122,15 +107,8 @@ const outageLocksKept = (how: "close" | "fatal") =>
  */
 const closedInOutage = Effect.scoped(Effect.gen(function*() {
   steps3.reset()
-  const url = yield* freshDatabase("eat_outage")
-  const target = new URL(url)
-  const proxy = yield* TcpProxy.make({ host: target.hostname, port: Number(target.port) })
-  const runner = Effect.map(freePort, (port) =>
-    DurableToolset.layer(gatedToolset).pipe(Layer.provideMerge(DurablePostgres.layer({
-      url: Redacted.make(TcpProxy.through(url, proxy)),
-      runner: { host: "127.0.0.1", port },
-      pollInterval: "100 millis"
-    }))))
+  const { url, proxy } = yield* proxiedDatabase
+  const runner = runnerThrough(url, proxy, gatedToolset)
   const runnerScope = yield* Scope.make()
   yield* Layer.buildWithScope(yield* runner, runnerScope)
   const client = DurablePostgres.layer({ url: Redacted.make(url), pollInterval: "100 millis" })
