@@ -75,7 +75,6 @@ forEachKind("odd call ids and management-tool arguments", (kind) => {
       }
       const tasks = yield* toolset.execute(yield* call("g1", "get_running_tasks_t", "{\"x\":1}"))
       outs.push(`get extra -> ${tasks.isError} ${tasks.output.slice(0, 80)}`)
-      console.log(outs.join("\n"))
       // the __proto__ one must not cancel r1; the last one does
       assert.include(outs.at(-2)!, "false")
       yield* kind.advance("5 seconds")

@@ -11,6 +11,7 @@ import { FetchHttpClient } from "effect/http"
 import { OpenAiCompat } from "effect-async-toolset/openai-compat"
 import { problems } from "../support/chatCompletionsSchema.ts"
 import * as OpenAiServer from "../support/openAiServer.ts"
+import { captureLogs } from "../support/reliability.ts"
 
 describe("OpenAiCompat requests against OpenAI's published request schema", () => {
   it("the schema refuses what OpenAI refuses: no messages, a number as content, an unknown role, a bad tool choice", () => {
@@ -23,8 +24,9 @@ describe("OpenAiCompat requests against OpenAI's published request schema", () =
     assert.isNotEmpty(problems({ ...ok, tools: [{ type: "function", function: { parameters: {} } }] }))
   })
 
-  it.live("every shape of request the provider sends follows it", () =>
-    Effect.gen(function*() {
+  it.live("every shape of request the provider sends follows it", () => {
+    const logs = captureLogs()
+    return Effect.gen(function*() {
       const server = yield* OpenAiServer.make((request) =>
         request.body.stream === true
           ? { _tag: "Sse", events: [OpenAiServer.chunk({ content: "ok" }, "stop"), OpenAiServer.usageChunk] }
@@ -77,5 +79,8 @@ describe("OpenAiCompat requests against OpenAI's published request schema", () =
       assert.deepStrictEqual(server.rejected, [])
       assert.strictEqual(server.requests.length, 6)
       for (const request of server.requests) assert.deepStrictEqual(problems(request.body), [])
-    }))
+      // c2 has no result in the conversation: said in a warning for each of the three requests that send it
+      assert.lengthOf(logs.find(["Warn"], "tool calls without a result", "c2"), 3)
+    }).pipe(Effect.provide(logs.layer))
+  })
 })
