@@ -5,7 +5,9 @@
  * PGlite.
  */
 import { assert, layer } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Layer, References, Schema } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer, References, Schema } from "effect"
+import { SqlClient } from "effect/sql/SqlClient"
+import * as Workflow from "effect/workflow/Workflow"
 import * as WorkflowEngine from "effect/workflow/WorkflowEngine"
 import { AgentSession, AsyncRunContext, AsyncToolset, ChatContext, FunctionTool, Prompts, ToolError } from "effect-async-toolset"
 import { DurableChat, DurableStore, DurableToolset, PgliteClient } from "effect-async-toolset/durable"
@@ -477,6 +479,26 @@ const gatedEngine = (gate: Deferred.Deferred<void>) =>
     return WorkflowEngine.WorkflowEngine.of({ ...engine, register })
   })).pipe(Layer.provide(WorkflowEngine.layerMemory))
 
+/**
+ * The in-memory engine, except that the first activity it runs ends interrupted, as effect/cluster's
+ * engine ends one whose shard moved or whose runner shuts down; `ended` gets each execution's exit.
+ */
+const interruptingEngine = (ended: Deferred.Deferred<Exit.Exit<unknown, unknown>>) =>
+  Layer.effect(WorkflowEngine.WorkflowEngine)(Effect.gen(function*() {
+    const engine = yield* WorkflowEngine.WorkflowEngine
+    let interrupted = false
+    const activityExecute: typeof engine.activityExecute = (activity, attempt) =>
+      interrupted
+        ? engine.activityExecute(activity, attempt)
+        : Effect.sync(() => {
+          interrupted = true
+          return new Workflow.Complete({ exit: Exit.interrupt() }) as never
+        })
+    const register: typeof engine.register = (workflow, execute) =>
+      engine.register(workflow, (payload, executionId) => Effect.onExit(execute(payload, executionId), (exit) => Deferred.succeed(ended, exit)))
+    return WorkflowEngine.WorkflowEngine.of({ ...engine, activityExecute, register })
+  })).pipe(Layer.provide(WorkflowEngine.layerMemory))
+
 layer(quietStoreLayer, { timeout: "120 seconds", excludeTestServices: true })("DurableToolset execution start", (it) => {
   it.effect("a call stopped before its execution begins never runs: the execution starts from the stop, not from the row recorded before it", () =>
     Effect.gen(function*() {
@@ -558,5 +580,32 @@ layer(quietStoreLayer, { timeout: "120 seconds", excludeTestServices: true })("D
       }).pipe(Effect.provide(sessionLayer(toolset)))
       assert.isTrue(sent.some((text) => text.includes("INSERT INTO async_toolset_call")))
       assert.strictEqual(readsBeforeTheTool, 0)
+    }))
+
+  it.effect("an activity the engine interrupted is not the tool's failure: the engine runs the execution again, and the call ends with the tool's result", () =>
+    Effect.gen(function*() {
+      const ended = yield* Deferred.make<Exit.Exit<unknown, unknown>>()
+      const tool = FunctionTool.make("book_flight", {
+        description: "Book a flight",
+        parameters: Schema.Struct({ to: Schema.String })
+      }, () => DurableToolset.activity("book", Effect.succeed("booked"), { success: Schema.String }))
+      const toolset = DurableToolset.define({ id: "travel", tools: [tool] })
+      const sessionId = newSessionId()
+      yield* Effect.gen(function*() {
+        const t = yield* DurableToolset.make(toolset)
+        const output = yield* t.execute(yield* call("c1", "book_flight", { to: "NRT" }))
+        assert.isFalse(output.isError)
+        assert.strictEqual(output.output, "booked")
+        // the first execution ended suspended by the interruption, not with the call's end
+        yield* Deferred.await(ended)
+        const sql = yield* SqlClient
+        const rows = yield* sql<{ status: string }>`SELECT status FROM async_toolset_call WHERE session_id = ${sessionId}`
+        assert.deepStrictEqual(rows.map((row) => row.status), ["done"])
+        const chat = yield* TestSession.TestSession.use((session) => session.chat)
+        assert.notInclude(JSON.stringify(chat.items), "internal error")
+      }).pipe(Effect.provide(
+        Layer.mergeAll(DurableToolset.layer(toolset), DurableChat.layer({ sessionId }), TestSession.layerWith({}))
+          .pipe(Layer.provideMerge(interruptingEngine(ended)))
+      ))
     }))
 })
