@@ -182,6 +182,12 @@ forEachKind("AsyncToolset hand-off", (kind) => {
       {
         outcome: "a defect",
         tool: FunctionTool.make("lookup", { description: "Looks up" }, () => Effect.die(new Error("secret stack detail")))
+      },
+      {
+        // (on the durable toolset too: not taken for its workflow engine's interruption, which
+        // would leave the call running for good)
+        outcome: "an interruption of its own",
+        tool: FunctionTool.make("lookup", { description: "Looks up" }, () => Effect.interrupt)
       }
     ]
 

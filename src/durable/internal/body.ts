@@ -16,7 +16,7 @@
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Latch, Option, Result, Schedule, Schema, Semaphore } from "effect"
 import * as Workflow from "effect/workflow/Workflow"
-import type { WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
+import { type WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
 import { AsyncRunContext } from "../../AsyncRunContext.ts"
 import { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import * as FunctionTool from "../../FunctionTool.ts"
@@ -138,12 +138,18 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
       : p === undefined
       ? { _tag: "Invalid", message: `${call.name} is no longer a tool of this agent; the call did not finish.` }
       : yield* runTool(definition, store, sessionId, row, call, p, executionId, context, told).pipe(Effect.provideContext(services))
-    if (outcome._tag === "Exit" && Exit.isFailure(outcome.exit) && Cause.hasInterruptsOnly(outcome.exit.cause)) {
-      // Interrupted, and not by a stop of ours (that is `Stopped`) or the deadline: the workflow
-      // engine stopped this execution (its runner shutting down, its shard moving, an activity
-      // interrupted with it). The call is not over: nothing is recorded, the execution ends without
-      // a result, and the engine runs it again where it resumes it (issue 18: an engine's
-      // interruption is not the tool's failure).
+    const instance = Context.get(context, WorkflowInstance)
+    if (
+      outcome._tag === "Exit" && Exit.isFailure(outcome.exit) && Cause.hasInterruptsOnly(outcome.exit.cause) &&
+      (instance.suspended || instance.interrupted)
+    ) {
+      // Interrupted, and not by a stop of ours (that is `Stopped`) or the deadline, while the
+      // workflow engine suspends or interrupts this execution (its runner shutting down, its shard
+      // moving, an activity interrupted with it). The call is not over: nothing is recorded, the
+      // execution ends without a result, and the engine runs it again where it resumes it (issue
+      // 18: an engine's interruption is not the tool's failure). A tool that interrupted itself,
+      // the engine going on, ends as in memory: an error output (recorded below), not a call that
+      // never ends.
       return yield* Effect.failCause(outcome.exit.cause as Cause.Cause<never>)
     }
     yield* recordOutcome(definition, store, sessionId, base, call, p, outcome)
