@@ -16,7 +16,7 @@
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Latch, Option, Result, Schedule, Schema, Semaphore } from "effect"
 import * as Workflow from "effect/workflow/Workflow"
-import { type WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
+import type { WorkflowEngine, WorkflowInstance } from "effect/workflow/WorkflowEngine"
 import { AsyncRunContext } from "../../AsyncRunContext.ts"
 import { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
 import * as FunctionTool from "../../FunctionTool.ts"
@@ -107,7 +107,8 @@ export class DurableRun extends Context.Service<DurableRun, {
 }>()("effect-async-toolset/DurableToolset/DurableRun") {}
 
 type Outcome =
-  | { readonly _tag: "Exit"; readonly exit: Exit.Exit<unknown, unknown> }
+  // `ownInterrupt`: the tool interrupted itself (every interruption in its exit is its own fiber's)
+  | { readonly _tag: "Exit"; readonly exit: Exit.Exit<unknown, unknown>; readonly ownInterrupt: boolean }
   | { readonly _tag: "Stopped" }
   | { readonly _tag: "TimedOut" }
   | { readonly _tag: "Invalid"; readonly message: string }
@@ -138,18 +139,14 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
       : p === undefined
       ? { _tag: "Invalid", message: `${call.name} is no longer a tool of this agent; the call did not finish.` }
       : yield* runTool(definition, store, sessionId, row, call, p, executionId, context, told).pipe(Effect.provideContext(services))
-    const instance = Context.get(context, WorkflowInstance)
-    if (
-      outcome._tag === "Exit" && Exit.isFailure(outcome.exit) && Cause.hasInterruptsOnly(outcome.exit.cause) &&
-      (instance.suspended || instance.interrupted)
-    ) {
-      // Interrupted, and not by a stop of ours (that is `Stopped`) or the deadline, while the
-      // workflow engine suspends or interrupts this execution (its runner shutting down, its shard
-      // moving, an activity interrupted with it). The call is not over: nothing is recorded, the
-      // execution ends without a result, and the engine runs it again where it resumes it (issue
-      // 18: an engine's interruption is not the tool's failure). A tool that interrupted itself,
-      // the engine going on, ends as in memory: an error output (recorded below), not a call that
-      // never ends.
+    if (outcome._tag === "Exit" && Exit.isFailure(outcome.exit) && Cause.hasInterruptsOnly(outcome.exit.cause) && !outcome.ownInterrupt) {
+      // Interrupted, and not by a stop of ours (that is `Stopped`), the deadline or the tool itself:
+      // the workflow engine stopped this execution (its runner shutting down, its shard moving, an
+      // activity interrupted with it). The call is not over: nothing is recorded, the execution
+      // ends without a result, and the engine runs it again where it resumes it (issue 18: an
+      // engine's interruption is not the tool's failure). A tool that interrupted itself
+      // (`Effect.interrupt` in its own fiber) ends as in memory: an error output, recorded below,
+      // not a call that never ends.
       return yield* Effect.failCause(outcome.exit.cause as Cause.Cause<never>)
     }
     yield* recordOutcome(definition, store, sessionId, base, call, p, outcome)
@@ -257,7 +254,10 @@ const runTool = (
     )
   return Effect.flatMap(Effect.forkChild(Effect.exit(handler), { startImmediately: true }), (fiber) =>
     Effect.flatMap(
-      Effect.raceFirst(Effect.map(Fiber.join(fiber), (exit): Outcome => ({ _tag: "Exit", exit })), stopOrDeadline),
+      Effect.raceFirst(
+        Effect.map(Fiber.join(fiber), (exit): Outcome => ({ _tag: "Exit", exit, ownInterrupt: interruptedBy(exit, fiber.id) })),
+        stopOrDeadline
+      ),
       (outcome): Effect.Effect<Outcome> =>
         outcome._tag === "Exit" ? Effect.succeed(outcome) : Effect.as(
           // What the tool did as it stopped (a clean-up that died) is logged, not delivered (as in memory).
@@ -269,6 +269,13 @@ const runTool = (
 }
 
 const timedOut: Outcome = { _tag: "TimedOut" }
+
+/** Whether `exit` is an interruption by `fiberId` alone (a fiber that interrupted itself: `Effect.interrupt`). */
+const interruptedBy = (exit: Exit.Exit<unknown, unknown>, fiberId: number): boolean => {
+  if (Exit.isSuccess(exit) || !Cause.hasInterruptsOnly(exit.cause)) return false
+  const by = Cause.interruptors(exit.cause)
+  return by.size === 1 && by.has(fiberId)
+}
 
 /**
  * Completes once the call's row says it is asked to stop: told at once by a stop in this process,
