@@ -77,3 +77,16 @@ export const runnerThrough = <Tools extends ReadonlyArray<FunctionTool.Any>>(
       runner: { host: "127.0.0.1", port },
       pollInterval: "100 millis"
     }))))
+
+/**
+ * Starts the fault the step's save meets: new connections refused, every connection dropped but the
+ * shard-lock session; then opens the gate and waits until the save was refused, and tried again.
+ */
+export const savesRefused = (proxy: TcpProxy.TcpProxy, open: Effect.Effect<unknown>) =>
+  Effect.gen(function*() {
+    proxy.refuse("close")
+    proxy.dropAllBut("pg_try_advisory_lock")
+    yield* open
+    const refused = proxy.refused()
+    yield* eventually(Effect.sync(() => proxy.refused() > refused + 2), "the save tried again")
+  })

@@ -24,7 +24,7 @@ import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { DurablePostgres } from "effect-async-toolset/durable/postgres"
 import { TestSession } from "effect-async-toolset/testing"
 import { eventually } from "../../support/durable.ts"
-import { callsEnded, callStatuses, gatedSteps, proxiedDatabase, runnerThrough, stepStarted } from "../../support/outage.ts"
+import { callsEnded, callStatuses, gatedSteps, proxiedDatabase, runnerThrough, savesRefused, stepStarted } from "../../support/outage.ts"
 import { testPgUrl } from "../pgDatabase.ts"
 
 const steps = FunctionTool.make("steps", { description: "Takes steps", onDuplicateCall: "allow" }, () =>
@@ -117,12 +117,8 @@ const closedInOutage = Effect.scoped(Effect.gen(function*() {
     yield* made.execute(yield* ChatContext.functionCall({ callId: "c1", name: "gated", arguments: "{}" }))
     const sql = yield* SqlClient
     yield* stepStarted(sql, "step2")
-    proxy.refuse("close")
-    proxy.dropAllBut("pg_try_advisory_lock")
-    yield* steps3.open
     // the step's result is being saved, and refused
-    const refused = proxy.refused()
-    yield* eventually(Effect.sync(() => proxy.refused() > refused + 2), "the save tried again")
+    yield* savesRefused(proxy, steps3.open)
     const closed = yield* Effect.forkChild(Scope.close(runnerScope, Exit.void))
     const exit = yield* Fiber.await(closed).pipe(Effect.timeoutOption("40 seconds"))
     assert.isTrue(Option.isSome(exit), "the runner's close ended during the outage")

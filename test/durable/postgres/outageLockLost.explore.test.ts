@@ -20,7 +20,7 @@ import { DurablePostgres } from "effect-async-toolset/durable/postgres"
 import { TestSession } from "effect-async-toolset/testing"
 import { eventually } from "../../support/durable.ts"
 import { pairOf } from "../../support/replies.ts"
-import { callsEnded, callStatuses, gatedSteps, stepStarted } from "../../support/outage.ts"
+import { callsEnded, callStatuses, gatedSteps, savesRefused, stepStarted } from "../../support/outage.ts"
 import * as TcpProxy from "../../support/tcpProxy.ts"
 import { freePort, freshDatabase, testPgUrl } from "../pgDatabase.ts"
 
@@ -56,12 +56,8 @@ const lockLost = (runners: 1 | 2) =>
       yield* made.execute(yield* ChatContext.functionCall({ callId: "c1", name: "gated", arguments: "{}" }))
       const sql = yield* SqlClient
       yield* stepStarted(sql, "step2")
-      proxy.refuse("close")
-      proxy.dropAllBut("pg_try_advisory_lock")
-      yield* steps3.open
       // the step's result is being saved, and refused; then the shard-lock session dies too
-      const refused = proxy.refused()
-      yield* eventually(Effect.sync(() => proxy.refused() > refused + 2), "the save tried again")
+      yield* savesRefused(proxy, steps3.open)
       proxy.dropAll()
       const second = yield* Scope.make()
       if (runners === 2) {
