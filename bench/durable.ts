@@ -43,6 +43,7 @@
  *   BENCH_DURABLE_SIDES=ours,floor                       only these sides
  *   BENCH_DURABLE_WORKLOADS=1x1,50x10                    only these (<at a time>x<sessions>)
  *   BENCH_DURABLE_PROFILE=/tmp/prof                      a V8 CPU profile of each measured sample's calls
+ *   BENCH_DURABLE_STATEMENT_MS=1                         PGlite's mean time per statement (stderr)
  *
  * `npm run bench:durable:counters` (BENCH_DURABLE_COUNTERS=1): only the statements and commits per
  * call of ours, one after the other and 10 at a time over one session, on PGlite and (with
@@ -64,7 +65,7 @@ import { DurableChat, DurableStore, DurableToolset, PgliteClient } from "effect-
 import { TestSession } from "effect-async-toolset/testing"
 import { freshDataDir } from "../test/support/pglite.ts"
 import * as Floor from "./durableFloor.ts"
-import { counter, countPglite, countPostgres, since } from "./durableSql.ts"
+import { counter, countPglite, countPostgres, since, statementMs } from "./durableSql.ts"
 import type { Tally } from "./durableSql.ts"
 
 // --- settings ------------------------------------------------------------------------------------
@@ -905,6 +906,14 @@ const main = Effect.gen(function*() {
   else yield* log("PostgreSQL: not run (set BENCH_PG_URL or TEST_PG_URL)")
   if (countersOnly) return checkBudget(results)
   process.stdout.write(`${report(results)}\n`)
+  if (statementMs !== undefined) {
+    // every sample's statements on PGlite, whichever side sent them: pick one side and workload
+    // (BENCH_DURABLE_SIDES, BENCH_DURABLE_WORKLOADS=1x1) to read them as one call's
+    process.stderr.write("\nPGlite, mean ms per statement (BENCH_DURABLE_STATEMENT_MS=1; all samples):\n")
+    for (const [text, { ms, n }] of [...statementMs].sort((a, b) => b[1].ms - a[1].ms).slice(0, 20)) {
+      process.stderr.write(`${(ms / n).toFixed(3).padStart(8)} ms x ${String(n).padStart(6)}  ${text.slice(0, 120)}\n`)
+    }
+  }
   return results.some((r) => r.failures.length > 0) ? 1 : 0
 })
 

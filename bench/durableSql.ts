@@ -34,6 +34,41 @@ export interface Tally {
   readonly byText: ReadonlyMap<string, number>
 }
 
+interface Kind {
+  /** The text, normalized, as `byText` keys it. */
+  readonly key: string
+  readonly control: "begin" | "commit" | "rollback" | undefined
+  /** An `INSERT`, `UPDATE` or `DELETE` (a commit of its own outside a transaction). */
+  readonly writes: boolean
+}
+
+/**
+ * What a statement's text is, worked out once per distinct text: the texts repeat (parameters
+ * travel apart), and the counter runs inside the timed calls, so its cost per statement is a map
+ * lookup, not a few regular expressions over a long text.
+ */
+const kinds = new Map<string, Kind>()
+
+const classify = (sql: string): Kind => {
+  let kind = kinds.get(sql)
+  if (kind === undefined) {
+    const head = sql.trimStart().slice(0, 40).toUpperCase()
+    kind = {
+      key: normalize(sql).slice(0, 160),
+      control: /^(BEGIN|START TRANSACTION)\b/.test(head)
+        ? "begin"
+        : /^(COMMIT|END)\b/.test(head)
+        ? "commit"
+        : /^ROLLBACK\b/.test(head) && !/^ROLLBACK\s+TO\b/.test(head)
+        ? "rollback"
+        : undefined,
+      writes: /\b(INSERT|UPDATE|DELETE)\b/i.test(sql)
+    }
+    if (kinds.size < 10_000) kinds.set(sql, kind)
+  }
+  return kind
+}
+
 /** Every statement sent (by the sources installed below), and when the last one was. */
 export class Counter {
   statements = 0
@@ -47,15 +82,14 @@ export class Counter {
   record(connection: object, sql: string): void {
     this.statements++
     this.last = performance.now()
-    const key = normalize(sql).slice(0, 160)
-    this.byText.set(key, (this.byText.get(key) ?? 0) + 1)
-    const head = sql.trimStart().slice(0, 40).toUpperCase()
-    if (/^(BEGIN|START TRANSACTION)\b/.test(head)) this.inTransaction.set(connection, true)
-    else if (/^(COMMIT|END)\b/.test(head)) {
+    const kind = classify(sql)
+    this.byText.set(kind.key, (this.byText.get(kind.key) ?? 0) + 1)
+    if (kind.control === "begin") this.inTransaction.set(connection, true)
+    else if (kind.control === "commit") {
       this.inTransaction.set(connection, false)
       this.commits++
-    } else if (/^ROLLBACK\b/.test(head) && !/^ROLLBACK\s+TO\b/.test(head)) this.inTransaction.set(connection, false)
-    else if (!this.inTransaction.get(connection) && /\b(INSERT|UPDATE|DELETE)\b/i.test(sql)) this.commits++
+    } else if (kind.control === "rollback") this.inTransaction.set(connection, false)
+    else if (kind.writes && !this.inTransaction.get(connection)) this.commits++
   }
 
   /** The counts so far (a copy). */
@@ -80,6 +114,31 @@ export const counter = new Counter()
 
 const wrapped = new WeakSet<object>()
 
+/**
+ * BENCH_DURABLE_STATEMENT_MS=1: how long PGlite takes over each kind of statement (from the call
+ * until its promise settles; PGlite runs one query at a time, so with several in flight this
+ * includes waiting for the others: read it from sequential runs). Off by default: it adds a promise
+ * callback to every statement.
+ */
+export const statementMs = process.env["BENCH_DURABLE_STATEMENT_MS"] === "1"
+  ? new Map<string, { ms: number; n: number }>()
+  : undefined
+
+const timed = <A>(sql: string, run: () => Promise<A>): Promise<A> => {
+  if (statementMs === undefined) return run()
+  const t0 = performance.now()
+  const done = () => {
+    const key = classify(sql).key
+    const entry = statementMs.get(key) ?? { ms: 0, n: 0 }
+    entry.ms += performance.now() - t0
+    entry.n++
+    statementMs.set(key, entry)
+  }
+  const promise = run()
+  promise.then(done, done)
+  return promise
+}
+
 /** Counts the statements of a PGlite instance from now on. */
 export const countPglite = (pglite: PgliteClient.Pglite): void => {
   if (wrapped.has(pglite)) return
@@ -91,7 +150,7 @@ export const countPglite = (pglite: PgliteClient.Pglite): void => {
     writable: true,
     value: (sql: string, ...rest: Array<never>) => {
       counter.record(pglite, sql)
-      return query(sql, ...rest)
+      return timed(sql, () => query(sql, ...rest))
     }
   })
   Object.defineProperty(pglite, "exec", {
@@ -99,7 +158,7 @@ export const countPglite = (pglite: PgliteClient.Pglite): void => {
     writable: true,
     value: (sql: string, ...rest: Array<never>) => {
       counter.record(pglite, sql)
-      return exec(sql, ...rest)
+      return timed(sql, () => exec(sql, ...rest))
     }
   })
 }
