@@ -13,7 +13,11 @@
  *   node --import tsx bench/pgliteAlone.ts                 (a new folder under the OS temp folder)
  *   BENCH_PGLITE_TX=2000 node --import tsx bench/pgliteAlone.ts
  *
- * Prints one table (transactions per second, and CPU-ms of this process per transaction).
+ * Then one statement shaped like a durable call's writes, as PGlite's `query` sends it (parsed and
+ * planned each time) and as a prepared statement's `EXECUTE` (planned once): what a client that
+ * prepared its statements would save per statement.
+ *
+ * Prints two tables.
  */
 import { PGlite } from "@electric-sql/pglite"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -68,6 +72,37 @@ for (let r = 0; r < rounds; r++) {
     samples.get(w)!.cpu.push(s.cpuMs)
   }
 }
+// Part two: one statement of the shape a durable call's writes take (a data-modifying WITH over two
+// tables), sent as PGlite's `query` sends it (parsed, analyzed and planned every time) and as a
+// prepared statement's EXECUTE (planned once).
+const shaped = `WITH old AS (SELECT status FROM call WHERE id = $1 FOR UPDATE),
+  c AS (UPDATE call SET version = version + 1,
+          status = CASE WHEN old.status = 'running' THEN 'done' ELSE 'cancelled' END
+        FROM old WHERE call.id = $1 AND old.status IN ('running', 'stopping') RETURNING old.status AS was),
+  i AS (INSERT INTO item (id, n, body) SELECT $1, 2, $2::jsonb FROM c WHERE c.was = 'running'
+        ON CONFLICT (id, n) DO NOTHING RETURNING 1)
+  SELECT (SELECT was FROM c) AS was`
+const body = JSON.stringify({ output: "booked", note: "x".repeat(200) })
+const statements = Math.max(200, Math.floor(total / 2))
+const fresh = async () => {
+  const first = next
+  for (let k = 0; k < statements; k++) {
+    await db.query("INSERT INTO call (id, status, version, body) VALUES ($1, 'running', 0, '{}')", [next++])
+  }
+  return first
+}
+await db.exec(`PREPARE shaped(bigint, text) AS ${shaped}`)
+const shapedMs = { query: [] as Array<number>, prepared: [] as Array<number> }
+for (let r = 0; r < rounds; r++) {
+  let first = await fresh()
+  let t0 = performance.now()
+  for (let k = 0; k < statements; k++) await db.query(shaped, [first + k, body])
+  shapedMs.query.push((performance.now() - t0) / statements)
+  first = await fresh()
+  t0 = performance.now()
+  for (let k = 0; k < statements; k++) await db.query(`EXECUTE shaped(${first + k}, '${body}')`)
+  shapedMs.prepared.push((performance.now() - t0) / statements)
+}
 await db.close()
 rmSync(dir, { recursive: true, force: true })
 
@@ -83,4 +118,13 @@ const lines = [
     return `| ${w} | ${rate.toFixed(0)} | ${(rate / seq).toFixed(2)}x | ${median(samples.get(w)!.cpu).toFixed(2)} |`
   })
 ]
+lines.push(
+  "",
+  `One statement shaped like a durable call's write (a data-modifying WITH over both tables, a row found and updated, one inserted), ${statements} per sample, ms each (medians):`,
+  "",
+  "| sent as | ms per statement |",
+  "|---|---:|",
+  `| \`query(text, params)\`: parsed and planned every time | ${median(shapedMs.query).toFixed(3)} |`,
+  `| \`EXECUTE\` of a prepared statement: planned once | ${median(shapedMs.prepared).toFixed(3)} |`
+)
 process.stdout.write(`${lines.join("\n")}\n`)
