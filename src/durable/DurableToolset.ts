@@ -39,6 +39,7 @@ import type { AsyncToolset, Options as AsyncToolsetOptions } from "../AsyncTools
 import type { ChatItem, FunctionCall } from "../ChatContext.ts"
 import type * as FunctionTool from "../FunctionTool.ts"
 import type { StopCause } from "../internal/callLifecycle.ts"
+import * as Coordinator from "../internal/coordinator/index.ts"
 import * as ToolTable from "../internal/toolTable.ts"
 import * as Engine from "../internal/toolset.ts"
 import * as Prompts from "../Prompts.ts"
@@ -203,6 +204,12 @@ export const make = Effect.fnUntraced(function*<Tools extends ReadonlyArray<Func
   // The tools run where the workflow engine runs them (their services are `layer`'s): the engine
   // here needs none of theirs.
   const built = yield* (Engine.make(toolset.options, setup) as Effect.Effect<Engine.Built, never, Scope.Scope | AgentSession>)
+  // The model's call ids in the stored conversation are the chat's (B7): no synthetic id may take
+  // one, a restart or a new toolset for the session notwithstanding (a running call's future
+  // `_update_<n>` or `_final` the model used for a call of its own before).
+  for (const item of chat.history.items) {
+    if (item._tag === "FunctionCall") Coordinator.noteCallId(built.state.toolset.session, item.callId)
+  }
   yield* load(built.state, deps, toolset).pipe(
     Effect.catchCause((cause) =>
       Effect.logError("could not read the session's durable calls; calls started before this start are not followed here", cause)
@@ -226,7 +233,9 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
     const liveBases = new Set(live.map((row) => row.base))
     for (const row of yield* callsMissingFromChat(sql, sessionId, toolset.id)) {
       if (deps.chat.has(row.callItemId)) continue
-      yield* restoreCall(sql, sessionId, toolset.id, row.base, decodeCall(row.callItem), decodeOutput(row.firstOutput!))
+      const call = decodeCall(row.callItem)
+      Coordinator.noteCallId(session, call.callId)
+      yield* restoreCall(sql, sessionId, toolset.id, row.base, call, decodeOutput(row.firstOutput!))
     }
     const owedRows = yield* owedItems(sql, sessionId, toolset.id)
     // What the agent's chat holds: read from the session only when something is owed (within the

@@ -102,3 +102,50 @@ describe("DurableToolset across a restart: the session port", () => {
     }).pipe(Effect.provide(storeLayer), Effect.provide(captureLogs().layer)), { timeout: 60_000 }) // what it logs (the call not delivered) is captured, not printed
  }
 })
+
+// --- B7 across a restart: the model's call ids before it still count -----------------------------
+
+const reporting = FunctionTool.make("reporting", { description: "Reports, reports again, then ends", onDuplicateCall: "allow" }, () =>
+  Effect.gen(function*() {
+    yield* AsyncRunContext.update("started")
+    yield* Effect.sleep("600 millis")
+    yield* AsyncRunContext.update("half way")
+    yield* Effect.sleep("300 millis")
+    return "done"
+  }))
+const instant = FunctionTool.make("instant", { description: "Answers at once" }, () => Effect.succeed("ok"))
+const def3 = DurableToolset.define({ id: "restart3", tools: [reporting, instant] })
+
+describe("DurableToolset across a restart: call ids", () => {
+  it.live("B7: a model call id equal to a running call's future _update_1 and _final, made before a restart, is not written again after it", () =>
+    Effect.gen(function*() {
+      const sessionId = newSessionId()
+      // process 1: x runs; the model then uses x's future synthetic ids for calls of its own (the agent
+      // loop puts each call and its output into the chat, and stores them); the process stops.
+      yield* Effect.gen(function*() {
+        const chat = yield* DurableChat.DurableChat
+        const session = yield* TestSession.TestSession
+        const toolset = yield* DurableToolset.make(def3)
+        for (const [id, name] of [["x", "reporting"], ["x_update_1", "instant"], ["x_final", "instant"]] as const) {
+          const c = yield* call(id, name)
+          const out = yield* toolset.execute(c)
+          yield* session.insert([c, out])
+          yield* chat.save([c, out])
+        }
+        assert.deepStrictEqual(chatProblems(yield* session.chat), [])
+      }).pipe(Effect.scoped, Effect.provide(sessionLayer(def3, { sessionId })))
+      // process 2: the agent's chat is the stored conversation; x goes on and says the rest
+      yield* Effect.gen(function*() {
+        const chat = yield* DurableChat.DurableChat
+        const session = yield* TestSession.TestSession
+        yield* session.insert(chat.history.items)
+        const toolset = yield* DurableToolset.make(def3)
+        yield* Effect.sleep("1500 millis")
+        yield* toolset.awaitIdle
+        const after = yield* session.chat
+        const ids = after.items.flatMap((i) => i._tag === "FunctionCall" ? [i.callId] : [])
+        assert.deepStrictEqual(chatProblems(after), [], ids.join(" "))
+        assert.strictEqual(ids.length, 5, ids.join(" "))
+      }).pipe(Effect.scoped, Effect.provide(sessionLayer(def3, { sessionId })))
+    }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+})
