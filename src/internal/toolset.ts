@@ -239,6 +239,9 @@ const admitAndAwait = (state: State, call: FunctionCall, ticket: Ticket): Effect
     // This runs on the caller's fiber: its context is what the call's fiber inherits.
     const caller = Fiber.getCurrent()!
     const { management, names, toolset } = state
+    // The model's id is the chat's from now on, whatever the toolset answers (a management tool, bad
+    // input and a refusal put their output under it too): no synthetic id of another call may take it (B7).
+    Coordinator.noteCallId(toolset.session, call.callId)
     const reading = ToolTable.read(state.tools, names, call, toolset.registry.closed, state.maxArgumentsLength)
     switch (reading._tag) {
       case "GetRunningTasks":
@@ -256,8 +259,6 @@ const admitAndAwait = (state: State, call: FunctionCall, ticket: Ticket): Effect
     }
     const refusal = state.refuseCallId?.(call)
     if (refusal !== undefined) return reject(toolset, call, refusal)
-    // The model's id is the chat's from now on: no synthetic id of another call may take it (B7).
-    Coordinator.noteCallId(toolset.session, call.callId)
     const { args, confirmed, prepared: p } = reading
     return admit(state, call, p, args, confirmed, caller, ticket)
   })

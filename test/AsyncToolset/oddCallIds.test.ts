@@ -19,13 +19,15 @@ const job = FunctionTool.make("job", { description: "job", onDuplicateCall: "all
   }))
 
 /** Runs the model calls in order (each pair the agent loop would insert), then lets everything end. */
-const scenario = (ids: ReadonlyArray<string>) => (kind: Parameters<Parameters<typeof forEachKind>[1]>[0]) =>
+const scenario = (ids: ReadonlyArray<string | { readonly id: string; readonly name: string; readonly args?: string }>) =>
+(kind: Parameters<Parameters<typeof forEachKind>[1]>[0]) =>
   Effect.gen(function*() {
     const session = yield* TestSession.TestSession
     const toolset = yield* kind.make({ id: "t", tools: [job] })
     const outputs: Array<string> = []
-    for (const id of ids) {
-      const c = yield* call(id, "job")
+    for (const entry of ids) {
+      const { args, id, name } = typeof entry === "string" ? { id: entry, name: "job", args: undefined } : entry
+      const c = yield* call(id, name, args)
       const out = yield* toolset.execute(c)
       outputs.push(out.output)
       // as an agent loop does: the model's call and its output go into the chat
@@ -47,6 +49,18 @@ forEachKind("odd call ids and management-tool arguments", (kind) => {
   it.effect("B7 a model id equal to another call's future _update_1_2 (the renamed one)", () =>
     Effect.gen(function*() {
       const { chat } = yield* scenario(["x", "x_update_1", "x_update_1_2", "x_update_1_update_1", "x_update_1_2_final", "x_run2"])(kind)
+      assert.deepStrictEqual(chatProblems(chat), [], chatCallIds(chat).join(" "))
+    }).pipe(kind.provide(TestSession.layer)))
+
+  it.effect("B7 a model id equal to a running call's future _update_1, _update_2 or _final, on a call the toolset answers without running a tool (management tools, bad input, an unknown tool): no two chat items share a call id", () =>
+    Effect.gen(function*() {
+      const { chat } = yield* scenario([
+        "x",
+        { id: "x_update_1", name: "get_running_tasks_t" },
+        { id: "x_update_2", name: "job", args: "{not json" },
+        { id: "x_final", name: "no_such_tool" },
+        { id: "x_final_2", name: "cancel_task_t", args: "{\"call_id\":\"nobody\"}" }
+      ])(kind)
       assert.deepStrictEqual(chatProblems(chat), [], chatCallIds(chat).join(" "))
     }).pipe(kind.provide(TestSession.layer)))
 
