@@ -87,6 +87,25 @@ const makeTracker = (): Tracker => {
   return tracker
 }
 
+/** Which statements the durable kind's store refuses now (a test's fault; none by default). */
+let refusing: ((sql: string) => boolean) | undefined
+
+/**
+ * Makes the durable kind's store refuse (fail) the statements `refuse` picks, for the effect's
+ * scope: a store that fails for a while, for one kind of record. (Retried statements are tried
+ * again as the test clock moves.)
+ */
+export const refuseStatements = (refuse: (sql: string) => boolean): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      refusing = refuse
+    }),
+    () =>
+      Effect.sync(() => {
+        refusing = undefined
+      })
+  )
+
 /** PGlite whose every statement is counted while it runs. */
 const tracked = (pglite: PGliteInterface, tracker: Tracker & { readonly done?: () => void }): PGliteInterface =>
   new Proxy(pglite, {
@@ -94,6 +113,9 @@ const tracked = (pglite: PGliteInterface, tracker: Tracker & { readonly done?: (
       const value = Reflect.get(target, property, receiver)
       if (property !== "query" && property !== "exec" && property !== "transaction") return value
       return (...args: Array<unknown>) => {
+        if (refusing !== undefined && typeof args[0] === "string" && refusing(args[0])) {
+          return Promise.reject(new Error("the store refused this statement (a test's fault)"))
+        }
         tracker.pending++
         tracker.started++
         const done = (tracker as unknown as { done: () => void }).done
@@ -259,6 +281,7 @@ export const durable = (): Kind => durableKind ??= makeDurable()
  * and each file gets its own store.
  */
 export const closeFileStore = async (): Promise<void> => {
+  refusing = undefined
   const dispose = disposeStore
   disposeStore = () => Promise.resolve()
   durableKind = undefined

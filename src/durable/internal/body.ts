@@ -149,6 +149,9 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
       // not a call that never ends.
       return yield* Effect.failCause(outcome.exit.cause as Cause.Cause<never>)
     }
+    // The tool returned: the follower in this process knows it at once (no timeout or cancel
+    // applies any more, E7), before the end is recorded (which may take the store a while).
+    if (outcome._tag === "Exit") store.hub.publish(sessionId, base, returned)
     yield* recordOutcome(definition, store, sessionId, base, call, p, outcome)
   }).pipe(Effect.scoped, Effect.annotateLogs({ toolset: definition.id, callId: payload.base }))
 
@@ -182,6 +185,7 @@ const isStop = (event: CallEvent) => event._tag === "Stop"
 const isEnd = (event: CallEvent) => event._tag === "Ended"
 
 const running: CallEvent = { _tag: "Running" }
+const returned: CallEvent = { _tag: "Returned" }
 
 /**
  * A listener armed on some calls' events in this process: `wait` completes at once if one was told

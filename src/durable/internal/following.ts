@@ -72,6 +72,11 @@ const apply = (deps: Deps, toolset: Toolset, c: Call, record: Record, event: Cal
       CallRun.settleFirst(toolset, c, event.output, event.message)
       return Effect.void
     }
+    case "Returned": {
+      // Its tool returned: its result stands, whatever the clock says meanwhile (E7).
+      if (Lifecycle.handlerReturned(toolset.registry, c)) Lifecycle.flush(toolset.registry)
+      return Effect.void
+    }
     case "Pair": {
       if (event.n <= record.pairs) return Effect.void
       record.pairs = event.n
@@ -179,8 +184,11 @@ export const ended = (
   record: Record,
   end: Extract<CallEvent, { readonly _tag: "Ended" }>
 ): Effect.Effect<void> => {
-  if (!Lifecycle.handlerReturned(toolset.registry, c)) return Effect.void
-  Lifecycle.flush(toolset.registry)
+  // (Its tool's return may have been told before: it is finishing already.)
+  if (c.status !== "finishing") {
+    if (!Lifecycle.handlerReturned(toolset.registry, c)) return Effect.void
+    Lifecycle.flush(toolset.registry)
+  }
   return tellEnd(deps, toolset, c, record, end, false)
 }
 

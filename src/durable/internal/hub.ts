@@ -20,6 +20,12 @@ export type CallEvent =
   /** A call that waited for the calls it replaces began to run. */
   | { readonly _tag: "Running" }
   /**
+   * Its tool returned (a value or a failure), in this process; its end is being recorded. From
+   * now on no timeout or cancel applies to it (E7), as in memory, however long the record takes.
+   * (Told in this process only: a follower elsewhere learns of the end when it is recorded.)
+   */
+  | { readonly _tag: "Returned" }
+  /**
    * Its execution ended. `found`: it was running (this is its result: `output` if it never
    * updated, else `final`), or it had been asked to stop.
    */

@@ -129,8 +129,11 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
     if (Exit.isSuccess(end)) return yield* ended(deps, toolset, c, record, end.value)
     if (!Cause.hasInterrupts(end.cause)) yield* Effect.logError("a durable call's follower failed", end.cause)
     // In a fiber of its own: this one stays interrupted, and what follows inserts into the chat
-    // (interruptibly, as every insertion does).
-    yield* Effect.flatMap(Effect.forkDetach(stopped(deps, toolset, c, record, box), { startImmediately: true }), Fiber.join)
+    // (interruptibly, as every insertion does). A call whose tool returned was not stopped (a
+    // drain, or the close, cut its wait short): its result is told once recorded, as in memory,
+    // unless the toolset closes first (then the toolset made again tells it).
+    const after = c.status === "finishing" ? finished(deps, toolset, c, record, box) : stopped(deps, toolset, c, record, box)
+    yield* Effect.flatMap(Effect.forkDetach(after, { startImmediately: true }), Fiber.join)
   })
   return Effect.ensuring(
     body,
@@ -299,6 +302,15 @@ export const readChat = (toolset: Toolset): Effect.Effect<ReadonlyArray<ChatItem
     onSuccess: (items): ReadonlyArray<ChatItem> | undefined => items,
     onFailure: () => undefined
   })
+
+/**
+ * The follower of a call whose tool returned was interrupted (a drain, the close) before the end
+ * was recorded: the end is told once it is, or, if the toolset closes first, the call is left to
+ * the toolset made again for the session (a caller still waiting hears that it goes on).
+ */
+const finished = (deps: Deps, toolset: Toolset, c: Call, record: Record, box: Mailbox): Effect.Effect<void> =>
+  Effect.flatMap(untilEndedOrClosed(deps, toolset, c, record, box), (end) =>
+    end === undefined ? detach(deps, toolset, c) : tellEnd(deps, toolset, c, record, end, false))
 
 // --- stopped by the engine -----------------------------------------------------------------------
 
