@@ -6,7 +6,7 @@
  * while (the call's execution tries it again), and the call's deadline passes meanwhile.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, References, Stream } from "effect"
+import { Effect, Fiber, References, Stream } from "effect"
 import { AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import type { ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
@@ -56,5 +56,42 @@ describe("E7 durable: a result whose record is still under way when the timeout 
         Effect.provide(logs.layer)
       )
     })
+
+    for (const how of ["cancel", "drain"] as const) {
+      it.effect(`${how} after the tool returned, while the store refuses its end's record: the result stands and is told once (MaxOpsBeforeYield ${maxOps})`, () => {
+        const logs = captureLogs()
+        return Effect.gen(function*() {
+          const session = yield* TestSession.TestSession
+          const book = FunctionTool.make("book", { description: "Books in 4 s" }, () =>
+            Effect.gen(function*() {
+              yield* AsyncRunContext.update("booking")
+              yield* Effect.sleep("4 seconds")
+              return "booked FL-1"
+            }))
+          const toolset = yield* kind.make({ id: "t", tools: [book] })
+          const fault = { on: true }
+          yield* refuseStatements((sql) => fault.on && isEndRecord(sql))
+          yield* execute(toolset, "c1", "book")
+          yield* kind.advance("4 seconds") // the tool returns; its end's record is refused (and tried again)
+          if (how === "cancel") {
+            assert.notStrictEqual(yield* toolset.cancel("c1"), "cancelled", "the call had ended")
+            assert.deepStrictEqual(yield* toolset.runningTasks, [])
+          }
+          const drained = yield* Effect.forkChild(how === "drain" ? toolset.drain : Effect.void, { startImmediately: true })
+          yield* kind.advance("2 seconds")
+          fault.on = false
+          yield* kind.advance("10 seconds")
+          yield* Fiber.join(drained)
+          yield* toolset.awaitIdle
+          const outputs = (yield* session.chat).items.flatMap((i) => i._tag === "FunctionCallOutput" ? [`${i.callId}: ${i.output}`] : [])
+          assert.deepStrictEqual(outputs, ["c1_final: booked FL-1"])
+        }).pipe(
+          Effect.scoped,
+          kind.provide(TestSession.layer),
+          Effect.provideService(References.MaxOpsBeforeYield, maxOps),
+          Effect.provide(logs.layer)
+        )
+      })
+    }
   }
 })
