@@ -260,7 +260,7 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
     }
     if (toInsert.length > 0) {
       deps.chat.adopt(toInsert.map((item) => item.id))
-      const inserted = yield* Effect.exit(Effect.timeout(session.insert(toInsert), state.toolset.owner.policy.replyTimeout))
+      const inserted = yield* Effect.exit(Effect.timeout(Effect.suspend(() => session.insert(toInsert)), state.toolset.owner.policy.replyTimeout))
       if (Exit.isFailure(inserted)) {
         yield* Effect.logError(`could not put ${toInsert.map((i) => i.id).join(", ")} into the agent's chat; they are in the store (the next start has them)`, inserted.cause)
       }

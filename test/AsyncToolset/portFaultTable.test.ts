@@ -8,8 +8,8 @@
  * there close neither waits for them nor leaves no fiber behind.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Schedule, Schema, Scope } from "effect"
-import { AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Schedule, Schema, Scope } from "effect"
+import { AgentSession, AsyncRunContext, AsyncToolset, FunctionTool } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
 import {
   captureLogs,
@@ -327,6 +327,87 @@ forEachKind("a faulty session port: each fault is retried or reported, the tools
         assert.strictEqual(logs.find(["Error"], injected("awaitInactive", "die"), "c1_final").length, 1, "the log names what got no reply")
       }).pipe(kind.provide(faulty.layer), Effect.provide(logs.layer))
     })
+  })
+})
+
+/**
+ * The test session, but its `insert` or `generateReply` throws (instead of returning an effect) on
+ * the calls `throws` picks: an adapter written without Effect may do that.
+ */
+const throwingSession = (throws: {
+  readonly insert?: (items: ReadonlyArray<{ readonly _tag: string }>, call: number) => boolean
+  readonly generateReply?: (call: number) => boolean
+}) => {
+  const calls = { insert: 0, generateReply: 0 }
+  const layer = Layer.effectContext(Effect.map(TestSession.make(), ({ controls, session }) =>
+    Context.make(AgentSession.AgentSession, AgentSession.AgentSession.of({
+      ...session,
+      insert: (items) => {
+        if (throws.insert?.(items, ++calls.insert) === true) throw new Error("the port threw in insert")
+        return session.insert(items)
+      },
+      generateReply: (request) => {
+        if (throws.generateReply?.(++calls.generateReply) === true) throw new Error("the port threw in generateReply")
+        return session.generateReply(request)
+      }
+    })).pipe(Context.add(TestSession.TestSession, controls))))
+  return { layer, calls }
+}
+
+const hasCallId = (items: ReadonlyArray<{ readonly _tag: string }>, prefix: string) =>
+  items.some((i) => "callId" in i && typeof i.callId === "string" && i.callId.startsWith(prefix))
+
+forEachKind("E9 a session port that throws instead of returning an effect: a fault like any other", (kind) => {
+  it.effect("insert throws once: the insertion is retried, the result reaches the chat once, one reply", () => {
+    let thrown = 0
+    const port = throwingSession({ insert: (items) => hasCallId(items, "c1_") && thrown++ === 0 })
+    const logs = captureLogs()
+    return Effect.gen(function*() {
+      const session = yield* TestSession.TestSession
+      const toolset = yield* kind.make({ id: "reports", tools: [report], sessionRetry: retryTwice })
+      yield* runReport(toolset, "c1")
+      yield* kind.advance("1 second")
+      yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle" })
+      assert.strictEqual(thrown, 2, "thrown once, then inserted")
+      const chat = yield* session.chat
+      assert.deepStrictEqual(chatCallIds(chat), ["c1_final"])
+      assert.deepStrictEqual(chatProblems(chat), [])
+      assert.deepStrictEqual((yield* session.replies).map((r) => namedCallIds(r.instructions)), [["c1_final"]])
+      assert.isAtLeast(logs.find(["Warn"], "the port threw in insert").length, 1, "the throw is logged")
+    }).pipe(kind.provide(port.layer), Effect.provide(logs.layer))
+  })
+
+  it.effect("insert always throws for one call: it is reported, awaitIdle returns, other calls' results are delivered", () => {
+    const port = throwingSession({ insert: (items) => hasCallId(items, "c1_") })
+    const logs = captureLogs()
+    return Effect.gen(function*() {
+      const session = yield* TestSession.TestSession
+      const toolset = yield* kind.make({ id: "reports", tools: [report, ping], sessionRetry: retryTwice })
+      yield* runReport(toolset, "c1")
+      yield* runReport(toolset, "c2")
+      yield* kind.advance("1 second")
+      yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle" })
+      const chat = yield* session.chat
+      assert.deepStrictEqual(chatCallIds(chat), ["c2_final"])
+      assert.deepStrictEqual((yield* session.replies).flatMap((r) => namedCallIds(r.instructions)), ["c2_final"])
+      assert.isAtLeast(logs.find(["Error"], "c1_final", "the port threw in insert").length, 1, "the lost result is reported")
+      yield* stillServes(toolset, "p1")
+    }).pipe(kind.provide(port.layer), Effect.provide(logs.layer))
+  })
+
+  it.effect("generateReply throws once: the request is retried; one reply is made", () => {
+    const port = throwingSession({ generateReply: (call) => call === 1 })
+    const logs = captureLogs()
+    return Effect.gen(function*() {
+      const session = yield* TestSession.TestSession
+      const toolset = yield* kind.make({ id: "reports", tools: [report], sessionRetry: retryTwice })
+      yield* runReport(toolset, "c1")
+      yield* kind.advance("1 second")
+      yield* whileClockRuns(toolset.awaitIdle, { what: "awaitIdle" })
+      assert.strictEqual(port.calls.generateReply, 2)
+      assert.deepStrictEqual((yield* session.replies).map((r) => namedCallIds(r.instructions)), [["c1_final"]])
+      assert.isAtLeast(logs.find(["Debug", "Warn", "Error"], "the port threw in generateReply").length, 1, "the throw is logged (a failed request is routine: at Debug)")
+    }).pipe(kind.provide(port.layer), Effect.provide(logs.layer))
   })
 })
 

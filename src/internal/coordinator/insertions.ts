@@ -38,7 +38,7 @@ const retryOne = (coordinator: Coordinator, item: Item): Effect.Effect<void> => 
       const now = coordinator.clock.currentTimeMillisUnsafe()
       const stamped = missing.map((i) => withCreatedAt(i, now))
       item.items = item.items.map((i) => stamped.find((s) => s.id === i.id) ?? i)
-      return Effect.as(Effect.catchCause(coordinator.session.insert(stamped), onFault), "inserted" as const)
+      return Effect.as(Effect.catchCause(Effect.suspend(() => coordinator.session.insert(stamped)), onFault), "inserted" as const)
     })
   }).pipe(
     Effect.retry(owner.policy.sessionRetry),

@@ -232,7 +232,8 @@ const decideAndAsk = (
   const { instructions } = decision
   r.request = { items: decision.ask, instructions }
   if (decision.ask.some(hooked)) for (const [owner, items] of byOwner(decision.ask)) owner.hooks?.asking(items)
-  const request = coordinator.session.generateReply({ instructions, toolChoice: "none" })
+  // (A port that throws instead of returning an effect fails the request: a fault like any other, E9.)
+  const request = Effect.suspend(() => coordinator.session.generateReply({ instructions, toolChoice: "none" }))
   const answered = (exit: Exit.Exit<void, unknown>): Effect.Effect<Step, PortFault> => {
     if (Exit.isFailure(exit)) return portFault(coordinator)(exit.cause)
     r.request = undefined
