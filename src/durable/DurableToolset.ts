@@ -258,18 +258,22 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
       if (!there) toInsert.push(...items.filter((item) => !inChat.has(item.id)))
       owed.push({ callId: pair[0].callId!, items, at: Math.max(...items.map((item) => item.createdAt)), inChat: there })
     }
+    // Put into the agent's chat now; if that fails, the reply coordinator tries again (as for any
+    // item whose insertion failed, C4b), and asks for the reply only once they are in the chat.
+    let insertedAll = true
     if (toInsert.length > 0) {
       deps.chat.adopt(toInsert.map((item) => item.id))
       const inserted = yield* Effect.exit(Effect.timeout(Effect.suspend(() => session.insert(toInsert)), state.toolset.owner.policy.replyTimeout))
       if (Exit.isFailure(inserted)) {
-        yield* Effect.logError(`could not put ${toInsert.map((i) => i.id).join(", ")} into the agent's chat; they are in the store (the next start has them)`, inserted.cause)
+        insertedAll = false
+        yield* Effect.logWarning(`could not put ${toInsert.map((i) => i.id).join(", ")} into the agent's chat; the reply coordinator will retry`, inserted.cause)
       }
     }
     const now = deps.clock.currentTimeMillisUnsafe()
     const owing = new Set<string>()
     for (const item of owed) {
       owing.add(item.callId)
-      Engine.owe(state, item.callId, item.items, item.inChat ? item.at : now)
+      Engine.owe(state, item.callId, item.items, item.inChat ? item.at : now, item.inChat || insertedAll)
     }
     // (An output owed already, being also the last thing said, is owed once.)
     for (const item of unanswered(deps, toolset.definition)) {

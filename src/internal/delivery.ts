@@ -131,14 +131,16 @@ const insertFailed = (toolset: Toolset, c: Call, item: Coordinator.Item, cause: 
 
 /**
  * An item already in the chat, owed a reply (a store brought it back: recorded before this
- * toolset was made, or a call's output put back into the chat): handed to the coordinator.
+ * toolset was made, or a call's output put back into the chat): handed to the coordinator. With
+ * `inserted` false, its insertion failed: the coordinator retries it as any other (C4b), and asks
+ * for the reply only once it is in the chat.
  */
-export const owe = (toolset: Toolset, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number): void => {
+export const owe = (toolset: Toolset, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number, inserted = true): void => {
   const item: Coordinator.Item = {
     owner: toolset.owner,
     callId,
     items,
-    inserted: true,
+    inserted,
     insertedAt,
     call: noCall,
     dropped: () => undefined

@@ -414,6 +414,9 @@ const missingTool = (name: string): Prepared => ({
   timeout: undefined
 })
 
-/** An item in the chat, owed a reply (recorded by a store before this toolset was made): handed to the coordinator. */
-export const owe = (state: State, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number): void =>
-  Delivery.owe(state.toolset, callId, items, insertedAt)
+/**
+ * An item in the chat, owed a reply (recorded by a store before this toolset was made): handed to
+ * the coordinator. `inserted` false: its insertion into the chat failed (the coordinator retries it).
+ */
+export const owe = (state: State, callId: string, items: ReadonlyArray<ChatItem>, insertedAt: number, inserted = true): void =>
+  Delivery.owe(state.toolset, callId, items, insertedAt, inserted)

@@ -2,13 +2,13 @@
  * Durable calls across a restart (a new session layer on the same store).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Layer } from "effect"
+import { Effect, Fiber, Layer, Schedule } from "effect"
 import * as WorkflowEngine from "effect/workflow/WorkflowEngine"
 import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
 import { newSessionId, sessionLayer, storeLayer } from "../support/durable.ts"
-import { captureLogs, chatProblems } from "../support/reliability.ts"
+import { captureLogs, chatProblems, namedCallIds } from "../support/reliability.ts"
 import { call } from "../support/replies.ts"
 
 const slowStart = FunctionTool.make("slow_start", { description: "Says something after a while" }, () =>
@@ -148,4 +148,73 @@ describe("DurableToolset across a restart: call ids", () => {
         assert.strictEqual(ids.length, 5, ids.join(" "))
       }).pipe(Effect.scoped, Effect.provide(sessionLayer(def3, { sessionId })))
     }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+})
+
+// --- a result owed from before a restart, whose insertion into the agent's chat fails at first ---
+
+const quickReport = FunctionTool.make("quick_report", { description: "Says it started, then ends" }, () =>
+  Effect.gen(function*() {
+    yield* AsyncRunContext.update("started")
+    yield* Effect.sleep("200 millis")
+    return "report ready"
+  }))
+// (process 1 gives up on the insertion at once)
+const def4 = DurableToolset.define({ id: "restart4", tools: [quickReport], sessionRetry: Schedule.recurs(0) })
+
+const refused = (what: string) => new AgentSession.SessionError({ operation: "insert", message: `insert refused (${what})` })
+const isFinalOfX = (items: ReadonlyArray<ChatContext.ChatItem>) => items.some((i) => "callId" in i && i.callId === "x_final")
+
+describe("DurableToolset across a restart: putting owed results into the chat", () => {
+  for (const fault of ["fails", "throws"] as const) {
+    it.live(`C4b/E9: a result owed from before a restart whose insertion ${fault} at first reaches the chat, and the reply asked for it names it once it is there`, () =>
+      Effect.gen(function*() {
+        const sessionId = newSessionId()
+        // process 1: x says it started; its result never gets into the agent's chat (its insertion fails)
+        yield* Effect.gen(function*() {
+          const chat = yield* DurableChat.DurableChat
+          const session = yield* TestSession.TestSession
+          const toolset = yield* DurableToolset.make(def4)
+          const c = yield* call("x", "quick_report")
+          const out = yield* toolset.execute(c)
+          yield* session.insert([c, out])
+          yield* chat.save([c, out])
+          yield* Effect.sleep("1 second")
+          yield* toolset.awaitIdle
+          assert.deepStrictEqual((yield* session.chat).items.map((i) => "callId" in i ? i.callId : i._tag), ["x", "x"])
+        }).pipe(
+          Effect.scoped,
+          Effect.provide(sessionLayer(def4, { sessionId, session: { beforeInsert: (items) => isFinalOfX(items) ? Effect.fail(refused("process 1")) : Effect.void } }))
+        )
+        // process 2: an agent whose chat lacks x's result (it keeps its own chat, not the stored
+        // one); the toolset puts the result there, and its first insertion fails (or throws)
+        let attempts = 0
+        yield* Effect.gen(function*() {
+          const chat = yield* DurableChat.DurableChat
+          const session = yield* TestSession.TestSession
+          assert.isTrue(chat.history.items.some((i) => i.id === "fco:x:final"), "the result was recorded")
+          yield* session.insert(chat.history.items.filter((i) => !("callId" in i && i.callId === "x_final")))
+          const toolset = yield* DurableToolset.make(def4)
+          yield* Effect.sleep("2 seconds")
+          yield* toolset.awaitIdle
+          const after = yield* session.chat
+          const ids = after.items.flatMap((i) => i._tag === "FunctionCall" ? [i.callId] : [])
+          const named = (yield* session.replies).map((r) => namedCallIds(r.instructions))
+          assert.include(ids, "x_final", `the result never reached the chat; replies named ${JSON.stringify(named)}`)
+          assert.deepStrictEqual(named, [["x_final"]])
+          assert.deepStrictEqual(chatProblems(after), [])
+        }).pipe(
+          Effect.scoped,
+          Effect.provide(sessionLayer(def4, {
+            sessionId,
+            session: {
+              beforeInsert: (items) => {
+                if (!isFinalOfX(items) || attempts++ > 0) return Effect.void
+                if (fault === "throws") throw new Error("the port threw in insert")
+                return Effect.fail(refused("process 2, once"))
+              }
+            }
+          }))
+        )
+      }).pipe(Effect.provide(storeLayer), Effect.provide(captureLogs().layer)), { timeout: 60_000 })
+  }
 })
