@@ -6,7 +6,7 @@
  * while (the call's execution tries it again), and the call's deadline passes meanwhile.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, References, Stream } from "effect"
+import { Effect, Exit, Fiber, References, Scope, Stream } from "effect"
 import { AsyncRunContext, FunctionTool } from "effect-async-toolset"
 import type { ToolsetEvent } from "effect-async-toolset"
 import { TestSession } from "effect-async-toolset/testing"
@@ -92,6 +92,46 @@ describe("E7 durable: a result whose record is still under way when the timeout 
           Effect.provide(logs.layer)
         )
       })
+    }
+    for (const closedAt of [4500, 6000]) {
+      for (const withUpdate of [true, false]) {
+        it.effect(`the tool returns at 4 s (timeout 5 s), the store refuses its end's record until 7 s, the toolset is closed at ${closedAt} ms and made again in this process${withUpdate ? "" : " (no update)"}: told as the result, the tool ran once (MaxOpsBeforeYield ${maxOps})`, () => {
+          const logs = captureLogs()
+          return Effect.gen(function*() {
+            const session = yield* TestSession.TestSession
+            let runs = 0
+            const book = FunctionTool.make("book", { description: "Books in 4 s", timeout: "5 seconds" }, () =>
+              Effect.gen(function*() {
+                runs++
+                if (withUpdate) yield* AsyncRunContext.update("booking")
+                yield* Effect.sleep("4 seconds")
+                return "booked FL-1"
+              }))
+            const fault = { on: true }
+            yield* refuseStatements((sql) => fault.on && isEndRecord(sql))
+            const scope = yield* Scope.make()
+            const toolset = yield* Scope.provide(kind.make({ id: "t", tools: [book] }), scope)
+            yield* Effect.forkChild(execute(toolset, "c1", "book"), { startImmediately: true })
+            yield* kind.advance("4 seconds") // the tool returns; its end's record is refused (and tried again)
+            yield* kind.advance(`${closedAt - 4000} millis`)
+            yield* Scope.close(scope, Exit.void) // its execution goes on in this process, still recording the end
+            const again = yield* kind.make({ id: "t", tools: [book] })
+            yield* kind.advance(`${7000 - closedAt} millis`)
+            fault.on = false
+            yield* kind.advance("10 seconds")
+            yield* again.awaitIdle
+            const outputs = (yield* session.chat).items.flatMap((i) => i._tag === "FunctionCallOutput" ? [`${i.callId}: ${i.output}`] : [])
+            // (Without an update, its caller heard at the close that it goes on: the result is its `_final`.)
+            assert.deepStrictEqual(outputs.filter((o) => o.startsWith("c1_")), ["c1_final: booked FL-1"], outputs.join("\n"))
+            assert.strictEqual(runs, 1)
+          }).pipe(
+            Effect.scoped,
+            kind.provide(TestSession.layer),
+            Effect.provideService(References.MaxOpsBeforeYield, maxOps),
+            Effect.provide(logs.layer)
+          )
+        })
+      }
     }
   }
 })

@@ -151,8 +151,11 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
     }
     // The tool returned: the follower in this process knows it at once (no timeout or cancel
     // applies any more, E7), before the end is recorded (which may take the store a while).
-    if (outcome._tag === "Exit") store.hub.publish(sessionId, base, returned)
-    yield* recordOutcome(definition, store, sessionId, base, call, p, outcome)
+    // (Known as returned until the end is recorded, or this run stops before: then the tool runs again.)
+    const recorded = recordOutcome(definition, store, sessionId, base, call, p, outcome)
+    if (outcome._tag !== "Exit") return yield* recorded
+    const forget = store.hub.returned(sessionId, base)
+    yield* Effect.ensuring(recorded, Effect.sync(forget))
   }).pipe(Effect.scoped, Effect.annotateLogs({ toolset: definition.id, callId: payload.base }))
 
 /**
@@ -185,7 +188,6 @@ const isStop = (event: CallEvent) => event._tag === "Stop"
 const isEnd = (event: CallEvent) => event._tag === "Ended"
 
 const running: CallEvent = { _tag: "Running" }
-const returned: CallEvent = { _tag: "Returned" }
 
 /**
  * A listener armed on some calls' events in this process: `wait` completes at once if one was told

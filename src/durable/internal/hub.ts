@@ -58,14 +58,37 @@ export interface Hub {
   readonly take: (sessionId: string, base: string) => CallRow | undefined
   /** Forgets the row held for a call (its row is about to change, or its follower ends). */
   readonly drop: (sessionId: string, base: string) => void
+  /**
+   * Its tool returned in this process: `Returned` is told now, and the call is known to have
+   * returned (`hasReturned`) until the returned function is called (its end recorded, or its
+   * execution stopped before: its tool runs again). A follower that begins meanwhile (the
+   * toolset made again for the session) hears of the return it was not there for (E7).
+   */
+  readonly returned: (sessionId: string, base: string) => () => void
+  readonly hasReturned: (sessionId: string, base: string) => boolean
 }
 
 /** `holds`: no other process writes the store's rows (see `Hub.hold`). */
 export const make = (options: { readonly holds: boolean }): Hub => {
   const listeners = new Map<string, Set<(event: CallEvent) => void>>()
   const held = new Map<string, CallRow>()
+  const returned = new Set<string>()
   const key = (sessionId: string, base: string) => `${sessionId}\u0000${base}`
+  const publish = (sessionId: string, base: string, event: CallEvent): void => {
+    const found = listeners.get(key(sessionId, base))
+    if (found === undefined) return
+    for (const listener of Array.from(found)) listener(event)
+  }
   return {
+    returned: (sessionId, base) => {
+      const k = key(sessionId, base)
+      returned.add(k)
+      publish(sessionId, base, returnedEvent)
+      return () => {
+        returned.delete(k)
+      }
+    },
+    hasReturned: (sessionId, base) => returned.has(key(sessionId, base)),
     hold: (sessionId, base, row) => {
       if (options.holds) held.set(key(sessionId, base), row)
     },
@@ -78,11 +101,7 @@ export const make = (options: { readonly holds: boolean }): Hub => {
     drop: (sessionId, base) => {
       held.delete(key(sessionId, base))
     },
-    publish: (sessionId, base, event) => {
-      const found = listeners.get(key(sessionId, base))
-      if (found === undefined) return
-      for (const listener of Array.from(found)) listener(event)
-    },
+    publish,
     listen: (sessionId, base, listener) => {
       const k = key(sessionId, base)
       let set = listeners.get(k)
@@ -95,6 +114,8 @@ export const make = (options: { readonly holds: boolean }): Hub => {
     }
   }
 }
+
+const returnedEvent: CallEvent = { _tag: "Returned" }
 
 /** Events waiting to be taken by one fiber, in order. */
 export interface Mailbox {

@@ -110,6 +110,11 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
       if (!started) return
     } else {
       unlisten = listen(deps, c, box)
+      // Its tool returned in this process and its end is being recorded (the toolset was closed
+      // and made again meanwhile): no timeout or cancel applies any more (E7).
+      if (deps.store.hub.hasReturned(deps.chat.sessionId, c.base!) && Lifecycle.handlerReturned(toolset.registry, c)) {
+        Lifecycle.flush(toolset.registry)
+      }
       // Its execution may never have been started (the process that recorded the call ended
       // before it could): starting it again is a no-op for one that exists.
       yield* Effect.catchCause(
