@@ -7,7 +7,7 @@ import * as WorkflowEngine from "effect/workflow/WorkflowEngine"
 import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
 import { DurableChat, DurableToolset } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
-import { newSessionId, sessionLayer, storeLayer } from "../support/durable.ts"
+import { eventually, newSessionId, sessionLayer, storeLayer } from "../support/durable.ts"
 import { captureLogs, chatProblems, namedCallIds } from "../support/reliability.ts"
 import { call } from "../support/replies.ts"
 
@@ -146,6 +146,45 @@ describe("DurableToolset across a restart: call ids", () => {
         const ids = after.items.flatMap((i) => i._tag === "FunctionCall" ? [i.callId] : [])
         assert.deepStrictEqual(chatProblems(after), [], ids.join(" "))
         assert.strictEqual(ids.length, 5, ids.join(" "))
+      }).pipe(Effect.scoped, Effect.provide(sessionLayer(def3, { sessionId })))
+    }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+})
+
+describe("DurableToolset across a restart: call ids of pairs renamed before it", () => {
+  it.live("B7: a later pair put into the chat under another call id (the model had taken its own) is stored under that id: the conversation after a restart has no two items with one call id", () =>
+    Effect.gen(function*() {
+      const sessionId = newSessionId()
+      // process 1: the model uses x's future _update_1 for a call of its own; x's next update reaches
+      // the chat as x_update_1_2; the process stops while x still runs
+      yield* Effect.gen(function*() {
+        const chat = yield* DurableChat.DurableChat
+        const session = yield* TestSession.TestSession
+        const toolset = yield* DurableToolset.make(def3)
+        for (const [id, name] of [["x", "reporting"], ["x_update_1", "instant"]] as const) {
+          const c = yield* call(id, name)
+          const out = yield* toolset.execute(c)
+          yield* session.insert([c, out])
+          yield* chat.save([c, out])
+        }
+        yield* eventually(
+          Effect.map(session.chat, (chat) => chat.items.some((i) => "callId" in i && i.callId === "x_update_1_2")),
+          "x's second update in the chat under x_update_1_2"
+        )
+        assert.deepStrictEqual(chatProblems(yield* session.chat), [])
+      }).pipe(Effect.scoped, Effect.provide(sessionLayer(def3, { sessionId })))
+      // process 2: the stored conversation is what the agent's chat is made from
+      yield* Effect.gen(function*() {
+        const chat = yield* DurableChat.DurableChat
+        const session = yield* TestSession.TestSession
+        assert.deepStrictEqual(chatProblems(chat.history), [], "the stored conversation")
+        yield* session.insert(chat.history.items)
+        const toolset = yield* DurableToolset.make(def3)
+        yield* eventually(
+          Effect.map(session.chat, (chat) => chat.items.some((i) => "callId" in i && i.callId === "x_final")),
+          "x's result in the chat"
+        )
+        yield* toolset.awaitIdle
+        assert.deepStrictEqual(chatProblems(yield* session.chat), [])
       }).pipe(Effect.scoped, Effect.provide(sessionLayer(def3, { sessionId })))
     }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
 })

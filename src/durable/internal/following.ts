@@ -13,7 +13,7 @@ import * as Coordinator from "../../internal/coordinator/index.ts"
 import { withCreatedAt } from "../../internal/items.ts"
 import { retrying } from "./body.ts"
 import { readCall } from "./calls.ts"
-import { itemsOfCall, restamp, restoreCall } from "./chatItems.ts"
+import { itemsOfCall, rename, restamp, restoreCall } from "./chatItems.ts"
 import { post } from "./hub.ts"
 import type { CallEvent, Mailbox } from "./hub.ts"
 import type { Deps, Record } from "./store.ts"
@@ -116,7 +116,12 @@ export const deliver = (
     if (late || free !== callId) placed = items.map((item) => renamed(late ? withCreatedAt(item, Math.max(now, newest)) : item, free))
     else Coordinator.claimSynthetic(toolset.session, callId, "")
     deps.chat.adopt(placed.map((item) => item.id))
-    const rewrite = late ? Effect.ignore(restamp(deps.store.sql, deps.chat.sessionId, placed.map((i) => i.id), placed[0]!.createdAt)) : Effect.void
+    // (Stored as placed: when it counts from, and under which call id.)
+    const rewrite = free !== callId
+      ? Effect.ignore(rename(deps.store.sql, deps.chat.sessionId, placed, free))
+      : late
+      ? Effect.ignore(restamp(deps.store.sql, deps.chat.sessionId, placed.map((i) => i.id), placed[0]!.createdAt))
+      : Effect.void
     return Effect.andThen(rewrite, CallRun.deliverPair(toolset, c, free, placed, force))
   })
 
