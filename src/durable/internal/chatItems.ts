@@ -79,12 +79,12 @@ export const restamp = (sql: SqlClient, sessionId: string, itemIds: ReadonlyArra
 
 /**
  * A call's pair reached the agent's chat under another call id (the model had taken its own, B7):
- * stored so, a restart's conversation has no two items with one call id.
+ * stored so (the pair together), a restart's conversation has no two items with one call id.
  */
 export const rename = (sql: SqlClient, sessionId: string, items: ReadonlyArray<ChatItem>, callId: string) =>
-  Effect.forEach(items, (item) =>
+  sql.withTransaction(Effect.forEach(items, (item) =>
     sql`UPDATE async_toolset_item SET item = ${encodeItem(item)}, call_id = ${callId}, created_at = ${item.createdAt}
-      WHERE session_id = ${sessionId} AND item_id = ${item.id}`, { discard: true })
+      WHERE session_id = ${sessionId} AND item_id = ${item.id}`, { discard: true }))
 
 /**
  * Calls of a toolset whose output the model got (or was to get) but whose call is not in the
