@@ -263,7 +263,7 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
     let insertedAll = true
     if (toInsert.length > 0) {
       deps.chat.adopt(toInsert.map((item) => item.id))
-      const inserted = yield* Effect.exit(Effect.timeout(Effect.suspend(() => session.insert(toInsert)), state.toolset.owner.policy.replyTimeout))
+      const inserted = yield* Effect.exit(Effect.timeout(Coordinator.callPort(() => session.insert(toInsert)), state.toolset.owner.policy.replyTimeout))
       if (Exit.isFailure(inserted)) {
         insertedAll = false
         yield* Effect.logWarning(`could not put ${toInsert.map((i) => i.id).join(", ")} into the agent's chat; the reply coordinator will retry`, inserted.cause)

@@ -97,7 +97,7 @@ export const prepareItem = (
 
 /** Inserts a prepared item, then hands it over (or lets it go, or reports it lost). */
 export const insertItem = (toolset: Toolset, c: Call, item: Coordinator.Item): Effect.Effect<void> =>
-  Effect.matchCauseEffect(Effect.interruptible(Effect.suspend(() => toolset.session.insert(item.items))), {
+  Effect.matchCauseEffect(Effect.interruptible(Coordinator.callPort(() => toolset.session.insert(item.items))), {
     onSuccess: () => {
       // In the chat: it is answered, even if its call was stopped in the same instant (the model
       // never finds an item nobody asked it about).

@@ -346,6 +346,19 @@ const idsOf = (session: Session): Set<string> => {
   return used
 }
 
+/**
+ * Calls a function of the session port: one that throws instead of returning an effect is a port
+ * fault like any other (E9), a defect its caller handles. (A `try` rather than `Effect.suspend`:
+ * no step more per call on the way every call takes.)
+ */
+export const callPort = <A, E>(f: () => Effect.Effect<A, E>): Effect.Effect<A, E> => {
+  try {
+    return f()
+  } catch (defect) {
+    return Effect.die(defect)
+  }
+}
+
 /** A model's call id seen by a toolset of the session: no synthetic id may take it (B7). */
 export const noteCallId = (session: Session, callId: string): void => {
   idsOf(session).add(callId)

@@ -9,6 +9,7 @@ import { run } from "./round.ts"
 export {
   begin,
   callBegan,
+  callPort,
   callEnded,
   claimBase,
   claimSynthetic,

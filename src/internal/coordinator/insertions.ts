@@ -11,7 +11,7 @@ import { withCreatedAt } from "../items.ts"
 import { awaitsInsertion, portCause, portFault, unbatch } from "./batch.ts"
 import type { PortFault } from "./batch.ts"
 import type { Coordinator, Item } from "./coordinator.ts"
-import { inserted, isClosed } from "./coordinator.ts"
+import { callPort, inserted, isClosed } from "./coordinator.ts"
 import { callIdsOf, ownersOf } from "./decide.ts"
 
 /**
@@ -38,7 +38,7 @@ const retryOne = (coordinator: Coordinator, item: Item): Effect.Effect<void> => 
       const now = coordinator.clock.currentTimeMillisUnsafe()
       const stamped = missing.map((i) => withCreatedAt(i, now))
       item.items = item.items.map((i) => stamped.find((s) => s.id === i.id) ?? i)
-      return Effect.as(Effect.catchCause(Effect.suspend(() => coordinator.session.insert(stamped)), onFault), "inserted" as const)
+      return Effect.as(Effect.catchCause(callPort(() => coordinator.session.insert(stamped)), onFault), "inserted" as const)
     })
   }).pipe(
     Effect.retry(owner.policy.sessionRetry),

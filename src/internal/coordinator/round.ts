@@ -33,7 +33,7 @@ import {
   unbatch
 } from "./batch.ts"
 import type { Coordinator, Item, Owner } from "./coordinator.ts"
-import { awaitWork, interruptQuietly, isClosed, settle } from "./coordinator.ts"
+import { awaitWork, callPort, interruptQuietly, isClosed, settle } from "./coordinator.ts"
 import { byOwner, callIdsOf, decide, ownersOf } from "./decide.ts"
 import { awaitSiblings, gatherOnce, hasSiblings, isTestClock } from "./gather.ts"
 import { letGoCancelled, retryInsertions } from "./insertions.ts"
@@ -233,7 +233,7 @@ const decideAndAsk = (
   r.request = { items: decision.ask, instructions }
   if (decision.ask.some(hooked)) for (const [owner, items] of byOwner(decision.ask)) owner.hooks?.asking(items)
   // (A port that throws instead of returning an effect fails the request: a fault like any other, E9.)
-  const request = Effect.suspend(() => coordinator.session.generateReply({ instructions, toolChoice: "none" }))
+  const request = callPort(() => coordinator.session.generateReply({ instructions, toolChoice: "none" }))
   const answered = (exit: Exit.Exit<void, unknown>): Effect.Effect<Step, PortFault> => {
     if (Exit.isFailure(exit)) return portFault(coordinator)(exit.cause)
     r.request = undefined
