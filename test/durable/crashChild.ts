@@ -29,14 +29,24 @@
  *   resume-restore      (MODE=resume) the restarted toolset puts a restored call back into the chat
  *   resume-any-insert   (MODE=resume) any insertion into the chat after the restart
  *   resume-reply        (MODE=resume) a reply request after the restart
+ *   tool-returned       the tool returned (its execution told this process); its end is not recorded yet
+ *   cancel-while-recording  (REFUSE_END=1, CANCEL_AFTER_RETURN=1) the tool returned, the store refused
+ *                       its end's record at least once (it is tried again), and the call was asked to
+ *                       be cancelled (the answer printed as `CANCEL <answer>`)
  * Several points may be given, comma-separated (a process stops at the first it reaches).
+ *
+ * REFUSE_END=1: once the tool returned, the store refuses its end's record (the execution tries it
+ * again) until the process is killed. CANCEL_AFTER_RETURN=1: then the call is asked to be cancelled.
+ * TIMEOUT_MS=<ms>: book_flight's timeout. DRAIN_ON=<file>: once the file exists, the toolset is drained
+ * (printed: `DRAINED <ms>`, how long the drain took). After the report the process prints
+ * `CLOSED <ms>`: how long closing the toolset and its store took.
  *
  * Everything that must happen once is appended to MARKS (a file shared by the processes):
  * `activity-start`, `activity-done`, `charge <key>`, `reply <call ids>`, `poll <pid>`. At the end the
- * process prints `REPORT <json>`: the chat and the calls still running.
+ * process prints `REPORT <json>`: the chat, the calls still running and the calls' statuses as stored.
  */
-import { appendFileSync, closeSync, openSync, writeSync } from "node:fs"
-import { Effect, Layer, Redacted, Schedule, Schema } from "effect"
+import { appendFileSync, closeSync, existsSync, openSync, writeSync } from "node:fs"
+import { Duration, Effect, Layer, Redacted, Schedule, Schema } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import type { WorkflowEngine } from "effect/workflow/WorkflowEngine"
 import { AgentSession, AiAgent, AsyncRunContext, FunctionTool } from "effect-async-toolset"
@@ -90,6 +100,7 @@ const bookFlight = FunctionTool.make("book_flight", {
   description: "Find and book the best flight to a city",
   // REPLACE=1: a second booking replaces the first
   ...(env("REPLACE") === "1" ? { onDuplicateCall: "replace" as const } : {}),
+  ...(env("TIMEOUT_MS") === undefined ? {} : { timeout: Duration.millis(Number(env("TIMEOUT_MS"))) }),
   parameters: Schema.Struct({ to: Schema.String }),
   success: Schema.Struct({ confirmation: Schema.String })
 }, ({ to }) =>
@@ -144,6 +155,37 @@ const storeLayer = (): Layer.Layer<DurableStore.DurableStore | WorkflowEngine | 
   }))
 }
 
+/**
+ * The crash points inside the store's work: the tool's return told in this process (before its
+ * end is recorded), and (REFUSE_END=1) the end's record refused from then on. The store's service
+ * is patched in place (its hub and its SQL client are read by the call's execution at each use).
+ */
+const endRefusals = { on: false, count: 0 }
+
+const patchStore = Layer.effectDiscard(Effect.gen(function*() {
+  const store = yield* DurableStore.DurableStore
+  const hub = store.hub as { returned: typeof store.hub.returned }
+  const returned = hub.returned
+  hub.returned = (sessionId, base) => {
+    const forget = returned(sessionId, base)
+    mark(`returned ${process.pid}`)
+    if (env("REFUSE_END") === "1") endRefusals.on = true
+    crashPoint("tool-returned")
+    return forget
+  }
+  const sql = store.sql
+  ;(store as { sql: typeof sql }).sql = new Proxy(sql, {
+    apply: (target, self, args: Array<unknown>) => {
+      const strings = args[0] as ReadonlyArray<string> | undefined
+      if (endRefusals.on && Array.isArray(strings) && strings.some((part) => part.includes("AS no_first"))) {
+        endRefusals.count++
+        return Effect.fail(new Error("the store refused the end's record (a crash test's fault)"))
+      }
+      return Reflect.apply(target, self, args)
+    }
+  })
+}))
+
 // --- the agent -------------------------------------------------------------------------------------
 
 /**
@@ -191,6 +233,22 @@ const agentProgram = Effect.gen(function*() {
       yield* toolset.cancel(task!.callId)
       crashPoint("after-cancel")
     }
+    const drainOn = env("DRAIN_ON")
+    if (drainOn !== undefined) {
+      // the test says when (it creates the file): the toolset is drained then
+      yield* Effect.sleep("20 millis").pipe(Effect.repeat({ until: () => existsSync(drainOn) }))
+      const began = performance.now()
+      yield* toolset.drain
+      writeSync(1, `DRAINED ${Math.round(performance.now() - began)}\n`)
+    }
+    if (env("CANCEL_AFTER_RETURN") === "1") {
+      const [booking] = yield* toolset.runningTasks
+      // the tool returned, and the store refused its end's record at least once (it is tried again)
+      yield* Effect.sleep("20 millis").pipe(Effect.repeat({ until: () => endRefusals.count > 0 }))
+      const answer = yield* toolset.cancel(booking!.callId)
+      writeSync(1, `CANCEL ${JSON.stringify(answer)}\n`)
+      crashPoint("cancel-while-recording")
+    }
     if (env("REPLACE") === "1") {
       // the user asks again: the new booking replaces the first, which is still polling
       yield* Effect.forkChild(agent.send("Book me a flight to Tokyo, please"))
@@ -217,14 +275,19 @@ const agentProgram = Effect.gen(function*() {
       ? { tag: item._tag, id: item.id, callId: item.callId }
       : { tag: item._tag, id: item.id, callId: item.callId, output: item.output }
   )
-  writeSync(1, `REPORT ${JSON.stringify({ chat, running: yield* toolset.runningTasks })}\n`)
+  // the calls' statuses as stored
+  const sql = yield* SqlClient
+  const stored = (yield* sql<{ base: string; status: string }>`SELECT base, status FROM async_toolset_call ORDER BY base`)
+    .map((row) => ({ base: row.base, status: row.status }))
+  writeSync(1, `REPORT ${JSON.stringify({ chat, running: yield* toolset.runningTasks, stored })}\n`)
+  reported = performance.now()
 })
 
 const isClient = env("STORE") === "postgres" && env("RUNNER_PORT") === undefined
 
 const main = mode === "runner"
   ? Effect.andThen(Effect.sync(() => writeSync(1, `RUNNER READY ${process.pid}\n`)), Effect.never).pipe(
-    Effect.provide(DurableToolset.layer(travel).pipe(Layer.provideMerge(storeLayer())))
+    Effect.provide(DurableToolset.layer(travel).pipe(Layer.provideMerge(patchStore), Layer.provideMerge(storeLayer())))
   )
   : agentProgram.pipe(
     Effect.provide(
@@ -233,14 +296,21 @@ const main = mode === "runner"
         // a cluster client (PostgreSQL without RUNNER_PORT) runs no calls: the runners do
         Layer.provideMerge(isClient ? Layer.empty : DurableToolset.layer(travel)),
         Layer.provide(model),
+        Layer.provideMerge(patchStore),
         Layer.provideMerge(storeLayer())
       )
     )
   )
 
 timing("main")
+/** When the report was printed: the process then closes the toolset and its store, and says how long that took. */
+let reported: number | undefined
+
 Effect.runPromise(Effect.scoped(main)).then(
-  () => process.exit(0),
+  () => {
+    if (reported !== undefined) writeSync(1, `CLOSED ${Math.round(performance.now() - reported)}\n`)
+    process.exit(0)
+  },
   (error: unknown) => {
     console.error(error)
     process.exit(1)

@@ -74,7 +74,7 @@ export const finish = async (child: Child, seconds = 120): Promise<Report> => {
   return JSON.parse(line[1]!) as Report
 }
 
-/** What a child that finished saw: the agent's chat and the calls still running. */
+/** What a child that finished saw: the agent's chat, the calls still running, and the store's calls. */
 export interface Report {
   readonly chat: ReadonlyArray<{
     readonly tag: "ChatMessage" | "FunctionCall" | "FunctionCallOutput"
@@ -85,6 +85,8 @@ export interface Report {
     readonly output?: string
   }>
   readonly running: ReadonlyArray<{ readonly callId: string }>
+  /** The calls' statuses as stored, by base. */
+  readonly stored: ReadonlyArray<{ readonly base: string; readonly status: string }>
 }
 
 /** The lines of the marks file (what ran, in order, across the processes). */
