@@ -11,14 +11,16 @@ import { dirname, join } from "node:path"
 import { freshDataDir } from "../support/pglite.ts"
 import { assertToldOnce, bookingCallId, finish, kill, marks as readMarks, start, waitFor } from "../support/crash.ts"
 
-/** Starts the child, kills it at `point`, then lets a resumed process finish. */
-const run = async (point: string, extra: Record<string, string> = {}) => {
+/** Starts the child, kills it at `point`, then (after `then.downMs`) lets a resumed process finish. */
+const run = async (point: string, extra: Record<string, string> = {}, then: { readonly downMs?: number; readonly resume?: Record<string, string> } = {}) => {
   const dir = dirname(await freshDataDir())
   const env = { MARKS: join(dir, "marks"), SESSION: `crash_${Date.now().toString(36)}`, STORE: "pglite", DATA_DIR: dir }
   const first = start({ ...env, ...extra, MODE: "start", CRASH_AT: point })
   await waitFor(first, new RegExp(`^CRASH ${point}$`, "m"), 120)
   await kill(first)
-  const last = start({ ...env, MODE: "resume" })
+  // (the process stays down this long: a deadline passes meanwhile)
+  if (then.downMs !== undefined) await new Promise((resolve) => setTimeout(resolve, then.downMs))
+  const last = start({ ...env, ...then.resume, MODE: "resume" })
   const report = await finish(last)
   return { report, marks: readMarks(env.MARKS), first: first.output, last: last.output }
 }
@@ -44,5 +46,17 @@ describe("DurableToolset killed between a tool's return and the record of its en
     const callId = bookingCallId(report)
     assert.deepStrictEqual(report.stored, [{ base: callId, status: "done" }])
     assert.isFalse(report.chat.some((item) => /cancel/i.test(item.output ?? "")), "nothing said it was cancelled")
+  }, 240_000)
+
+  it("with a timeout, restarted past the deadline: the return was never recorded, so the call times out at once after the restart (told once, as timed out; its charge step had run, and does not run again)", async () => {
+    const { marks, report } = await run("tool-returned", { TIMEOUT_MS: "3000" }, { downMs: 3500, resume: { TIMEOUT_MS: "3000" } })
+    const callId = bookingCallId(report)
+    const outputs = report.chat.filter((item) => item.tag === "FunctionCallOutput" && item.callId === `${callId}_final`)
+    assert.strictEqual(outputs.length, 1)
+    assert.match(outputs[0]!.output!, /took longer than 3s/)
+    assert.deepStrictEqual(report.stored, [{ base: callId, status: "timed-out" }])
+    assert.deepStrictEqual(report.running, [])
+    assert.strictEqual(marks.filter((line) => line.startsWith("returned ")).length, 1)
+    assert.strictEqual(marks.filter((line) => line === "activity-start charge_card").length, 1)
   }, 240_000)
 })
