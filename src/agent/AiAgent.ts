@@ -217,8 +217,18 @@ export const make = Effect.fnUntraced(function*(
   }
 
   const log = ChatLog.make({ history: options.history?.items ?? [], store: options.store, now, emit })
-  const toolsets = ToolsetRegistry.make()
   const gate = ActivityGate.make()
+  const chat = Effect.sync(() => ChatLog.chatContext(log))
+  const session = AgentSession.of({
+    chatContext: chat,
+    items: Effect.sync((): ReadonlyArray<ChatItem> => log.items),
+    insert: (batch) => Effect.andThen(Effect.sync(() => ChatLog.add(log, batch)), ChatLog.save(log, batch)),
+    awaitInactive: gate.awaitInactive,
+    // (`runner` is made below, before any toolset can ask.)
+    generateReply: (request) => TurnRunner.requestReply(runner, request)
+  })
+  const toolsets = ToolsetRegistry.make(session)
+  for (const callId of log.callIds) ToolsetRegistry.noteCallId(toolsets, callId)
   const runner = yield* TurnRunner.make({
     log,
     toolsets,
@@ -234,15 +244,6 @@ export const make = Effect.fnUntraced(function*(
     now,
     emit
   }, gate)
-
-  const chat = Effect.sync(() => ChatLog.chatContext(log))
-  const session = AgentSession.of({
-    chatContext: chat,
-    items: Effect.sync((): ReadonlyArray<ChatItem> => log.items),
-    insert: (batch) => Effect.andThen(Effect.sync(() => ChatLog.add(log, batch)), ChatLog.save(log, batch)),
-    awaitInactive: gate.awaitInactive,
-    generateReply: (request) => TurnRunner.requestReply(runner, request)
-  })
 
   return AiAgent.of({
     send: (text) => TurnRunner.send(runner, text),

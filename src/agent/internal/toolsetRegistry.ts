@@ -5,9 +5,11 @@
 import { Effect } from "effect"
 import type { Scope } from "effect"
 import type { Toolkit } from "effect/ai"
+import type { AgentSession } from "../../AgentSession.ts"
 import type { AsyncToolset } from "../../AsyncToolset.ts"
 import { functionCallOutput } from "../../ChatContext.ts"
 import type { FunctionCall, FunctionCallOutput } from "../../ChatContext.ts"
+import * as Coordinator from "../../internal/coordinator/index.ts"
 import { toTool } from "../PromptConversion.ts"
 import type { AiTool } from "../PromptConversion.ts"
 
@@ -16,6 +18,8 @@ export type Tools = Toolkit.WithHandler<Record<string, AiTool>>
 
 /** The toolsets of one agent. */
 export interface ToolsetRegistry {
+  /** The agent's session: its toolsets' synthetic call ids must not take a model call id of its chat (B7). */
+  readonly session: AgentSession["Service"]
   /** By id, in the order they were added. */
   readonly byId: Map<string, AsyncToolset>
   /** Tool name -> the toolset that runs it. */
@@ -24,8 +28,21 @@ export interface ToolsetRegistry {
   toolkit: Tools | undefined
 }
 
-/** No toolsets. */
-export const make = (): ToolsetRegistry => ({ byId: new Map(), owners: new Map(), toolkit: undefined })
+/** No toolsets, for the agent's `session`. */
+export const make = (session: AgentSession["Service"]): ToolsetRegistry => ({
+  session,
+  byId: new Map(),
+  owners: new Map(),
+  toolkit: undefined
+})
+
+/**
+ * A call id the chat holds though no toolset ran its call (the history, a call of an unknown tool):
+ * no synthetic id (a running call's `_update_<n>` or `_final`) may take it (B7).
+ */
+export const noteCallId = (registry: ToolsetRegistry, callId: string): void => {
+  Coordinator.noteCallId(registry.session, callId)
+}
 
 /**
  * Adds `toolset` until the scope closes. Its id and its tool names must be new to the agent: a
@@ -74,10 +91,14 @@ export const toolkit = (registry: ToolsetRegistry): Tools => {
   }
 }
 
-/** Runs a call on the toolset that owns its tool; a call of an unknown tool gets an error output naming the tools. */
+/**
+ * Runs a call on the toolset that owns its tool; a call of an unknown tool gets an error output
+ * naming the tools (its id is noted: no toolset saw it).
+ */
 export const dispatch = (registry: ToolsetRegistry, call: FunctionCall): Effect.Effect<FunctionCallOutput> => {
   const toolset = registry.owners.get(call.name)
   if (toolset !== undefined) return toolset.execute(call)
+  noteCallId(registry, call.callId)
   return functionCallOutput({
     callId: call.callId,
     name: call.name,
