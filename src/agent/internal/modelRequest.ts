@@ -3,7 +3,7 @@
  * agent runs the calls itself (`disableToolCallResolution`), so the answer's calls are only read.
  * Streamed (the default), the words reach the events as `TextDelta`s while the model writes them.
  */
-import { Effect, Stream } from "effect"
+import { Cause, Effect, Stream } from "effect"
 import { AiError } from "effect/ai"
 import type { LanguageModel, Prompt } from "effect/ai"
 import type * as AiAgent from "../AiAgent.ts"
@@ -42,7 +42,20 @@ export const answer = (
   toolkit: Tools,
   toolChoice: "auto" | "none"
 ): Effect.Effect<Answer, AiError.AiError> =>
-  request.stream ? streamAnswer(request, turn, prompt, toolkit, toolChoice) : generateAnswer(request, prompt, toolkit, toolChoice)
+  (request.stream ? streamAnswer(request, turn, prompt, toolkit, toolChoice) : generateAnswer(request, prompt, toolkit, toolChoice))
+    .pipe(Effect.catchCause((cause) => Cause.hasInterruptsOnly(cause) ? Effect.fail(interrupted(request.stream)) : Effect.failCause(cause)))
+
+/**
+ * The model's request ended in an interruption of its own (a provider's fiber was interrupted),
+ * while the turn was not: a failure of the model like any other, reported as the turn's, not a
+ * silent end of the turn. (When the turn itself is interrupted, no handler runs.)
+ */
+const interrupted = (stream: boolean): AiError.AiError =>
+  AiError.make({
+    module: "AiAgent",
+    method: stream ? "streamText" : "generateText",
+    reason: new AiError.UnknownError({ description: "the model's request was interrupted before its answer was complete" })
+  })
 
 /** The whole answer at once. */
 const generateAnswer = (
