@@ -46,6 +46,16 @@ export const serve = <E>(server: Server, options: {
           }
           case "Request": {
             const request = incoming.message
+            if (FiberMap.hasUnsafe(open, keyOf(request.id))) {
+              // A reused id would make two answers with one id, and its cancel ambiguous: refused,
+              // the open request left alone.
+              return Effect.sync(() =>
+                out(McpWire.failure(request.id, {
+                  code: McpWire.ErrorCode.invalidRequest,
+                  message: `Invalid request: the id ${JSON.stringify(request.id)} is already used by a request still open`
+                }))
+              )
+            }
             return Effect.asVoid(FiberMap.run(
               open,
               keyOf(request.id),
