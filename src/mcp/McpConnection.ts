@@ -5,7 +5,8 @@
  * pair of line streams (`lines`). Closing the scope closes the connection.
  *
  * Every failure is an `McpConnectionError`: the server answered an error (`Rpc`, with its code), did
- * not answer in time (`Timeout`), or the connection is gone (`Closed`).
+ * not answer in time (`Timeout`), answered something that is not a JSON-RPC answer (`Invalid`), or
+ * the connection is gone (`Closed`).
  *
  * @since 0.1.0
  */
@@ -18,7 +19,7 @@ import * as McpWire from "./McpWire.ts"
  * @category errors
  */
 export class McpConnectionError extends Schema.TaggedError<McpConnectionError>()("McpConnectionError", {
-  reason: Schema.Literals(["Rpc", "Timeout", "Closed"]),
+  reason: Schema.Literals(["Rpc", "Timeout", "Invalid", "Closed"]),
   message: Schema.String,
   code: Schema.optionalKey(Schema.Number)
 }) {}
@@ -123,8 +124,20 @@ const connect = Effect.fnUntraced(function*(channel: Channel, options: Options) 
             : McpWire.failure(request.id, { code: McpWire.ErrorCode.methodNotFound, message: `Method not found: ${request.method}` })
         ).pipe(Effect.ignore)
       }
-      case "Invalid":
+      case "Invalid": {
+        // An answer to one of our requests that is not a JSON-RPC answer (a result that is not an
+        // object): that request fails now, rather than at its time limit. One with no id is dropped.
+        const id = incoming.id
+        const deferred = id === null ? undefined : pending.get(id)
+        if (id !== null && deferred !== undefined) {
+          pending.delete(id)
+          Deferred.doneUnsafe(
+            deferred,
+            Exit.fail(new McpConnectionError({ reason: "Invalid", message: "The MCP server's answer is not a valid JSON-RPC response" })) as never
+          )
+        }
         return Effect.void
+      }
     }
   }
 
@@ -329,8 +342,11 @@ export const http = (
             return
           }
           const text = await response.text()
-          if (text.trim() !== "") Queue.offerUnsafe(inbox, McpWire.parse(text))
+          const incoming = text.trim() === "" ? undefined : McpWire.parse(text)
+          if (incoming !== undefined && (incoming._tag !== "Invalid" || incoming.id !== null)) Queue.offerUnsafe(inbox, incoming)
+          // An error page, or a body that is no JSON-RPC: the message failed (a request at once, not at its time limit).
           else if (!response.ok) throw new Error(`HTTP ${response.status}`)
+          else if (incoming !== undefined) throw new Error("its answer is not JSON-RPC")
         },
         catch: (error) => closedError(`The MCP server at ${target.origin} cannot be reached: ${error instanceof Error ? error.message : String(error)}`)
       })

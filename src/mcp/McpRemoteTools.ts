@@ -65,15 +65,23 @@ export const make = (connection: Connection, options: Options = {}): Effect.Effe
       if (cursor === undefined) break
     }
     const out: Array<RemoteTool> = []
+    const names = new Set<string>()
     for (const tool of listed) {
       if (options.only !== undefined && !options.only.includes(tool.name)) continue
       const name = `${options.prefix ?? ""}${tool.name}`.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 64)
+      if (name === "" || names.has(name)) {
+        yield* Effect.logWarning(
+          `MCP tool ${JSON.stringify(tool.name)} of ${connection.serverInfo.name} is left out: ${name === "" ? "it has no name" : `its name as a tool, ${name}, is taken by another of its tools`}`
+        )
+        continue
+      }
       const support = tool.execution?.taskSupport ?? "forbidden"
       const asTask = connection.tasks && (options.useTasks ?? true) && support !== "forbidden"
       if (support === "required" && !asTask) {
         yield* Effect.logWarning(`MCP tool ${tool.name} of ${connection.serverInfo.name} must be called as a task, which is off here: left out`)
         continue
       }
+      names.add(name)
       out.push(remoteTool(connection, tool, name, asTask, options))
     }
     return out
