@@ -26,13 +26,15 @@ const def = DurableToolset.define({ id: "hotels", tools: [book] })
 
 const secret = Redacted.make("a test secret of at least thirty-two characters")
 
-/** One run of the server process: the durable toolset of chat `sessionId`, served. */
+/** One run of the server process: the durable toolset of chat `sessionId`, served (with the stored chat as its `history`). */
 const serverProcess = (sessionId: string) =>
   Layer.unwrap(Effect.gen(function*() {
+    const chat = yield* DurableChat.DurableChat
     return McpToolsetServer.layer({
       name: "hotels",
       version: "1.0.0",
       secret,
+      history: chat.history.items,
       toolset: Effect.gen(function*() {
         return yield* DurableToolset.make(def)
       })
@@ -87,6 +89,34 @@ describe("McpToolsetServer on a durable toolset", () => {
         const { client } = yield* sdkHttpClient(url, { sessionId: first.session })
         const result = yield* Effect.promise(() => client.experimental.tasks.getTaskResult(first.taskId, CallToolResultSchema))
         assert.deepStrictEqual(result.content, [{ type: "text", text: "Booked HT-7 in Oslo" }])
+      }).pipe(Effect.scoped, Effect.provide(serverProcess(sessionId)))
+    }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+
+  it.live("a task whose tool returned before a restart: listed after it as completed, its cancel refused naming that status, its result unchanged", () =>
+    Effect.gen(function*() {
+      const sessionId = newSessionId()
+      const notCancellable = "Cannot cancel task: already in terminal status 'completed'"
+      const taskId = yield* Effect.gen(function*() {
+        const { client } = yield* sdkClient({ owner: "client-1" })
+        const created = yield* Effect.promise(() =>
+          client.request({ method: "tools/call", params: { name: "book_hotel", arguments: { city: "Bergen" }, task: {} } }, CreateTaskResultSchema)
+        )
+        const result = yield* Effect.promise(() => client.experimental.tasks.getTaskResult(created.task.taskId, CallToolResultSchema))
+        assert.deepStrictEqual(result.content, [{ type: "text", text: "Booked HT-7 in Bergen" }])
+        const refused = yield* Effect.promise(() => client.experimental.tasks.cancelTask(created.task.taskId).then(() => "cancelled", (e: Error) => e.message))
+        assert.include(refused, notCancellable)
+        return created.task.taskId
+      }).pipe(Effect.scoped, Effect.provide(serverProcess(sessionId)))
+
+      yield* Effect.gen(function*() {
+        const { client } = yield* sdkClient({ owner: "client-1" })
+        const listed = yield* Effect.promise(() => client.experimental.tasks.listTasks())
+        assert.deepStrictEqual(listed.tasks.map((t) => [t.taskId, t.status]), [[taskId, "completed"]])
+        const refused = yield* Effect.promise(() => client.experimental.tasks.cancelTask(taskId).then(() => "cancelled", (e: Error) => e.message))
+        assert.include(refused, notCancellable)
+        const result = yield* Effect.promise(() => client.experimental.tasks.getTaskResult(taskId, CallToolResultSchema))
+        assert.deepStrictEqual(result.content, [{ type: "text", text: "Booked HT-7 in Bergen" }])
+        assert.strictEqual((yield* Effect.promise(() => client.experimental.tasks.getTask(taskId))).status, "completed")
       }).pipe(Effect.scoped, Effect.provide(serverProcess(sessionId)))
     }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
 })
