@@ -25,7 +25,7 @@ const okTool = (name: string, inputSchema: unknown = { type: "object", propertie
  * A fake server over in-memory lines: answers `initialize` and `tools/list` (with `tools`), and
  * every `tools/call` by the tool's behaviour.
  */
-const fakeServer = (tools: ReadonlyArray<unknown>, behaviours: Record<string, Behaviour>) =>
+const fakeServer = (tools: ReadonlyArray<unknown>, behaviours: Record<string, Behaviour>, methods: Record<string, Behaviour> = {}) =>
   Effect.gen(function*() {
     const toClient = yield* Queue.unbounded<string, Cause.Done>()
     const reply = (message: unknown) => Queue.offerUnsafe(toClient, typeof message === "string" ? message : JSON.stringify(message))
@@ -41,12 +41,18 @@ const fakeServer = (tools: ReadonlyArray<unknown>, behaviours: Record<string, Be
               return reply({
                 jsonrpc: "2.0",
                 id: m.id,
-                result: { protocolVersion: "2025-06-18", capabilities: { tools: {} }, serverInfo: { name: "odd-server", version: "1" } }
+                result: {
+                  protocolVersion: "tasks/get" in methods ? "2025-11-25" : "2025-06-18",
+                  capabilities: { tools: {}, ...("tasks/get" in methods ? { tasks: { requests: { tools: { call: {} } } } } : {}) },
+                  serverInfo: { name: "odd-server", version: "1" }
+                }
               })
             case "tools/list":
               return reply({ jsonrpc: "2.0", id: m.id, result: { tools } })
             case "tools/call":
               return behaviours[m.params.name]?.(m, reply, close)
+            default:
+              return methods[m.method]?.(m, reply, close)
           }
         })
     }, { timeout: "10 seconds" })
@@ -241,4 +247,47 @@ describe("McpRemoteTools over HTTP, a server answering a page instead of JSON-RP
       assert.include(html.output, "not JSON-RPC")
       assert.strictEqual((yield* toolset.execute(yield* call("c3", "ok"))).output, "fine")
     }).pipe(Effect.scoped, Effect.provide(TestSession.layer)), { timeout: 10_000 })
+})
+
+describe("McpRemoteTools: a task server's odd task answers", () => {
+  const taskTool = { ...okTool("build"), execution: { taskSupport: "required" } }
+  const startTask: Behaviour = (m, reply) =>
+    reply({ jsonrpc: "2.0", id: m.id, result: { task: { taskId: "t1", status: "working", ttl: 60000, createdAt: "", lastUpdatedAt: "" } } })
+
+  const taskSetup = (methods: Record<string, Behaviour>) =>
+    Effect.gen(function*() {
+      const connection = yield* fakeServer([taskTool], { build: startTask }, methods)
+      assert.isTrue(connection.tasks)
+      const toolset = yield* AsyncToolset.make({ id: "remote", tools: yield* McpRemoteTools.make(connection) })
+      return toolset
+    })
+
+  const finalOf = (callId: string) =>
+    Effect.map(TestSession.TestSession.use((s) => s.chat), (chat) =>
+      chat.items.flatMap((item) => item._tag === "FunctionCallOutput" && item.callId.startsWith(`${callId}_final`) ? [item] : []))
+
+  for (
+    const [what, getTask, expected] of [
+      ["tasks/get answers something that is not a task", (m: Message, reply: (x: unknown) => void) => reply({ jsonrpc: "2.0", id: m.id, result: { status: 3 } }), "not a task"],
+      [
+        "tasks/get says the task is not found",
+        (m: Message, reply: (x: unknown) => void) => reply({ jsonrpc: "2.0", id: m.id, error: { code: -32602, message: "Task not found" } }),
+        "Task not found"
+      ]
+    ] as const
+  ) {
+    it.effect(`${what}: the call ends with an error result naming it, and nothing is left running`, () =>
+      Effect.gen(function*() {
+        const toolset = yield* taskSetup({ "tasks/get": getTask, "tasks/cancel": (m, reply) => reply({ jsonrpc: "2.0", id: m.id, result: {} }) })
+        const first = yield* toolset.execute(yield* call("c1", "build"))
+        assert.isFalse(first.isError)
+        yield* TestClock.adjust("2 seconds")
+        yield* toolset.awaitIdle
+        const final = yield* finalOf("c1")
+        assert.strictEqual(final.length, 1, JSON.stringify(final))
+        assert.isTrue(final[0]!.isError)
+        assert.include(final[0]!.output, expected)
+        assert.deepStrictEqual(yield* toolset.runningTasks, [])
+      }).pipe(Effect.scoped, Effect.provide(TestSession.layer)))
+  }
 })
