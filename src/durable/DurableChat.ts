@@ -10,7 +10,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, Schedule } from "effect"
+import { Context, Effect, Layer, Result, Schedule } from "effect"
 import type { LanguageModel } from "effect/ai"
 import type { SqlError } from "effect/sql/SqlError"
 import type { AgentSession } from "../AgentSession.ts"
@@ -19,7 +19,7 @@ import { ChatContext } from "../ChatContext.ts"
 import type { ChatItem } from "../ChatContext.ts"
 import { DurableStore } from "./DurableStore.ts"
 import { loadChat, markReplied, saveItems } from "./internal/chatItems.ts"
-import { decodeItem } from "./internal/tables.ts"
+import { decodeItem, tryDecode } from "./internal/tables.ts"
 
 /**
  * @since 0.1.0
@@ -78,7 +78,17 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   const { sessionId } = options
   const store = yield* DurableStore
   const rows = yield* loadChat(store.sql, sessionId)
-  const history = new ChatContext({ items: rows.map((row) => decodeItem(row.item, row.createdAt)) })
+  // An item that cannot be read (a corrupted store) is logged and left out: the rest loads.
+  const items: Array<ChatItem> = []
+  for (const row of rows) {
+    const item = tryDecode(() => decodeItem(row.item, row.createdAt))
+    if (Result.isSuccess(item)) items.push(item.success)
+    else {
+      yield* Effect.logError(`The stored item ${row.itemId} of session ${sessionId} cannot be read: ${item.failure}. It is left out of the conversation.`)
+        .pipe(Effect.annotateLogs({ session: sessionId }))
+    }
+  }
+  const history = new ChatContext({ items })
   const known = new Set(rows.map((row) => row.itemId))
   let newest = rows.reduce((max, row) => Math.max(max, row.createdAt), Number.NEGATIVE_INFINITY)
   let awaitingReply: ReadonlyArray<string> = []

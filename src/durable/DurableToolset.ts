@@ -51,9 +51,9 @@ import type { CallWorkflow, Definition } from "./internal/body.ts"
 import * as Runners from "./internal/runners.ts"
 import * as Store from "./internal/store.ts"
 import type { CallRow, ItemRow } from "./internal/tables.ts"
-import { liveCalls } from "./internal/calls.ts"
+import { liveCalls, markUnusable } from "./internal/calls.ts"
 import { callsMissingFromChat, owedItems, restoreCall } from "./internal/chatItems.ts"
-import { decodeCall, decodeItem, decodeOutput } from "./internal/tables.ts"
+import { decodeCall, decodeItem, decodeOutput, tryDecode, unusable } from "./internal/tables.ts"
 
 /**
  * @since 0.1.0
@@ -229,13 +229,35 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
     const { sql } = deps.store
     const sessionId = deps.chat.sessionId
     const session = state.toolset.session
-    const live = yield* liveCalls(sql, sessionId, toolset.id)
+    // A row that cannot be read (a corrupted store) is logged and left out: the others load and run.
+    const corrupt = (what: string, reason: string, callId: string | undefined, outcome: string) =>
+      Effect.logError(`${what} of session ${sessionId} cannot be read: ${reason}. ${outcome}`).pipe(
+        Effect.annotateLogs({ toolset: toolset.id, session: sessionId, ...(callId === undefined ? {} : { callId }) })
+      )
+    const live: Array<CallRow> = []
+    for (const row of yield* liveCalls(sql, sessionId, toolset.id)) {
+      const reason = unusable(row)
+      if (reason === undefined) {
+        live.push(row)
+        continue
+      }
+      yield* corrupt(`The durable call ${row.base}`, reason, row.base, "It is marked failed; the session's other calls go on.")
+      yield* markUnusable(sql, sessionId, row.base, deps.clock.currentTimeMillisUnsafe()).pipe(
+        Effect.catchCause((cause) => Effect.logError(`could not mark the durable call ${row.base} failed`, cause))
+      )
+    }
     const liveBases = new Set(live.map((row) => row.base))
     for (const row of yield* callsMissingFromChat(sql, sessionId, toolset.id)) {
       if (deps.chat.has(row.callItemId)) continue
-      const call = decodeCall(row.callItem)
-      Coordinator.noteCallId(session, call.callId)
-      yield* restoreCall(sql, sessionId, toolset.id, row.base, call, decodeOutput(row.firstOutput!))
+      const call = tryDecode(() => decodeCall(row.callItem))
+      const output = tryDecode(() => decodeOutput(row.firstOutput!))
+      if (Result.isFailure(call) || Result.isFailure(output)) {
+        const reason = Result.isFailure(call) ? `its model call: ${call.failure}` : `its output: ${(output as Result.Failure<unknown, string>).failure}`
+        yield* corrupt(`The durable call ${row.base}`, reason, row.base, "It is not put back into the chat.")
+        continue
+      }
+      Coordinator.noteCallId(session, call.success.callId)
+      yield* restoreCall(sql, sessionId, toolset.id, row.base, call.success, output.success)
     }
     const owedRows = yield* owedItems(sql, sessionId, toolset.id)
     // What the agent's chat holds: read from the session only when something is owed (within the
@@ -250,11 +272,14 @@ const load = <Tools extends ReadonlyArray<FunctionTool.Any>>(state: Engine.State
     const inChat = { has: (id: string) => agentChat === undefined ? deps.chat.has(id) : agentChat.has(id) }
     const toInsert: Array<ChatItem> = []
     const owed: Array<{ readonly callId: string; readonly items: ReadonlyArray<ChatItem>; readonly at: number; readonly inChat: boolean }> = []
-    for (const pair of pairsOf(owedRows)) {
+    const { pairs, unreadable } = pairsOf(owedRows)
+    for (const { reason, row } of unreadable) {
+      yield* corrupt(`The stored item ${row.itemId}`, reason, row.base ?? undefined, "It is left out: no reply is asked for it.")
+    }
+    for (const { items, rows: pair } of pairs) {
       const there = pair.every((row) => inChat.has(row.itemId))
       // A live call's pairs not yet in the agent's chat reach it through that call's fiber.
       if (!there && pair[0].step !== 0 && pair[0].base !== null && liveBases.has(pair[0].base)) continue
-      const items = pair.map((row) => decodeItem(row.item, row.createdAt))
       if (!there) toInsert.push(...items.filter((item) => !inChat.has(item.id)))
       owed.push({ callId: pair[0].callId!, items, at: Math.max(...items.map((item) => item.createdAt)), inChat: there })
     }
@@ -332,24 +357,32 @@ const adopt = (state: Engine.State, deps: Store.Deps, row: CallRow, caller: Cont
   })
 }
 
-/** Item rows as call/output pairs (by call id), in order. */
-const pairsOf = (rows: ReadonlyArray<ItemRow>): ReadonlyArray<readonly [ItemRow, ItemRow]> => {
-  const out: Array<readonly [ItemRow, ItemRow]> = []
-  const byCallId = new Map<string, Array<ItemRow>>()
+/**
+ * Item rows as call/output pairs (by call id), in order, with their items; and the rows whose item
+ * cannot be read (a corrupted store), with why.
+ */
+const pairsOf = (rows: ReadonlyArray<ItemRow>) => {
+  const pairs: Array<{ readonly rows: readonly [ItemRow, ItemRow]; readonly items: readonly [ChatItem, ChatItem] }> = []
+  const unreadable: Array<{ readonly row: ItemRow; readonly reason: string }> = []
+  const byCallId = new Map<string, Array<{ readonly row: ItemRow; readonly item: ChatItem }>>()
   for (const row of rows) {
     if (row.callId === null) continue
+    const item = tryDecode(() => decodeItem(row.item, row.createdAt))
+    if (Result.isFailure(item)) {
+      unreadable.push({ row, reason: item.failure })
+      continue
+    }
     const list = byCallId.get(row.callId)
-    if (list === undefined) byCallId.set(row.callId, [row])
-    else list.push(row)
+    if (list === undefined) byCallId.set(row.callId, [{ row, item: item.success }])
+    else list.push({ row, item: item.success })
   }
   for (const list of byCallId.values()) {
-    const fc = list.find((row) => decodeItem(row.item)._tag === "FunctionCall")
-    const fco = list.find((row) => decodeItem(row.item)._tag === "FunctionCallOutput")
-    if (fc !== undefined && fco !== undefined) out.push([fc, fco])
+    const fc = list.find(({ item }) => item._tag === "FunctionCall")
+    const fco = list.find(({ item }) => item._tag === "FunctionCallOutput")
+    if (fc !== undefined && fco !== undefined) pairs.push({ rows: [fc.row, fco.row], items: [fc.item, fco.item] })
   }
-  return out
+  return { pairs, unreadable }
 }
-
 
 // --- steps that run once -------------------------------------------------------------------------
 

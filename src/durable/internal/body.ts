@@ -27,8 +27,8 @@ import * as Prompts from "../../Prompts.ts"
 import type { DurableStore } from "../DurableStore.ts"
 import type { CallEvent } from "./hub.ts"
 import type { CallRow, End } from "./tables.ts"
-import { beginRunning, liveAmong, readCall, recordEnd, recordUpdate } from "./calls.ts"
-import { decodeCall, isLive } from "./tables.ts"
+import { beginRunning, liveAmong, markUnusable, readCall, recordEnd, recordUpdate } from "./calls.ts"
+import { decodeCall, isLive, unusable } from "./tables.ts"
 
 /** What the runner side needs of a toolset. */
 export interface Definition {
@@ -127,6 +127,13 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
     let row = store.hub.take(sessionId, base) ?? (yield* retrying(readCall(store.sql, sessionId, base)))
     // Ended already (its end was recorded; this is a replay), or never recorded: nothing to do.
     if (row === undefined || !isLive(row.status)) return
+    // A row that cannot be run (a corrupted store): the call ends failed, the others go on.
+    const reason = unusable(row)
+    if (reason !== undefined) {
+      yield* Effect.logError(`The durable call ${base} of session ${sessionId} cannot be run: ${reason}. It is marked failed.`)
+      const now = yield* Clock.currentTimeMillis
+      return yield* retrying(markUnusable(store.sql, sessionId, base, now))
+    }
     if (row.status === "waiting") {
       row = yield* awaitTurn(store, sessionId, row, told)
       if (row === undefined || !isLive(row.status)) return

@@ -301,3 +301,11 @@ export const recordPlaceholder = (
       RETURNING first_output`,
     (rows) => text(rows[0]?.first_output) ?? undefined
   )
+
+/**
+ * A live call whose row cannot be run or followed (a corrupted store) ends as failed, so that it is
+ * not taken up again at every start. Its row is otherwise left as it is, for whoever looks into it.
+ */
+export const markUnusable = (sql: SqlClient, sessionId: string, base: string, now: number): Effect.Effect<void, SqlError> =>
+  Effect.asVoid(sql`UPDATE async_toolset_call SET status = 'error', ended_at = ${now}, version = version + 1
+    WHERE session_id = ${sessionId} AND base = ${base} AND status IN ('waiting', 'running', 'stopping')`)

@@ -14,7 +14,7 @@
  * atomic on its own, needs no explicit transaction, and costs one round trip; a call's writes lock
  * its row first, so they take turns. The SQL is PostgreSQL's (PGlite and a server alike).
  */
-import { Effect, Schema } from "effect"
+import { Effect, Result, Schema } from "effect"
 import type { SqlClient } from "effect/sql/SqlClient"
 import type { SqlError } from "effect/sql/SqlError"
 import { ChatItem } from "../../ChatContext.ts"
@@ -29,22 +29,49 @@ const decodeItemJson = Schema.decodeUnknownSync(ItemJson)
 /** A chat item as stored: its JSON text. */
 export const encodeItem = (item: ChatItem): string => JSON.stringify(encodeItemJson(item))
 
-/** A stored chat item; `createdAt`, when given, replaces the time in the text (the column is the truth). */
+/**
+ * A stored chat item; `createdAt`, when given, replaces the time in the text (the column is the
+ * truth). Throws, saying what is wrong, if the text is not a chat item (a corrupted store).
+ */
 export const decodeItem = (text: string, createdAt?: number): ChatItem => {
-  const encoded = JSON.parse(text) as Record<string, unknown>
-  return decodeItemJson(createdAt === undefined ? encoded : { ...encoded, createdAt })
+  let encoded: unknown
+  try {
+    encoded = JSON.parse(text)
+  } catch {
+    throw new Error(`its text is not JSON: ${preview(text)}`)
+  }
+  if (typeof encoded !== "object" || encoded === null) throw new Error(`its text is not a chat item: ${preview(text)}`)
+  try {
+    return decodeItemJson(createdAt === undefined ? encoded : { ...encoded, createdAt })
+  } catch (error) {
+    throw new Error(`its text is not a chat item (${error instanceof Error ? error.message : String(error)}): ${preview(text)}`)
+  }
 }
+
+/** What a stored text holds, or why it cannot be read (a corrupted store): a plain reason. */
+export const tryDecode = <A>(decode: () => A): Result.Result<A, string> =>
+  Result.try({ try: decode, catch: (error) => error instanceof Error ? error.message : String(error) })
+
+/** The start of a stored text, for a message. */
+const preview = (text: string): string => JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}…` : text)
 
 export const decodeCall = (text: string): FunctionCall => {
   const item = decodeItem(text)
-  if (item._tag !== "FunctionCall") throw new Error(`stored call is a ${item._tag}`)
+  if (item._tag !== "FunctionCall") throw new Error(`it is a ${item._tag}, not a function call`)
   return item
 }
 
 export const decodeOutput = (text: string): FunctionCallOutput => {
   const item = decodeItem(text)
-  if (item._tag !== "FunctionCallOutput") throw new Error(`stored output is a ${item._tag}`)
+  if (item._tag !== "FunctionCallOutput") throw new Error(`it is a ${item._tag}, not a function call output`)
   return item
+}
+
+/** Why a call's row cannot be run or followed (a corrupted store), in plain words; `undefined` if it can. */
+export const unusable = (row: CallRow): string | undefined => {
+  if (row.corrupt !== undefined) return row.corrupt
+  const call = tryDecode(() => decodeCall(row.callItem))
+  return Result.isFailure(call) ? `the model call it records cannot be read: ${call.failure}` : undefined
 }
 
 // --- schema --------------------------------------------------------------------------------------
@@ -144,6 +171,8 @@ export interface CallRow {
   readonly startedAt: number
   readonly endedAt: number | null
   readonly version: number
+  /** Why the row cannot be used as it is, if it cannot (a corrupted store): a plain reason. */
+  readonly corrupt?: string | undefined
 }
 
 export interface ItemRow {
@@ -163,26 +192,43 @@ export interface ItemRow {
 export const text = (v: unknown): string | null => v === null || v === undefined ? null : String(v)
 export const num = (v: unknown): number | null => v === null || v === undefined ? null : Number(v)
 
-export const callRow = (r: Record<string, unknown>): CallRow => ({
-  base: String(r.base),
-  toolsetId: String(r.toolset_id),
-  callItem: String(r.call_item),
-  callItemId: String(r.call_item_id),
-  dupKey: text(r.dup_key),
-  cancellable: r.cancellable === true,
-  status: String(r.status) as Status,
-  stopCause: text(r.stop_cause) as StopCause | null,
-  after: r.after_bases === null || r.after_bases === undefined || r.after_bases === "" ? [] : JSON.parse(String(r.after_bases)),
-  firstOutput: text(r.first_output),
-  firstMessage: text(r.first_message),
-  timeoutMs: num(r.timeout_ms),
-  deadline: num(r.deadline),
-  steps: Number(r.steps),
-  updates: Number(r.updates),
-  startedAt: Number(r.started_at),
-  endedAt: num(r.ended_at),
-  version: Number(r.version)
-})
+export const callRow = (r: Record<string, unknown>): CallRow => {
+  const after = parseAfter(r.after_bases)
+  const row: CallRow = {
+    base: String(r.base),
+    toolsetId: String(r.toolset_id),
+    callItem: String(r.call_item),
+    callItemId: String(r.call_item_id),
+    dupKey: text(r.dup_key),
+    cancellable: r.cancellable === true,
+    status: String(r.status) as Status,
+    stopCause: text(r.stop_cause) as StopCause | null,
+    after: after ?? [],
+    firstOutput: text(r.first_output),
+    firstMessage: text(r.first_message),
+    timeoutMs: num(r.timeout_ms),
+    deadline: num(r.deadline),
+    steps: Number(r.steps),
+    updates: Number(r.updates),
+    startedAt: Number(r.started_at),
+    endedAt: num(r.ended_at),
+    version: Number(r.version)
+  }
+  return after === undefined
+    ? { ...row, corrupt: `its list of the calls it waits for is not a JSON list of bases: ${preview(String(r.after_bases))}` }
+    : row
+}
+
+/** The bases a waiting call waits for; `undefined` if the column does not hold a list of them. */
+const parseAfter = (v: unknown): ReadonlyArray<string> | undefined => {
+  if (v === null || v === undefined || v === "") return []
+  try {
+    const parsed: unknown = JSON.parse(String(v))
+    return Array.isArray(parsed) && parsed.every((base) => typeof base === "string") ? parsed : undefined
+  } catch {
+    return undefined
+  }
+}
 
 export const itemRow = (r: Record<string, unknown>): ItemRow => ({
   itemId: String(r.item_id),
