@@ -6,15 +6,16 @@
  * the rest of the conversation load and run.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Cause, Effect, Exit, Layer } from "effect"
 import { SqlClient } from "effect/sql/SqlClient"
 import { AsyncRunContext, ChatContext, FunctionTool } from "effect-async-toolset"
-import { DurableChat, DurableStore, DurableToolset } from "effect-async-toolset/durable"
+import { DurableChat, DurableStore, DurableToolset, PgliteClient } from "effect-async-toolset/durable"
 import { TestSession } from "effect-async-toolset/testing"
 import { claimCall } from "../../src/durable/internal/calls.ts"
 import { encodeItem } from "../../src/durable/internal/tables.ts"
 import { eventually, newSessionId, sessionLayer, storeLayer } from "../support/durable.ts"
 import { captureLogs, reported } from "../support/reliability.ts"
+import { freshDataDir } from "../support/pglite.ts"
 import { call } from "../support/replies.ts"
 
 const quick = FunctionTool.make("quick", { description: "Says it started, then answers", onDuplicateCall: "allow" }, () =>
@@ -152,4 +153,47 @@ describe("a corrupted store: a call's execution", () => {
       assert.strictEqual(yield* statusOf(sessionId, "resumedbad"), "error")
       assert.isAbove(logs.find(reported, sessionId, "resumedbad", "cannot be run").length, 0, "no error naming the call and the session")
     }).pipe(Effect.provide(storeLayer)), { timeout: 60_000 })
+})
+
+/** Opens the store on a fresh database where `before` ran first; the open's exit. */
+const openAfter = (before: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const dataDir = yield* Effect.promise(() => freshDataDir())
+    const database = PgliteClient.layer({ dataDir })
+    return yield* Effect.gen(function*() {
+      const sql = yield* SqlClient
+      for (const statement of before) yield* Effect.orDie(sql.unsafe(statement))
+      return yield* Effect.exit(Layer.build(DurableStore.layer()).pipe(Effect.scoped))
+    }).pipe(Effect.scoped, Effect.provide(database))
+  })
+
+const oldCallTable = (without: string, extra = "") => `CREATE TABLE async_toolset_call (
+    session_id TEXT NOT NULL, base TEXT NOT NULL, toolset_id TEXT NOT NULL, call_item TEXT NOT NULL, call_item_id TEXT NOT NULL,
+    dup_key TEXT, cancellable BOOLEAN NOT NULL, status TEXT NOT NULL, stop_cause TEXT, after_bases TEXT NOT NULL DEFAULT '',
+    first_output TEXT, first_message TEXT, timeout_ms DOUBLE PRECISION, deadline DOUBLE PRECISION,
+    steps INTEGER NOT NULL DEFAULT 0, updates INTEGER NOT NULL DEFAULT 0, started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION, version INTEGER NOT NULL DEFAULT 0${extra},
+    PRIMARY KEY (session_id, base))`.replace(new RegExp(`\\b${without} [^,]*,`), "")
+
+describe("a store whose tables another version made", () => {
+  it.live("a table without a column this version uses fails the open, naming the table and the column", () =>
+    Effect.gen(function*() {
+      const exit = yield* openAfter([oldCallTable("version")])
+      assert.isTrue(Exit.isFailure(exit), "the store opened")
+      const text = Exit.isFailure(exit) ? Cause.pretty(exit.cause) : ""
+      assert.include(text, "async_toolset_call has no column version")
+    }), { timeout: 60_000 })
+
+  it.live("a column this version does not fill (NOT NULL, no default) fails the open, naming it", () =>
+    Effect.gen(function*() {
+      const exit = yield* openAfter([oldCallTable("none", ", tenant TEXT NOT NULL")])
+      assert.isTrue(Exit.isFailure(exit), "the store opened")
+      assert.include(Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "", "tenant")
+    }), { timeout: 60_000 })
+
+  it.live("an older table (no cleared column), another table missing, and an extra column that may stay empty: migrated, the open works", () =>
+    Effect.gen(function*() {
+      const exit = yield* openAfter([oldCallTable("none", ", note TEXT")])
+      assert.isTrue(Exit.isSuccess(exit), Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+    }), { timeout: 60_000 })
 })

@@ -130,7 +130,46 @@ export const migrate = (sql: SqlClient): Effect.Effect<void, SqlError> =>
   sql.withTransaction(Effect.gen(function*() {
     yield* sql`SELECT pg_advisory_xact_lock(${migrationLock})`
     for (const statement of migration) yield* sql.unsafe(statement)
+    yield* checkColumns(sql)
   }))
+
+/** The columns this version reads and writes, per table. */
+const columns: Record<string, ReadonlyArray<string>> = {
+  async_toolset_call: [
+    "session_id", "base", "toolset_id", "call_item", "call_item_id", "dup_key", "cancellable", "status", "stop_cause",
+    "after_bases", "first_output", "first_message", "timeout_ms", "deadline", "steps", "updates", "started_at", "ended_at",
+    "version", "cleared"
+  ],
+  async_toolset_item: ["session_id", "item_id", "ord", "created_at", "item", "toolset_id", "base", "step", "call_id", "message", "owed"]
+}
+
+/**
+ * The tables found (made by another version, or changed by hand) have the columns this version
+ * uses, and none it would have to fill: else a defect at open naming what differs (rather than
+ * calls failing one by one later).
+ */
+const checkColumns = (sql: SqlClient): Effect.Effect<void, SqlError> =>
+  Effect.flatMap(
+    sql<{ table_name: string; column_name: string; is_nullable: string; column_default: string | null; is_identity: string }>`
+      SELECT table_name, column_name, is_nullable, column_default, is_identity FROM information_schema.columns
+      WHERE table_schema = current_schema() AND table_name IN ('async_toolset_call', 'async_toolset_item')`,
+    (found) => {
+      const problems: Array<string> = []
+      for (const [table, expected] of Object.entries(columns)) {
+        const present = found.filter((c) => c.table_name === table)
+        const missing = expected.filter((name) => !present.some((c) => c.column_name === name))
+        const required = present.filter((c) =>
+          !expected.includes(c.column_name) && c.is_nullable === "NO" && c.column_default === null && c.is_identity !== "YES"
+        )
+        if (missing.length > 0) problems.push(`${table} has no column ${missing.join(", ")}`)
+        if (required.length > 0) problems.push(`${table} has a column this version does not fill (NOT NULL, no default): ${required.map((c) => c.column_name).join(", ")}`)
+      }
+      return problems.length === 0 ? Effect.void : Effect.die(new Error(
+        `DurableStore: the store's tables are not the ones this version of effect-async-toolset uses: ${problems.join("; ")}. ` +
+          "They were made or changed by another version (or by hand): open the store with the version that made it, or migrate the tables."
+      ))
+    }
+  )
 
 /** "async_toolset" as a number, for the advisory lock. */
 export const migrationLock = 2_406_151_118
