@@ -28,7 +28,7 @@ import type { DurableStore } from "../DurableStore.ts"
 import type { CallEvent } from "./hub.ts"
 import type { CallRow, End } from "./tables.ts"
 import { beginRunning, liveAmong, markUnusable, readCall, recordEnd, recordUpdate } from "./calls.ts"
-import { decodeCall, isLive, unusable } from "./tables.ts"
+import { isLive, usable } from "./tables.ts"
 
 /** What the runner side needs of a toolset. */
 export interface Definition {
@@ -127,18 +127,19 @@ export const body = <S>(definition: Definition, store: DurableStore["Service"], 
     let row = store.hub.take(sessionId, base) ?? (yield* retrying(readCall(store.sql, sessionId, base)))
     // Ended already (its end was recorded; this is a replay), or never recorded: nothing to do.
     if (row === undefined || !isLive(row.status)) return
-    // A row that cannot be run (a corrupted store): the call ends failed, the others go on.
-    const reason = unusable(row)
-    if (reason !== undefined) {
-      yield* Effect.logError(`The durable call ${base} of session ${sessionId} cannot be run: ${reason}. It is marked failed.`)
+    // A row that cannot be run (a corrupted store): the call ends failed, the others go on. (Its
+    // model call is decoded once, here: it never changes.)
+    const readable = usable(row)
+    if (Result.isFailure(readable)) {
+      yield* Effect.logError(`The durable call ${base} of session ${sessionId} cannot be run: ${readable.failure}. It is marked failed.`)
       const now = yield* Clock.currentTimeMillis
       return yield* retrying(markUnusable(store.sql, sessionId, base, now))
     }
+    const call = readable.success
     if (row.status === "waiting") {
       row = yield* awaitTurn(store, sessionId, row, told)
       if (row === undefined || !isLive(row.status)) return
     }
-    const call = decodeCall(row.callItem)
     const p = definition.tools.get(call.name)
     const context = yield* Effect.context<WorkflowEngine | WorkflowInstance>()
     const outcome: Outcome = row.status === "stopping"

@@ -67,11 +67,17 @@ export const decodeOutput = (text: string): FunctionCallOutput => {
   return item
 }
 
+/** A call row's model call, or why the row cannot be run or followed (a corrupted store), in plain words. */
+export const usable = (row: CallRow): Result.Result<FunctionCall, string> => {
+  if (row.corrupt !== undefined) return Result.fail(row.corrupt)
+  const call = tryDecode(() => decodeCall(row.callItem))
+  return Result.isFailure(call) ? Result.fail(`the model call it records cannot be read: ${call.failure}`) : call
+}
+
 /** Why a call's row cannot be run or followed (a corrupted store), in plain words; `undefined` if it can. */
 export const unusable = (row: CallRow): string | undefined => {
-  if (row.corrupt !== undefined) return row.corrupt
-  const call = tryDecode(() => decodeCall(row.callItem))
-  return Result.isFailure(call) ? `the model call it records cannot be read: ${call.failure}` : undefined
+  const call = usable(row)
+  return Result.isFailure(call) ? call.failure : undefined
 }
 
 // --- schema --------------------------------------------------------------------------------------
