@@ -74,7 +74,7 @@ const apply = (deps: Deps, toolset: Toolset, c: Call, record: Record, event: Cal
     }
     case "Returned": {
       // Its tool returned: its result stands, whatever the clock says meanwhile (E7).
-      if (Lifecycle.handlerReturned(toolset.registry, c)) Lifecycle.flush(toolset.registry)
+      markReturned(toolset, c)
       return Effect.void
     }
     case "Pair": {
@@ -181,6 +181,17 @@ const pairs = (rows: ReadonlyArray<ItemRow>): ReadonlyArray<readonly [ItemRow, I
   return out
 }
 
+/**
+ * Its tool returned: the call is finishing from now on, no timeout or cancel applies (E7); true if
+ * it is (also when the return was told before), false if it was stopped first.
+ */
+export const markReturned = (toolset: Toolset, c: Call): boolean => {
+  if (c.status === "finishing") return true
+  if (!Lifecycle.handlerReturned(toolset.registry, c)) return false
+  Lifecycle.flush(toolset.registry)
+  return true
+}
+
 /** The execution ended while the call was running: its result is what the model hears (B3, B5). */
 export const ended = (
   deps: Deps,
@@ -189,11 +200,7 @@ export const ended = (
   record: Record,
   end: Extract<CallEvent, { readonly _tag: "Ended" }>
 ): Effect.Effect<void> => {
-  // (Its tool's return may have been told before: it is finishing already.)
-  if (c.status !== "finishing") {
-    if (!Lifecycle.handlerReturned(toolset.registry, c)) return Effect.void
-    Lifecycle.flush(toolset.registry)
-  }
+  if (!markReturned(toolset, c)) return Effect.void
   return tellEnd(deps, toolset, c, record, end, false)
 }
 

@@ -35,7 +35,7 @@ import type { CallEvent, Mailbox } from "./hub.ts"
 import * as Runners from "./runners.ts"
 import { mailbox, post } from "./hub.ts"
 import { claimCall, recordEnd, recordPlaceholder, requestStop } from "./calls.ts"
-import { catchUp, deliver, ended, tellEnd, untilEnded } from "./following.ts"
+import { catchUp, deliver, ended, markReturned, tellEnd, untilEnded } from "./following.ts"
 import type { CallRow, StopCause } from "./tables.ts"
 import { decodeOutput } from "./tables.ts"
 
@@ -112,9 +112,7 @@ const follow = (deps: Deps, toolset: Toolset, c: Call, context: Context.Context<
       unlisten = listen(deps, c, box)
       // Its tool returned in this process and its end is being recorded (the toolset was closed
       // and made again meanwhile): no timeout or cancel applies any more (E7).
-      if (deps.store.hub.hasReturned(deps.chat.sessionId, c.base!) && Lifecycle.handlerReturned(toolset.registry, c)) {
-        Lifecycle.flush(toolset.registry)
-      }
+      if (deps.store.hub.hasReturned(deps.chat.sessionId, c.base!)) markReturned(toolset, c)
       // Its execution may never have been started (the process that recorded the call ended
       // before it could): starting it again is a no-op for one that exists.
       yield* Effect.catchCause(
